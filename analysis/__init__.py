@@ -1,0 +1,1 @@
+"""Analyses: costs, benchmarks, modulation probe, metrics, figures and the report."""

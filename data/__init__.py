@@ -1,0 +1,1 @@
+"""Data: label preprocessing, ICPE, dataset readers and the built-in synthetic scenes."""

@@ -1,0 +1,144 @@
+"""Load official ``*_net_G.pth`` / ``*_net_D.pth`` files, and say what fits when they don't.
+
+Our module names are the official ones, so the official ``state_dict`` loads as is; the
+work here is reading files safely and explaining mismatches.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .presets import NORMS, OFFICIAL_PRESETS
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes differ from the module's."""
+
+
+def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
+    """(state_dict, description of its source) from a path or an in-memory dict."""
+    if isinstance(path_or_state_dict, dict):
+        return dict(path_or_state_dict), "the given state_dict"
+    path = Path(path_or_state_dict)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; expected an official "
+                                f"'<epoch>_net_G.pth' / '<epoch>_net_D.pth' file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc}); "
+                         f"expected a state_dict saved by torch.save") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
+    return state, repr(str(path))
+
+
+def _strip_wrapper_prefix(state: dict) -> dict:
+    # DataParallel / DDP checkpoints prefix every key with 'module.'.
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def compare_state_dicts(expected: dict, found: dict) -> tuple[list, list, list]:
+    """(missing keys, unexpected keys, [(key, expected shape, found shape)]), in module order."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [(k, tuple(expected[k].shape), tuple(found[k].shape)) for k in expected
+             if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    return missing, unexpected, wrong
+
+
+def _shapes(module: nn.Module) -> dict:
+    return {k: v.shape for k, v in module.state_dict().items()}
+
+
+def suggest_configs(state: dict) -> list[str]:
+    """Official presets/options whose networks have exactly these keys and shapes."""
+    from . import build_discriminator, build_generator  # local: avoids an import cycle
+
+    found = {k: torch.Size(v.shape) for k, v in _strip_wrapper_prefix(state).items()}
+    if "conv_img.weight" in found:
+        ngf = _infer_ngf(found)
+        options = dict(ngf=ngf, use_vae=len(found["fc.weight"]) == 2,
+                       num_upsampling_layers="most" if any(k.startswith("up_4.") for k in found) else "normal")
+        candidates = [(f"preset={p!r}, norm={n!r}", lambda p=p, n=n: build_generator(p, n, device="meta", **options))
+                      for p in OFFICIAL_PRESETS for n in NORMS]
+        extra = ", ".join(f"{k}={v!r}" for k, v in options.items() if (k, v) != ("use_vae", False)
+                          and (k, v) != ("num_upsampling_layers", "normal") and (k, v) != ("ngf", 64))
+        fits = [desc + (f", {extra}" if extra else "") for desc, build in candidates if _shapes(build()) == found]
+        return fits or [_describe_custom_generator(found, ngf)]
+    if "discriminator_0.model0.0.weight" in found:
+        first = found["discriminator_0.model0.0.weight"]
+        options = dict(ndf=first[0], num_D=len({k.split(".")[0] for k in found}),
+                       n_layers_D=len({k.split(".")[1] for k in found if k.startswith("discriminator_0.")}) - 1)
+        fits = [f"preset={p!r}" for p in OFFICIAL_PRESETS
+                if _shapes(build_discriminator(p, device="meta", **options)) == found]
+        return fits or [f"preset='custom' with label_nc + dontcare + instance edge = {first[1] - 3}, "
+                        f"ndf={first[0]}, n_layers_D={options['n_layers_D']}, num_D={options['num_D']}"]
+    return []
+
+
+def _infer_ngf(found: dict) -> int:
+    conv = found.get("head_0.conv_1.weight_orig", found.get("head_0.conv_1.weight"))
+    return conv[0] // 16
+
+
+def _describe_custom_generator(found: dict, ngf: int) -> str:
+    if any("mlp_shared" in k for k in found):
+        semantic_nc = found["head_0.norm_0.mlp_shared.0.weight"][1]
+        return (f"preset='custom', norm='spade', ngf={ngf} with label_nc + dontcare + "
+                f"instance edge = {semantic_nc}")
+    norm = "clade-icpe" if any("dist_conv_w" in k for k in found) else "clade"
+    class_nc = found["head_0.norm_0.class_specified_affine.weight"][0]
+    no_instance = "head_0.norm_0.inst_conv.weight" not in found
+    return (f"preset='custom', norm={norm!r}, ngf={ngf}, no_instance={no_instance} with "
+            f"label_nc + dontcare = {class_nc}")
+
+
+def load_official_checkpoint(module: nn.Module, path_or_state_dict) -> nn.Module:
+    """Strictly load an official (or our exported) state_dict into ``module``.
+
+    On any mismatch raises CheckpointMismatchError listing missing, unexpected and
+    wrong-shaped keys and the preset/options whose network would fit the file.
+    """
+    state, source = read_state_dict(path_or_state_dict)
+    state = _strip_wrapper_prefix(state)
+    missing, unexpected, wrong = compare_state_dicts(module.state_dict(), state)
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint {source} does not fit this {type(module).__name__}"
+                 + (f" ({_config_summary(module)})" if hasattr(module, "config") else "") + ":"]
+        for title, items in (("missing", missing), ("unexpected", unexpected)):
+            if items:
+                lines.append(f"  {len(items)} {title} keys: {_abbrev(items)}")
+        if wrong:
+            lines.append(f"  {len(wrong)} wrong-shaped keys: "
+                         + _abbrev([f"{k} (expected {e}, found {f})" for k, e, f in wrong]))
+        fits = suggest_configs(state)
+        lines.append("  it fits: " + ("; ".join(fits) if fits else "no known generator or discriminator layout"))
+        raise CheckpointMismatchError("\n".join(lines))
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def _config_summary(module: nn.Module) -> str:
+    cfg = module.config
+    keys = ("norm", "label_nc", "contain_dontcare_label", "no_instance", "ngf", "ndf")
+    return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in keys if hasattr(cfg, k))
+
+
+def _abbrev(items: list, limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def save_state_dict_atomic(state: dict, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

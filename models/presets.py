@@ -1,0 +1,171 @@
+"""Official dataset presets and the generator / discriminator configs built from them.
+
+Option names follow the official SPADE/CLADE command line (``label_nc``, ``no_instance``,
+``num_upsampling_layers``...) so users of the official code can override them by name:
+
+    cfg = generator_config("ade20k", "clade", ngf=32, crop_size=128)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+NORMS = ("spade", "clade", "clade-icpe")
+UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
+
+# Network options of the official dataset classes (tzt101/CLADE data/*_dataset.py).
+PRESETS: dict[str, dict] = {
+    "cityscapes": dict(label_nc=35, contain_dontcare_label=False, no_instance=False,
+                       crop_size=512, aspect_ratio=2.0, num_upsampling_layers="more"),
+    "ade20k": dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
+                   crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
+    "ade20k-outdoor": dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
+                           crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
+    "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, no_instance=False,
+                       crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
+    # The built-in procedural dataset (data/synthetic.py): 8 classes + dontcare, instances.
+    "synthetic": dict(label_nc=8, contain_dontcare_label=True, no_instance=False,
+                      crop_size=64, aspect_ratio=1.0, num_upsampling_layers="normal"),
+    # Every option settable; label_nc has no sensible default and must be given.
+    "custom": dict(contain_dontcare_label=False, no_instance=False,
+                   crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
+}
+# Names used by the official code and the reference files.
+PRESET_ALIASES = {"coco": "coco-stuff", "ade20koutdoor": "ade20k-outdoor"}
+OFFICIAL_PRESETS = ("cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff")
+
+
+def canonical_preset(preset: str) -> str:
+    """Return the canonical preset name; raise ValueError listing the valid ones."""
+    name = PRESET_ALIASES.get(preset, preset)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)} "
+                         f"(aliases: {sorted(PRESET_ALIASES)})")
+    return name
+
+
+def canonical_norm(norm: str) -> str:
+    """Return the canonical norm name ('clade_icpe' is accepted for 'clade-icpe')."""
+    name = norm.replace("_", "-").lower()
+    if name not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How the semantic input is laid out; shared by generator and discriminator."""
+
+    label_nc: int = 182                  # classes, without the dontcare class
+    contain_dontcare_label: bool = True  # one extra class channel for 'unknown' (raw 255)
+    no_instance: bool = False            # if False, an instance-edge channel comes last
+
+    @property
+    def class_nc(self) -> int:
+        """Number of class channels of the one-hot map (label_nc + dontcare)."""
+        return self.label_nc + int(self.contain_dontcare_label)
+
+    @property
+    def semantic_nc(self) -> int:
+        """Channels of the generator / discriminator semantic input."""
+        return self.class_nc + int(not self.no_instance)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(LabelConfig):
+    """Every option of the SPADE / CLADE / CLADE-ICPE generator."""
+
+    norm: str = "spade"                  # spade | clade | clade-icpe
+    ngf: int = 64                        # channels of the last block; the first has 16 * ngf
+    crop_size: int = 256                 # output width
+    aspect_ratio: float = 1.0            # width / height
+    num_upsampling_layers: str = "normal"  # normal (5) | more (6) | most (7) upsamplings
+    use_vae: bool = False                # start from z (fc is Linear) instead of the segmap
+    z_dim: int = 256                     # size of z when use_vae
+    spade_hidden: int = 128              # SPADE's shared MLP width (hard-coded officially)
+    spade_kernel_size: int = 3           # SPADE conv kernel; 1 makes SPADE purely per-pixel
+    param_free_norm: str = "batch"       # batch (official 'syncbatch') | instance
+    spectral: bool = True                # spectral norm on the residual convs
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {list(NORMS)}")
+        if self.num_upsampling_layers not in UPSAMPLING_DEPTHS:
+            raise ValueError(f"num_upsampling_layers={self.num_upsampling_layers!r}; "
+                             f"expected one of {list(UPSAMPLING_DEPTHS)}")
+        if self.param_free_norm not in ("batch", "instance"):
+            raise ValueError(f"param_free_norm={self.param_free_norm!r}; expected 'batch' or 'instance'")
+        if self.spade_kernel_size % 2 != 1:
+            raise ValueError(f"spade_kernel_size={self.spade_kernel_size}; expected an odd size")
+        if self.latent_size[0] < 1 or self.latent_size[1] < 1:
+            raise ValueError(f"crop_size={self.crop_size} with aspect_ratio={self.aspect_ratio} and "
+                             f"num_upsampling_layers={self.num_upsampling_layers!r} gives an empty "
+                             f"latent map; crop_size must be at least {2 ** self.num_up_layers}")
+
+    @property
+    def num_up_layers(self) -> int:
+        return UPSAMPLING_DEPTHS[self.num_upsampling_layers]
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(height, width) of the first feature map, as the official compute_latent_vector_size."""
+        sw = self.crop_size // 2 ** self.num_up_layers
+        return round(sw / self.aspect_ratio), sw
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the generated image; the semantic input must have this size."""
+        sh, sw = self.latent_size
+        return sh * 2 ** self.num_up_layers, sw * 2 ** self.num_up_layers
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig(LabelConfig):
+    """Options of the official multiscale patch discriminator (spectral instance norm)."""
+
+    ndf: int = 64          # channels of the first layer
+    n_layers_D: int = 4    # conv layers with stride 2 in each scale (official train default)
+    num_D: int = 2         # number of scales
+    output_nc: int = 3     # image channels concatenated to the semantic map
+
+    @property
+    def input_nc(self) -> int:
+        return self.semantic_nc + self.output_nc
+
+
+def _resolve(cls, preset: str, overrides: dict, **fixed):
+    name = canonical_preset(preset)
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(valid)}")
+    options = {k: v for k, v in PRESETS[name].items() if k in valid}
+    options.update(fixed)
+    options.update(overrides)
+    if name == "custom" and "label_nc" not in options:
+        raise ValueError("preset 'custom' needs label_nc=<number of classes without dontcare>")
+    return cls(**options)
+
+
+def generator_config(preset: str, norm: str, **overrides) -> GeneratorConfig:
+    """Resolve a preset plus official-name overrides into a GeneratorConfig."""
+    return _resolve(GeneratorConfig, preset, overrides, norm=canonical_norm(norm))
+
+
+def discriminator_config(preset: str, **overrides) -> DiscriminatorConfig:
+    """Resolve a preset plus overrides into a DiscriminatorConfig."""
+    return _resolve(DiscriminatorConfig, preset, overrides)
+
+
+def label_config(config: LabelConfig) -> LabelConfig:
+    """The label layout part of any config (used to match G and D inputs)."""
+    return LabelConfig(config.label_nc, config.contain_dontcare_label, config.no_instance)
+
+
+def config_to_dict(config) -> dict:
+    """Plain dict of a config, for JSON provenance."""
+    return asdict(config)
+
+
+def with_options(config, **overrides):
+    """Copy of a config with some options changed (validated again)."""
+    return replace(config, **overrides)
