@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointMismatchError, load_official_checkpoint, save_state_dict_atomic
+from .checkpoint import (CheckpointMismatchError, load_generator_dir, load_official_checkpoint,
+                         save_generator_dir, save_state_dict_atomic)
 from .discriminator import MultiscaleDiscriminator
 from .encoder import ConvEncoder
 from .generator import Generator
@@ -21,6 +22,7 @@ from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, Gen
 __all__ = [
     "build_generator", "build_discriminator", "build_encoder", "build_generator_from_config",
     "load_official_checkpoint", "save_state_dict_atomic", "CheckpointMismatchError",
+    "save_generator_dir", "load_generator_dir",
     "Generator", "MultiscaleDiscriminator", "ConvEncoder", "SPADE", "CLADE", "Conditioning",
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
     "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",

@@ -5,6 +5,7 @@ work here is reading files safely and explaining mismatches.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -142,3 +143,39 @@ def save_state_dict_atomic(state: dict, path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+GENERATOR_WEIGHTS = "latest_net_G.pth"
+GENERATOR_CONFIG = "generator.json"
+
+
+def save_generator_dir(generator: nn.Module, folder) -> Path:
+    """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
+    from analysis.provenance import write_json_atomic
+    from .presets import config_to_dict
+
+    folder = Path(folder)
+    save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
+                           folder / GENERATOR_WEIGHTS)
+    write_json_atomic(config_to_dict(generator.config), folder / GENERATOR_CONFIG)
+    return folder
+
+
+def load_generator_dir(folder, device=None) -> nn.Module:
+    """Generator from a folder written by ``save_generator_dir`` (or an official
+    ``latest_net_G.pth`` beside a ``generator.json`` you wrote for it)."""
+    from . import build_generator_from_config
+    from .presets import GeneratorConfig
+
+    folder = Path(folder)
+    config_path = folder / GENERATOR_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{str(config_path)!r} is missing; expected the generator options as JSON "
+                                f"(GeneratorConfig fields, e.g. {{\"label_nc\": 150, \"norm\": \"clade\"}})")
+    try:
+        config = GeneratorConfig(**json.loads(config_path.read_text()))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from exc
+    generator = build_generator_from_config(config)
+    load_official_checkpoint(generator, folder / GENERATOR_WEIGHTS)
+    return generator.to(device or "cpu")

@@ -3,7 +3,8 @@
 All share one interface: ``norm(x, cond)`` with ``cond`` a :class:`Conditioning`, and
 ``norm.modulation(cond, size) -> (scale, shift)`` such that the output is
 ``param_free_norm(x) * scale + shift`` (CLADE with instance maps then appends one
-edge-feature channel). Module and parameter names are the official ones, so official
+edge-feature channel). Setting ``norm.modulation_override`` to a function with the same
+signature replaces scale and shift (used by the probe's ablations; fast paths step aside). Module and parameter names are the official ones, so official
 checkpoints load without a mapping.
 
 - SPADE:      scale = 1 + conv(relu(conv(segmap))),  shift = conv(relu(conv(segmap)))
@@ -81,7 +82,21 @@ def param_free_norm(kind: str, channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=False)
 
 
-class SPADE(nn.Module):
+class ModulatedNorm(nn.Module):
+    """Base of the modulation layers: ``param_free_norm(x) * scale + shift``."""
+
+    modulation_override = None  # callable(cond, size) -> (scale, shift), or None
+
+    def modulation(self, cond: Conditioning, size):
+        raise NotImplementedError
+
+    def scale_shift(self, cond: Conditioning, size):
+        """(scale, shift) used by forward: the override when set, else ``modulation``."""
+        fn = self.modulation_override or self.modulation
+        return fn(cond, size)
+
+
+class SPADE(ModulatedNorm):
     """Spatially-adaptive normalisation: gamma/beta predicted by convs from the segmap."""
 
     def __init__(self, channels: int, semantic_nc: int, hidden: int = 128,
@@ -98,7 +113,7 @@ class SPADE(nn.Module):
         return 1 + self.mlp_gamma(actv), self.mlp_beta(actv)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        scale, shift = self.modulation(cond, x.shape[-2:])
+        scale, shift = self.scale_shift(cond, x.shape[-2:])
         return self.param_free_norm(x) * scale + shift
 
 
@@ -127,7 +142,7 @@ class ClassAffine(nn.Module):
         return gamma, beta
 
 
-class CLADE(nn.Module):
+class CLADE(ModulatedNorm):
     """Class-adaptive normalisation (``icpe=True``: CLADE-ICPE).
 
     With instance maps (``edge=True``) a 1x1 conv of the instance-edge map is appended as
@@ -148,7 +163,7 @@ class CLADE(nn.Module):
         return self.class_specified_affine(cond.label_at(size), dist)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        scale, shift = self.modulation(cond, x.shape[-2:])
+        scale, shift = self.scale_shift(cond, x.shape[-2:])
         out = self.param_free_norm(x) * scale + shift
         if self.edge:
             out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:]))), dim=1)
@@ -169,4 +184,3 @@ def extra_channels(config) -> int:
     return int(config.norm != "spade" and not config.no_instance)
 
 
-MODULATION_TYPES = (SPADE, CLADE)
