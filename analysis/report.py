@@ -1,0 +1,128 @@
+"""Assemble ``<out>/report.md`` from the stage records ``<out>/stages/<stage>.json``.
+
+    write_report(Path("reports/default"), meta=ctx.meta())
+
+A stage record is ``{"stage", "seconds", ...summary}``; the report reads from the summary:
+``tables`` / ``figures`` (lists of ``{"file": "tables/x.csv", "caption": "one sentence"}``),
+``notes`` (list of sentences shown under the stage) and ``proxy`` (sentences saying which
+numbers are proxies, collected into the provenance section). Any subset of stages works: the
+missing ones are listed with the command that produces them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .roi import format_value, to_markdown
+
+STAGE_ORDER = ("costs", "bench", "train", "probe", "eval")
+STAGE_TITLES = {
+    "costs": "Costs: parameters and GMACs of the official configurations",
+    "bench": "Benchmark: measured latency",
+    "train": "Training: SPADE, CLADE and CLADE-ICPE under one recipe",
+    "probe": "Probe: what the modulation layers do",
+    "eval": "Evaluation and return on investment",
+}
+MAX_TABLE_ROWS = 40
+PROVENANCE_KEYS = (("created", "created"), ("command", "command"), ("git_commit", "git commit"),
+                   ("python", "python"), ("torch", "torch"), ("numpy", "numpy"),
+                   ("device", "device"), ("device_name", "device name"),
+                   ("torch_threads", "torch threads"), ("platform", "platform"), ("seed", "seed"),
+                   ("preset", "dataset preset"), ("dataroot", "dataset"), ("quick", "quick run"))
+
+
+def read_records(out: Path, stages=STAGE_ORDER) -> dict[str, dict]:
+    """{stage: record} for the stages whose ``stages/<stage>.json`` exists, in stage order."""
+    records = {}
+    for name in stages:
+        path = Path(out) / "stages" / f"{name}.json"
+        if path.is_file():
+            records[name] = json.loads(path.read_text())
+    return records
+
+
+def render_table(out: Path, entry: dict, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """Caption, Markdown table (rounded) and a link to the CSV of one table entry."""
+    path = Path(out) / entry["file"]
+    caption = entry.get("caption", "")
+    if not path.is_file():
+        return f"**{caption}** (`{entry['file']}` is missing; re-run the stage with --force)\n"
+    df = pd.read_csv(path)
+    if not len(df):
+        return f"**{caption}** ([{entry['file']}]({entry['file']}))\n\n(empty table)\n"
+    # Columns with one value in every row become a line under the table (narrower tables).
+    constant = [c for c in df if len(df) > 1 and df[c].nunique(dropna=False) == 1]
+    shown = df.drop(columns=constant).head(max_rows)
+    more = f"; first {max_rows} of {len(df)} rows shown" if len(df) > max_rows else ""
+    same = "; ".join(f"`{c}` = {format_value(df[c].iloc[0])}" for c in constant)
+    return (f"**{caption}** ([{entry['file']}]({entry['file']}){more})\n\n{to_markdown(shown)}\n"
+            + (f"\nIn every row: {same}.\n" if same else ""))
+
+
+def render_figure(out: Path, entry: dict) -> str:
+    """Relative PNG link with its caption underneath."""
+    caption = entry.get("caption", "")
+    if not (Path(out) / entry["file"]).is_file():
+        return f"*{caption}* (`{entry['file']}` is missing; re-run the stage with --force)\n"
+    return f"![{caption}]({entry['file']})\n\n*Figure: {caption}*\n"
+
+
+def stage_command(name: str, out: Path, quick: bool) -> str:
+    return f"python run_analysis.py {name} --out {out}" + (" --quick" if quick else "")
+
+
+def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE efficiency analysis") -> str:
+    """Markdown text of the report for the records found under ``out``."""
+    out = Path(out)
+    records = read_records(out, stages)
+    missing = [s for s in stages if s not in records]
+    quick = bool(meta.get("quick"))
+    lines = [f"# {title}", "",
+             f"Dataset preset `{meta.get('preset', '?')}` ({meta.get('dataroot', '?')}), device "
+             f"`{meta.get('device', '?')}` ({meta.get('device_name', '?')})"
+             + (", **quick run** (CI-sized; numbers are smoke-test quality)" if quick else "") + ".", ""]
+    if missing:
+        lines += ["> **Missing stages:** " + ", ".join(f"`{s}`" for s in missing)
+                  + ". Run them with:", ">"]
+        lines += [f"> `{stage_command(s, out, quick)}`  " for s in missing]
+        lines += ["> and then `" + stage_command("report", out, quick) + " --force`.", ""]
+
+    lines += ["## Wall time per stage", "", "| stage | wall time (s) |", "| --- | ---: |"]
+    lines += [f"| {name} | {rec.get('seconds', float('nan')):.1f} |" for name, rec in records.items()]
+    lines += [f"| {name} | not run |" for name in missing]
+    total = sum(rec.get("seconds", 0) for rec in records.values())
+    lines += [f"| **total** | **{total:.1f}** |", ""]
+
+    for number, (name, rec) in enumerate(records.items(), 1):
+        lines += [f"## {number}. {STAGE_TITLES.get(name, name)}", "",
+                  f"Stage `{name}`, {rec.get('seconds', float('nan')):.1f} s.", ""]
+        lines += [f"- {note}" for note in rec.get("notes", [])]
+        if rec.get("notes"):
+            lines.append("")
+        for entry in rec.get("tables", []):
+            lines += [render_table(out, entry), ""]
+        for entry in rec.get("figures", []):
+            lines += [render_figure(out, entry), ""]
+
+    lines += ["## Provenance", ""]
+    lines += [f"- {label}: `{meta[key]}`" for key, label in PROVENANCE_KEYS if meta.get(key) is not None]
+    lines += ["- per-table provenance (config, seed, versions, device): `tables/<name>.meta.json`", ""]
+    proxies = [p for rec in records.values() for p in rec.get("proxy", [])]
+    lines += ["### What is proxy", ""]
+    lines += [f"- {p}" for p in proxies] or ["- Nothing recorded as proxy by the stages present."]
+    lines += ["- Columns and axes whose name contains `proxy` come from networks trained by the toolkit "
+              "on the run's own data; compare them between methods of this run, not with published numbers.", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, meta: dict, stages=STAGE_ORDER, **kwargs) -> Path:
+    """Write ``<out>/report.md`` atomically and return its path."""
+    path = Path(out) / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(build_report(out, meta, stages, **kwargs))
+    os.replace(tmp, path)
+    return path

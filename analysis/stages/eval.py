@@ -1,0 +1,359 @@
+"""Eval stage: quality of each trained generator next to what it costs, and the ROI plots.
+
+    python run_analysis.py eval --out reports/default
+    python run_analysis.py eval --checkpoints ckpts --preset ade20k --dataroot ADEChallengeData2016 \\
+        --inception-weights pt_inception-2015-12-05-6726825d.pth --segmenter upernet101_ade20k.pt
+
+For every method with ``<checkpoints>/<norm>/latest_net_G.pth``: generate the val split's
+images from its label maps, score them with a segmenter (yours, or a proxy trained here on the
+real training images) and a Frechet distance (FID with the Inception weights, else on the
+proxy segmenter's features), count params / GMACs and time a forward pass side by side.
+Writes ``tables/evaluation.csv`` (+ .md), ``tables/roi.csv``, ``tables/roi_modulation.csv``
+(+ .md) and the figures ``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from data.labels import make_semantic  # noqa: E402
+from models import NORMS, load_generator_dir  # noqa: E402
+from models.checkpoint import GENERATOR_WEIGHTS  # noqa: E402
+
+from .. import metrics, roi, segmenters  # noqa: E402
+from ..context import RunContext  # noqa: E402
+
+log = logging.getLogger(__name__)
+METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--eval-images", type=int, default=None,
+                       help="val images generated per method (default 128; --quick 32)")
+    group.add_argument("--eval-proxy-steps", type=int, default=None,
+                       help="training steps of the proxy segmenter (default 300; --quick 40)")
+    group.add_argument("--inception-weights", type=Path, default=None,
+                       help=f"{metrics.FID_WEIGHTS_FILE} (default: the torch hub cache); "
+                            f"without it the run reports fd_proxy_features instead of FID")
+    group.add_argument("--segmenter", type=Path, default=None,
+                       help="TorchScript segmenter for mIoU (default: a proxy trained on the real images)")
+    group.add_argument("--segmenter-class-map", default=None,
+                       help=f"label id -> segmenter class: {sorted(segmenters.CLASS_MAPS)} or a JSON file "
+                            f"(default: the paper's map for the preset, else identity)")
+    group.add_argument("--segmenter-input", default=None, choices=segmenters.INPUT_NORMS,
+                       help="input normalisation of --segmenter (default: the paper's for the preset, else imagenet)")
+
+
+@dataclass
+class EvalOptions:
+    """Sizes and files of one evaluation; ``from_context`` fills the --quick defaults."""
+
+    images: int = 128                 # val images generated per method (and real reference size)
+    train_images: int = 256           # real training images the proxy segmenter learns from
+    proxy_steps: int = 300            # proxy segmenter steps (batch 16)
+    latency_repeats: int = 20         # timed forward passes per method, after 3 warm-up rounds
+    batch_size: int = 16              # generation / scoring batch
+    inception_weights: Path | None = None
+    segmenter: Path | None = None
+    segmenter_class_map: str | None = None
+    segmenter_input: str | None = None
+
+    @classmethod
+    def from_context(cls, ctx: RunContext) -> "EvalOptions":
+        extra, quick = ctx.extra, ctx.quick
+        pick = lambda key, default, small: extra.get(key) or (small if quick else default)  # noqa: E731
+        return cls(images=pick("eval_images", 128, 32), train_images=64 if quick else 256,
+                   proxy_steps=pick("eval_proxy_steps", 300, 40), latency_repeats=5 if quick else 20,
+                   inception_weights=extra.get("inception_weights"), segmenter=extra.get("segmenter"),
+                   segmenter_class_map=extra.get("segmenter_class_map"),
+                   segmenter_input=extra.get("segmenter_input"))
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dist: bool,
+                 seed_offset: int = 0, skip: int = 0) -> dict[str, torch.Tensor] | None:
+    """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of ``count`` samples.
+
+    Synthetic scenes (no --dataroot): ``SyntheticScenes(count, seed=ctx.seed + seed_offset)``.
+    A real dataset: items ``skip .. skip + count`` of ``build_dataset(preset, dataroot, phase)``,
+    or None when it has fewer.
+    """
+    if ctx.dataroot is None:
+        from data.synthetic import SyntheticScenes
+        dataset = SyntheticScenes(count, size=size, seed=ctx.seed + seed_offset, with_dist=with_dist)
+        indices = range(count)
+    else:
+        from data.datasets import build_dataset
+        dataset = build_dataset(ctx.preset, ctx.dataroot, phase=phase)
+        if len(dataset) < skip + count:
+            return None
+        indices = range(skip, skip + count)
+    items = [dataset[i] for i in tqdm(indices, desc=f"{phase} samples", leave=False)]
+    keys = ["label", "instance", "image"] + (["dist"] if with_dist else [])
+    return {k: torch.stack([item[k] for item in items]) for k in keys if items[0].get(k) is not None}
+
+
+def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] of ``generator`` (eval mode) for the samples' label maps."""
+    cfg = generator.config
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(samples["label"]), batch_size):
+            part = {k: v[i:i + batch_size].to(device) for k, v in samples.items()}
+            semantic = make_semantic(part["label"], part.get("instance"), cfg)
+            dist = part.get("dist") if cfg.norm == "clade-icpe" else None
+            out.append(generator(semantic, dist=dist).clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def _batches(images: torch.Tensor, batch_size: int):
+    return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+
+
+# --- costs --------------------------------------------------------------------------------
+
+def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFrame:
+    """Params and GMACs (analysis.costs, batch 1) of each generator, and its median latency
+    in ms (batch 1, forward only, no_grad), timed round-robin in this run."""
+    from ..bench import summarize_times, time_interleaved
+    from ..costs import generator_inputs, is_modulation, layer_costs
+
+    rows, calls = [], {}
+    for norm, generator in generators.items():
+        args, kwargs = generator_inputs(generator.config, device=device)
+        table = layer_costs(generator, args, kwargs=kwargs)
+        modulation = table[table["role"].map(is_modulation)]
+        rows.append({"norm": norm, "params": int(table["params"].sum()),
+                     "modulation_params": int(modulation["params"].sum()),
+                     "gmacs_fvcore": table["gmacs_fvcore"].sum(),
+                     "modulation_gmacs_fvcore": modulation["gmacs_fvcore"].sum(),
+                     "gmacs_complete": table["gmacs_complete"].sum()})
+        calls[norm] = (lambda g=generator, a=args, k=kwargs: g(*a, **k))
+    with torch.no_grad():
+        times = time_interleaved(calls, warmup=3, repeats=latency_repeats, device=device)
+    for row in rows:
+        row["latency_ms"] = summarize_times(times[row["norm"]])["median_ms"]
+    return pd.DataFrame(rows)
+
+
+# --- scores -------------------------------------------------------------------------------
+
+def user_segmenter(ctx: RunContext, opts: EvalOptions, device):
+    """The --segmenter TorchScript file with the preset's paper class map and input norm by default."""
+    spec = segmenters.PAPER_SEGMENTERS.get(ctx.preset)
+    class_map = opts.segmenter_class_map or (spec.class_map if spec else None)
+    input_norm = opts.segmenter_input or (spec.input_norm if spec else "imagenet")
+    return segmenters.load_torchscript_segmenter(opts.segmenter, class_map, input_norm, device)
+
+
+def train_proxy(ctx: RunContext, opts: EvalOptions, label_nc: int, train_samples, device):
+    """Proxy segmenter trained on the real training images (labelled proxy everywhere)."""
+    log.info("training the proxy segmenter on %d real images (%d steps)", len(train_samples["image"]),
+             opts.proxy_steps)
+    return segmenters.train_proxy_segmenter(train_samples["image"], train_samples["label"], label_nc,
+                                            steps=opts.proxy_steps, seed=ctx.seed, device=device)
+
+
+def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str]]:
+    """{column: (extractor, transform, minimum samples)} and notes on what was left out."""
+    extractors = {}
+    if proxy is not None:
+        extractors["fd_proxy_features"] = (proxy.features, None, 4 * proxy.classifier.in_channels)
+    try:
+        inception = metrics.load_fid_inception(opts.inception_weights, device)
+    except metrics.InceptionWeightsMissing as exc:
+        log.warning("%s", exc)
+        return extractors, [f"FID is n/a: {metrics.FID_WEIGHTS_FILE} was not found (download "
+                            f"{metrics.FID_WEIGHTS_URL} into {metrics.hub_weights_path().parent} or pass "
+                            f"--inception-weights); fd_proxy_features stands in and is not comparable with FID."]
+    extractors["fid"] = (inception, None, metrics.FID_MIN_SAMPLES)
+    if not metrics.cleanfid_available():
+        return extractors, ["fid_clean is n/a: the optional `cleanfid` package is not installed."]
+    extractors["fid_clean"] = (lambda x: inception(x, resize=False), metrics.clean_resize, metrics.FID_MIN_SAMPLES)
+    return extractors, []
+
+
+def score_images(images: torch.Tensor, labels: torch.Tensor, segmenter, extractors: dict,
+                 batch_size: int, device) -> tuple[dict, dict]:
+    """(segmentation scores, {column: ActivationStats}) of one image set."""
+    meter = segmenters.SegmentationMeter()
+    stats = {name: metrics.ActivationStats() for name in extractors}
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device)
+            logits = segmenter(x)
+            meter.update(logits, segmenter.target(labels[i:i + batch_size].to(device), logits.shape[1]))
+            for name, (extract, transform, _) in extractors.items():
+                stats[name].update(extract(transform(x) if transform else x))
+    return meter.scores(), stats
+
+
+def reference_statistics(ctx: RunContext, extractors: dict, opts: EvalOptions, val: dict, device) -> dict:
+    """Statistics of the real val images per extractor; Inception ones cached under <out>/cache."""
+    images = val["image"]
+    out = {}
+    for name, (extract, transform, _) in extractors.items():
+        compute = lambda e=extract, t=transform: metrics.activation_statistics(  # noqa: E731
+            _batches(images, opts.batch_size), e, device, t)
+        if name == "fd_proxy_features":   # the proxy is retrained every run: nothing to cache
+            out[name] = compute()
+            continue
+        out[name] = metrics.cached_reference_statistics(
+            ctx.out / "cache" / "fid", compute, split="val", count=len(images), preset=ctx.preset,
+            dataset=str(ctx.dataroot) if ctx.dataroot else f"SyntheticScenes(seed={ctx.seed + 1000})",
+            image_size=list(images.shape[-2:]),
+            resize=metrics.CLEAN_RESIZE if name == "fid_clean" else metrics.FID_RESIZE,
+            extractor=f"pytorch-fid InceptionV3 pool3 (2048-d), {metrics.FID_WEIGHTS_FILE}")
+    return out
+
+
+def frechet_columns(stats: dict, reference: dict, extractors: dict) -> dict:
+    return {name: metrics.stats_distance(stats[name], reference[name], name, extractors[name][2])
+            for name in extractors}
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+def run(ctx: RunContext) -> dict:
+    opts = EvalOptions.from_context(ctx)
+    device = torch.device(ctx.device)
+    norms = [n for n in NORMS if (ctx.checkpoint_dir(n) / GENERATOR_WEIGHTS).is_file()]
+    if not norms:
+        raise FileNotFoundError(f"no generator under {ctx.checkpoint_dir('<norm>')} for norm in {list(NORMS)}; "
+                                f"run the train stage first or pass --checkpoints DIR with <norm>/{GENERATOR_WEIGHTS}")
+    generators = {n: load_generator_dir(ctx.checkpoint_dir(n), device).eval() for n in norms}
+    cfg = generators[norms[0]].config
+    size = cfg.output_size[0]
+    log.info("evaluating %s on %d val images of %dx%d", norms, opts.images, *cfg.output_size)
+
+    val = load_samples(ctx, "val", opts.images, size, with_dist="clade-icpe" in norms, seed_offset=1000)
+    floor = load_samples(ctx, "val", opts.images, size, with_dist=False, seed_offset=2000, skip=opts.images)
+    needs_proxy = opts.segmenter is None or not _inception_present(opts)
+    proxy = None
+    if needs_proxy:
+        train = load_samples(ctx, "train", opts.train_images, size, with_dist=False)
+        proxy = train_proxy(ctx, opts, cfg.label_nc, train, device)
+    segmenter = proxy if opts.segmenter is None else user_segmenter(ctx, opts, device)
+    extractors, notes = feature_extractors(opts, proxy, device)
+    reference = reference_statistics(ctx, extractors, opts, val, device)
+    suffix = "_proxy" if segmenter.is_proxy else ""
+
+    rows, samples = [], {"real": val["image"][:4]}
+    for norm in tqdm(norms, desc="eval methods"):
+        images = generate(generators[norm], val, opts.batch_size, device)
+        samples[norm] = images[:4]
+        seg, stats = score_images(images, val["label"], segmenter, extractors, opts.batch_size, device)
+        rows.append({"method": METHOD_NAMES[norm], "norm": norm, **frechet_columns(stats, reference, extractors),
+                     f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]})
+    seg, _ = score_images(val["image"], val["label"], segmenter, {}, opts.batch_size, device)
+    real = {"method": "real images", "norm": "real", f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]}
+    if floor is not None:   # FD of other real images: the noise floor at this sample count
+        _, stats = score_images(floor["image"], floor["label"], segmenter, extractors, opts.batch_size, device)
+        real.update(frechet_columns(stats, reference, extractors))
+    rows.append(real)
+
+    costs = generator_costs(generators, opts.latency_repeats, device)
+    table = pd.DataFrame(rows).merge(costs, on="norm", how="left")
+    for column in ("fid", "fid_clean", "fd_proxy_features"):
+        if column not in table:
+            table[column] = float("nan")
+    order = ["method", "norm", "fid", "fid_clean", "fd_proxy_features", f"miou{suffix}", f"accuracy{suffix}",
+             "params", "modulation_params", "gmacs_fvcore", "modulation_gmacs_fvcore", "gmacs_complete", "latency_ms"]
+    table = table[order]
+    table["n_images"] = opts.images
+    table["segmenter"] = segmenter.description
+    return write_outputs(ctx, opts, table, samples, val["label"][:4], cfg, notes, segmenter, extractors)
+
+
+def _inception_present(opts: EvalOptions) -> bool:
+    try:
+        metrics.find_inception_weights(opts.inception_weights)
+        return True
+    except metrics.InceptionWeightsMissing:
+        return False
+
+
+def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg,
+                  notes: list, segmenter, extractors: dict) -> dict:
+    """Tables (CSV + Markdown), figures and the stage summary."""
+    meta = dict(eval_images=opts.images, segmenter=segmenter.description,
+                latency=f"median of {opts.latency_repeats} forward passes, {ctx.device}, batch 1")
+    ctx.write_table(table, "evaluation", **meta)
+    roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
+    ctx.write_table(roi_table, "roi", **meta)
+    ctx.write_table(modulation, "roi_modulation", **meta)
+    for name, df in (("evaluation", table), ("roi", roi_table), ("roi_modulation", modulation)):
+        (ctx.tables_dir / f"{name}.md").write_text(roi.to_markdown(df) + "\n")
+    ctx.write_figure(sample_grid(samples, labels, cfg.class_nc), "eval_samples")
+    ctx.write_figure(roi.plot_quality_vs_cost(table), "roi_quality_vs_cost")
+    ctx.write_figure(roi.plot_modulation_roi(table), "roi_modulation")
+
+    proxy_note = (f"mIoU / accuracy columns ending in _proxy come from {segmenter.description}; "
+                  "the 'real images' row is that segmenter on the real val images (its upper bound)."
+                  if segmenter.is_proxy else f"mIoU / accuracy from {segmenter.description}.")
+    fd_note = (f"fd_proxy_features: Frechet distance between {opts.images} generated and real val images "
+               f"on the proxy segmenter's pooled penultimate features (not FID); the 'real images' row "
+               f"gives it for {opts.images} other real images, the noise floor at this sample count.")
+    return {
+        "methods": table.loc[table.norm != "real", "norm"].tolist(),
+        "eval_images": opts.images,
+        "segmenter": segmenter.description,
+        "notes": notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
+                          f"Params and GMACs: analysis.costs on the evaluated generators (batch 1); latency_ms: "
+                          f"median of {opts.latency_repeats} forward passes ({ctx.device}, batch 1, no_grad) "
+                          f"timed round-robin with the other methods in this run."],
+        "proxy": ([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
+        "tables": [
+            {"file": "tables/evaluation.csv",
+             "caption": f"Quality of each method on {opts.images} val label maps (Frechet distances, "
+                        f"segmentation scores{' from the proxy segmenter' if segmenter.is_proxy else ''}) "
+                        f"next to its params, GMACs and measured latency."},
+            {"file": "tables/roi.csv",
+             "caption": "Costs and qualities per method; pareto_<cost> says whether no other method is at "
+                        "least as cheap on that axis and at least as good on every quality column."},
+            {"file": "tables/roi_modulation.csv",
+             "caption": "Extra GMACs and parameters each method spends in its modulation layers over the "
+                        "cheapest one, and the quality difference they buy (delta_<metric>: negative is "
+                        "better for Frechet distances, positive for mIoU and accuracy)."},
+        ],
+        "figures": [
+            {"file": "figures/eval_samples.png",
+             "caption": "Val label maps, the real images and each method's generated images for the same maps."},
+            {"file": "figures/roi_quality_vs_cost.png",
+             "caption": "Quality against GMACs, parameters and measured latency per method, with the "
+                        "Pareto front dashed and dominated methods drawn as crosses."},
+            {"file": "figures/roi_modulation.png",
+             "caption": "Quality against the GMACs each method spends in its modulation layers."},
+        ],
+    }
+
+
+def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
+    """Figure: one row per val sample; columns label map, real image, each method."""
+    from models.trainer import colorize_labels
+
+    columns = ["label"] + list(samples)
+    label_rgb = colorize_labels(labels, class_nc)
+    fig, axes = plt.subplots(len(labels), len(columns), figsize=(1.6 * len(columns), 1.6 * len(labels)),
+                             squeeze=False)
+    for i in range(len(labels)):
+        for j, name in enumerate(columns):
+            image = label_rgb[i] if name == "label" else (samples[name][i].float().clamp(-1, 1) + 1) / 2
+            axes[i, j].imshow(image.permute(1, 2, 0).numpy())
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(METHOD_NAMES.get(name, "real image" if name == "real" else "label map"),
+                                     fontsize=9)
+    fig.tight_layout()
+    return fig

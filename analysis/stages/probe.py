@@ -1,0 +1,253 @@
+"""Probe stage: how much of each modulation layer's gamma / beta is semantic, positional, residual.
+
+    python run_analysis.py probe --out reports/default            # trained checkpoints/<norm>/
+    python run_analysis.py probe --checkpoints ckpts              # ckpts/<name>/ of any names
+    python run_analysis.py probe --preset ade20k --probe-checkpoint latest_net_G.pth --probe-norm spade
+
+Probes every generator folder (``latest_net_G.pth`` + ``generator.json``) under the checkpoint
+root (``ctx.checkpoint_dir``): spade, clade, clade-icpe first, then any other folder. The
+kernel-size ablation (a purely per-pixel SPADE) is one more folder:
+
+    python train.py --preset synthetic --norm spade --spade_kernel_size 1 --steps 3000 --batch-size 8
+    cp -r runs/0000N-synthetic-spade/generator reports/default/checkpoints/spade-k1
+    python run_analysis.py probe --out reports/default --force
+
+``--probe-checkpoint`` probes one generator instead: a folder with ``generator.json``, or an
+official-format ``.pth`` built from ``--preset`` and ``--probe-norm`` (read from its keys when
+omitted). Images: the val split (synthetic scenes ``seed + 1000`` like the eval stage, or
+``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
+``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
+resized: a stand-in, flagged in the tables' meta and the captions.
+
+Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_channels.csv``,
+``probe_resolutions.csv``, ``probe_ablation.csv`` and the figures ``probe_ratio_bars``,
+``probe_heatmap_<model>``, ``probe_gamma_maps_<model>``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
+from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
+from models.presets import PRESETS
+
+from .. import probe
+from ..context import RunContext
+from ..probe_figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
+
+log = logging.getLogger(__name__)
+VAL_SEED_OFFSET = 1000  # the eval stage's synthetic val split
+SYNTHETIC = PRESETS["synthetic"]
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--probe-checkpoint", type=Path, default=None,
+                       help="probe one generator: a folder with generator.json, or an official-format "
+                            "latest_net_G.pth (architecture from --preset and --probe-norm)")
+    group.add_argument("--probe-norm", default=None, choices=NORMS,
+                       help="modulation of a bare --probe-checkpoint .pth (default: read from its keys)")
+    group.add_argument("--probe-images", type=int, default=None,
+                       help="val images probed per model (default 64; --quick 8); the ablation "
+                            "runs on the first quarter of them (at least 2)")
+    group.add_argument("--probe-basis", default="quadratic", choices=list(probe.BASES),
+                       help="regression basis on the ICPE coordinates for the positional part")
+    group.add_argument("--probe-exclude-dontcare", action="store_true",
+                       help="leave 'unknown' pixels out of the variance decomposition (default: kept, "
+                            "as the generator treats them as one more class)")
+
+
+@dataclass
+class ProbeOptions:
+    images: int = 64
+    ablation_images: int = 16
+    basis: str = "quadratic"
+    exclude_dontcare: bool = False
+    checkpoint: Path | None = None
+    norm: str | None = None
+
+    @classmethod
+    def from_context(cls, ctx: RunContext) -> "ProbeOptions":
+        extra = ctx.extra
+        images = extra.get("probe_images") or (8 if ctx.quick else 64)
+        return cls(images=images, ablation_images=max(2, images // 4),
+                   basis=extra.get("probe_basis") or "quadratic",
+                   exclude_dontcare=bool(extra.get("probe_exclude_dontcare")),
+                   checkpoint=extra.get("probe_checkpoint"), norm=extra.get("probe_norm"))
+
+
+# --- which generators ------------------------------------------------------------------------
+
+def infer_options(state: dict) -> dict:
+    """``norm`` (spade | clade | clade-icpe) and ``ngf`` of an official generator state_dict."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any("mlp_shared" in k for k in state):
+        norm = "spade"
+    elif any("class_specified_affine" in k for k in state):
+        norm = "clade-icpe" if any("dist_conv_w" in k for k in state) else "clade"
+    else:
+        raise ValueError(f"cannot tell the modulation of a state_dict with keys like {list(state)[:4]}; "
+                         f"expected an official generator (pass --probe-norm)")
+    conv = state.get("head_0.conv_1.weight_orig", state.get("head_0.conv_1.weight"))
+    return {"norm": norm} | ({"ngf": conv.shape[0] // 16} if conv is not None else {})
+
+
+def load_checkpoint(path: Path, preset: str, norm: str | None, device) -> torch.nn.Module:
+    """Generator from a folder with generator.json, or from an official-format .pth
+    (``preset``'s architecture with ``norm`` and ngf read from the file unless given)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if (folder / GENERATOR_CONFIG).is_file() and (path.is_dir() or path.name == GENERATOR_WEIGHTS):
+        return load_generator_dir(folder, device)
+    if path.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} has no {GENERATOR_CONFIG}; pass the .pth file itself "
+                                f"with --preset and --probe-norm")
+    state, _ = read_state_dict(path)
+    options = infer_options(state) | ({"norm": norm} if norm else {})
+    generator = build_generator(preset, **options)
+    return load_official_checkpoint(generator, state).to(device)
+
+
+def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str, torch.nn.Module]]:
+    """{model name: (source, generator)} to probe."""
+    if opts.checkpoint is not None:
+        generator = load_checkpoint(opts.checkpoint, ctx.preset, opts.norm, ctx.device)
+        name = opts.checkpoint.name if opts.checkpoint.is_dir() else generator.config.norm
+        return {name: (str(opts.checkpoint), generator)}
+    root = ctx.checkpoint_dir(NORMS[0]).parent
+    folders = [ctx.checkpoint_dir(n) for n in NORMS]
+    if root.is_dir():
+        folders += sorted(p for p in root.iterdir() if p.is_dir() and p not in folders)
+    found = {p.name: (str(p), load_generator_dir(p, ctx.device)) for p in folders
+             if (p / GENERATOR_CONFIG).is_file() and (p / GENERATOR_WEIGHTS).is_file()}
+    if not found:
+        raise FileNotFoundError(
+            f"no trained generator under {str(root)!r}: expected <dir>/<norm>/{GENERATOR_WEIGHTS} and "
+            f"{GENERATOR_CONFIG} for norm in {list(NORMS)}. Run `python run_analysis.py train` first, "
+            f"pass --checkpoints DIR, or probe one file with --probe-checkpoint PATH")
+    return found
+
+
+# --- which images ----------------------------------------------------------------------------
+
+def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tuple[list[dict], str, bool]:
+    """(batches of val samples for ``config``, description, whether they are a stand-in)."""
+    h, w = config.output_size
+    if ctx.dataroot is not None:
+        from data.datasets import build_dataset
+        dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val")
+        items = [dataset[i] for i in range(min(images, len(dataset)))]
+        return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
+    from data.synthetic import SyntheticScenes
+    seed = ctx.seed + VAL_SEED_OFFSET
+    native = (config.label_nc == SYNTHETIC["label_nc"]
+              and config.contain_dontcare_label == SYNTHETIC["contain_dontcare_label"] and h == w)
+    if native:
+        scenes = SyntheticScenes(images, size=h, seed=seed, with_dist=True)
+        items = [scenes[i] for i in range(images)]
+        return _stack(items, batch_size), f"SyntheticScenes(seed={seed}, size={h}) val", False
+    scenes = SyntheticScenes(images, size=SYNTHETIC["crop_size"], seed=seed, with_dist=False)
+    rng = torch.Generator().manual_seed(seed)
+    items = [_remap(scenes[i], config, rng) for i in range(images)]
+    description = (f"STAND-IN: SyntheticScenes(seed={seed}) label maps with their "
+                   f"{SYNTHETIC['label_nc']} classes mapped to random classes of label_nc="
+                   f"{config.label_nc} per image and resized to {h}x{w} (no real dataset given)")
+    return _stack(items, batch_size), description, True
+
+
+def _remap(item: dict, config, rng: torch.Generator) -> dict:
+    """Synthetic sample with random target classes per image, nearest-resized to the output size."""
+    n = SYNTHETIC["label_nc"]
+    if config.label_nc >= n:
+        targets = torch.randperm(config.label_nc, generator=rng)[:n]
+    else:
+        targets = torch.randint(config.label_nc, (n,), generator=rng)
+    dontcare = config.label_nc if config.contain_dontcare_label else int(targets[0])
+    table = torch.cat((targets, torch.tensor([dontcare])))
+    size = config.output_size
+    resize = lambda t: torch.nn.functional.interpolate(t[None].float(), size=size, mode="nearest")[0].long()  # noqa: E731
+    return {"label": table[resize(item["label"])], "instance": resize(item["instance"])}
+
+
+def _stack(items: list[dict], batch_size: int) -> list[dict]:
+    keys = [k for k in ("label", "instance", "dist") if items[0].get(k) is not None]
+    return [{k: torch.stack([it[k] for it in items[i:i + batch_size]]) for k in keys}
+            for i in range(0, len(items), batch_size)]
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+def map_layers(stats: probe.ProbeStatistics, count: int = 3) -> list[str]:
+    """The first layer of each of the ``count`` highest resolutions (for the example maps)."""
+    first = {}
+    for name, layer in stats.layers.items():
+        first.setdefault(layer.resolution, name)
+    return [first[r] for r in sorted(first, key=lambda r: r[0] * r[1])[-count:]]
+
+
+def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int):
+    """(channels, ablation, maps figure) of one generator."""
+    cfg = generator.config
+    stats = probe.capture_modulation_statistics(generator, batches, basis=opts.basis)
+    # nullable integer: the kernel size is a SPADE option, NA for CLADE
+    ids = dict(model=name, norm=cfg.norm, spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
+    channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
+    ablation_batches = batches[: max(1, -(-opts.ablation_images // batch_size))]
+    ablation = probe.ablation_effects(generator, stats, ablation_batches).assign(**ids)
+    maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
+    figure = plot_modulation_maps(maps, channels, cfg.class_nc,
+                                  title=f"{name}: gamma (scale) maps of one val image next to its label map")
+    return channels, ablation, figure
+
+
+def run(ctx: RunContext) -> dict:
+    opts = ProbeOptions.from_context(ctx)
+    generators = find_generators(ctx, opts)
+    channels, ablations, sources, data, stand_in = [], [], {}, {}, False
+    figures = []
+    for name, (source, generator) in generators.items():
+        cfg = generator.config
+        batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
+        batches, description, is_stand_in = probe_batches(ctx, cfg, opts.images, batch_size)
+        log.info("probe: %s (%s) on %s", name, source, description)
+        model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size)
+        channels.append(model_channels)
+        ablations.append(ablation)
+        sources[name], data[name], stand_in = source, description, stand_in or is_stand_in
+        note = " Stand-in label maps (no real dataset)." if is_stand_in else ""
+        figures.append({"file": str(ctx.write_figure(maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
+                        "caption": f"{name}: the three highest-variance gamma channels of the three "
+                                   f"highest-resolution layers for one image, beside its label map.{note}"})
+        figures.append({"file": str(ctx.write_figure(plot_ratio_heatmap(model_channels, name),
+                                                     f"probe_heatmap_{name}").relative_to(ctx.out)),
+                        "caption": f"{name}: semantic ratio of every channel of every modulation layer "
+                                   f"(channels sorted within each layer).{note}"})
+    kernel = {"spade_kernel_size": "Int64"}
+    channels = pd.concat(channels, ignore_index=True).astype(kernel)
+    layers = probe.layer_summary(channels)
+    resolutions = probe.resolution_summary(channels)
+    ablation = pd.concat(ablations, ignore_index=True).astype(kernel)
+    note = " Stand-in label maps (no real dataset)." if stand_in else ""
+    figures.insert(0, {"file": str(ctx.write_figure(plot_ratio_bars(layers), "probe_ratio_bars")
+                                   .relative_to(ctx.out)),
+                       "caption": "Share of each modulation layer's gamma / beta variance explained by the "
+                                  f"class (semantic), by position within the class region (ICPE "
+                                  f"regression) and neither, layers by depth.{note}"})
+    meta = dict(models=sources, data=data, stand_in=stand_in, images=opts.images,
+                ablation_images=opts.ablation_images, basis=probe.BASES[opts.basis],
+                dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
+                positions="ICPE map given to the generator (dataset's, else data.icpe corrected mode), "
+                          "nearest-resized to each layer",
+                ratios="population variances pooled over pixels of all images; NaN where total variance is 0")
+    tables = []
+    for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
+                      (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
+        tables.append(str(ctx.write_table(df, table, **meta).relative_to(ctx.out)))
+    overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
+    return {"models": list(generators), "images": opts.images, "stand_in": stand_in,
+            "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},
+            "figures": figures, "tables": tables}

@@ -1,0 +1,177 @@
+"""Stage 'train': SPADE, CLADE and CLADE-ICPE trained under one recipe, data order and budget.
+
+Each method gets the same small generator width, discriminator, batch size, number of steps,
+seed and data order (the synthetic scenes, or ``--dataroot``). The official recipe is used
+(hinge + feature matching, TTUR); the VGG loss only when its weights are on disk, which the
+outputs say. Writes ``checkpoints/<norm>/`` (official ``latest_net_G.pth`` + ``generator.json``),
+``tables/train_log_<norm>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
+A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+log = logging.getLogger(__name__)
+
+NORMS = ("spade", "clade", "clade-icpe")
+# Budget on a 2-core CPU: the whole default pipeline must fit in 15 minutes.
+FULL = dict(steps=300, ngf=16, ndf=32, batch_size=8, max_seconds=240.0)
+QUICK = dict(steps=25, ngf=8, ndf=16, batch_size=4, max_seconds=25.0)
+CROP = 64
+
+
+def add_arguments(group) -> None:
+    group.add_argument("--train-steps", type=int, default=None,
+                       help=f"iterations per method (default {FULL['steps']}, --quick {QUICK['steps']})")
+    group.add_argument("--train-ngf", type=int, default=None,
+                       help=f"generator width (default {FULL['ngf']}, --quick {QUICK['ngf']})")
+    group.add_argument("--train-ndf", type=int, default=None,
+                       help=f"discriminator width (default {FULL['ndf']}, --quick {QUICK['ndf']})")
+    group.add_argument("--train-batch-size", type=int, default=None,
+                       help=f"batch size (default {FULL['batch_size']}, --quick {QUICK['batch_size']})")
+    group.add_argument("--train-crop-size", type=int, default=None, help=f"image size (default {CROP})")
+    group.add_argument("--train-max-seconds", type=float, default=None,
+                       help=f"wall-clock cap per method, 0 = none (default {FULL['max_seconds']:.0f}, "
+                            f"--quick {QUICK['max_seconds']:.0f}); a capped method records fewer steps")
+    group.add_argument("--train-norms", default=",".join(NORMS), help="methods to train, comma-separated")
+    group.add_argument("--train-vgg-weights", type=Path, default=None,
+                       help="vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; off if absent)")
+    group.add_argument("--train-threads", type=int, default=None,
+                       help="torch CPU threads while training (default: unchanged; 1 is steadier on a "
+                            "busy machine)")
+
+
+def settings(ctx) -> dict:
+    """Resolved budget and sizes (defaults by --quick, overridden by --train-* options)."""
+    base = dict(QUICK if ctx.quick else FULL, crop_size=CROP)
+    extra = ctx.extra or {}
+    for key in ("steps", "ngf", "ndf", "batch_size", "crop_size", "max_seconds"):
+        value = extra.get(f"train_{key}")
+        if value is not None:
+            base[key] = value
+    base["max_seconds"] = base["max_seconds"] or None
+    base["norms"] = [n.strip() for n in (extra.get("train_norms") or ",".join(NORMS)).split(",") if n.strip()]
+    return base
+
+
+def vgg_status(path=None) -> tuple[bool, str]:
+    """(use VGG, text for the outputs): on only when the weights file is present."""
+    from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
+    try:
+        return True, f"on ({resolve_vgg_weights(path)})"
+    except VGGWeightsMissingError:
+        return False, "off (weights not found)"
+
+
+def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int]):
+    """Identical samples and order for every method; ICPE maps only where they are used."""
+    with_dist = norm == "clade-icpe"
+    num_samples = s["steps"] * s["batch_size"]  # one pass: every step sees new scenes
+    if ctx.dataroot is None:
+        from data.synthetic import SyntheticScenes
+        return SyntheticScenes(num_samples, size=size, seed=ctx.seed, with_dist=with_dist)
+    from data.datasets import build_dataset
+    return build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"],
+                         with_dist=with_dist, seed=ctx.seed)
+
+
+def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path) -> dict:
+    """Train (or resume) one method, export it, and return its training.csv row + log."""
+    from models.presets import generator_config
+    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+
+    g_config = generator_config(ctx.preset, norm, ngf=s["ngf"], crop_size=s["crop_size"])
+    recipe = TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=ctx.seed)
+    trainer = Trainer(g_config=g_config, d_config=discriminator_config_for(g_config, ndf=s["ndf"]),
+                      recipe=recipe, device=ctx.device, vgg_weights=vgg_path)
+    work = ctx.out / "train" / norm
+    if ctx.force and work.exists():
+        shutil.rmtree(work)
+    if (work / "checkpoint.pt").exists() or (work / "checkpoint.prev.pt").exists():
+        trainer.load_checkpoint(work)
+    start = time.perf_counter()
+    history = trainer.fit(training_dataset(ctx, norm, s, g_config.output_size), steps=s["steps"], out_dir=work,
+                          log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
+                          sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
+                          num_workers=0)
+    trainer.export_generator(ctx.checkpoint_dir(norm))
+    df = pd.DataFrame(history)
+    ctx.write_table(df, f"train_log_{norm}", norm=norm, generator=asdict(g_config), recipe=asdict(recipe))
+    tail = df.tail(max(1, len(df) // 10))  # last ~10% of the logged rows
+    head = df.head(max(1, len(df) // 10))
+    losses = [c for c in ("GAN", "GAN_Feat", "VGG", "D_Fake", "D_real", "img_L1") if c in df]
+    row = {"norm": norm, "steps": trainer.step, "planned_steps": s["steps"],
+           "stopped_by_time_cap": trainer.stopped_early, "seconds": round(trainer.train_seconds, 1),
+           "images_per_s": round(trainer.step * s["batch_size"] / max(trainer.train_seconds, 1e-9), 2),
+           "g_params": sum(p.numel() for p in trainer.G.parameters()),
+           **{f"{c}_start": round(float(head[c].mean()), 4) for c in losses},
+           **{f"{c}_end": round(float(tail[c].mean()), 4) for c in losses}}
+    log.info("[train] %s: %d steps in %.0f s (this call %.0f s)", norm, trainer.step,
+             trainer.train_seconds, time.perf_counter() - start)
+    return {"row": row, "log": df}
+
+
+def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
+    """Loss curves of the methods side by side (one panel per loss)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("GAN_Feat", "G feature matching (x10)"), ("img_L1", "|generated - real| (not trained)"),
+              ("GAN", "G hinge loss"), ("D", "D loss (fake + real)")]
+    if any("VGG" in df for df in logs.values()):
+        panels.insert(1, ("VGG", "G VGG loss (x10)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
+        for norm, df in logs.items():
+            y = df["D_Fake"] + df["D_real"] if key == "D" else df.get(key)
+            if y is None:
+                continue
+            ax.plot(df["step"], y.rolling(3, min_periods=1).mean(), label=norm)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Training losses, same recipe and data order (VGG loss: {vgg_text})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def run(ctx) -> dict:
+    s = settings(ctx)
+    extra = ctx.extra or {}
+    threads = torch.get_num_threads()
+    if extra.get("train_threads"):
+        torch.set_num_threads(extra["train_threads"])
+    use_vgg, vgg_text = vgg_status(extra.get("train_vgg_weights"))
+    log.info("[train] %s, steps %d, batch %d, ngf %d, ndf %d, %dx%d, vgg: %s", ", ".join(s["norms"]),
+             s["steps"], s["batch_size"], s["ngf"], s["ndf"], s["crop_size"], s["crop_size"], vgg_text)
+    try:
+        results = {norm: train_one(ctx, norm, s, use_vgg, extra.get("train_vgg_weights"))
+                   for norm in s["norms"]}
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.DataFrame([r["row"] for r in results.values()]).assign(vgg=vgg_text)
+    ctx.write_table(table, "training", settings=s, vgg=vgg_text,
+                    dataset=str(ctx.dataroot) if ctx.dataroot else "synthetic scenes")
+    ctx.write_figure(loss_figure({n: r["log"] for n, r in results.items()}, vgg_text), "train_losses")
+    return {
+        "settings": s, "vgg": vgg_text,
+        "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in s["norms"]},
+        "results": table.to_dict(orient="records"),
+        "figures": [{"file": "figures/train_losses.png",
+                     "caption": f"Training losses of {', '.join(s['norms'])} under the same recipe, "
+                                f"data order and {s['steps']}-step budget (VGG loss {vgg_text})."}],
+        "tables": [{"file": "tables/training.csv",
+                    "caption": "Steps, seconds, images/s and mean losses over the first and last 10% "
+                               "of training for each method."}]
+                  + [{"file": f"tables/train_log_{n}.csv", "caption": f"Logged losses of {n} during training."}
+                     for n in s["norms"]],
+    }

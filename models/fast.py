@@ -1,0 +1,324 @@
+"""Fast inference: the building blocks of the generator's eval fast path, and ``accelerate``.
+
+The generator takes its fast path by itself when it runs in eval mode without autograd
+(``G.eval()`` under ``torch.no_grad()`` / ``torch.inference_mode()``); ``G.fast_eval = False``
+restores the plain path. The fast path gives the same result as the plain one (fp32 within
+1e-4; tests/models/test_fast_paths.py) and differs only in how it computes:
+
+- conv weights are prepared once and reused while the parameters are unchanged: the
+  spectral-norm division ``weight_orig / sigma``, the cast to the compute dtype, the
+  channels_last layout and, on CPU, oneDNN's blocked weight layout (prepacking). Cache keys
+  hold the storage pointer and version counter of every source tensor, so optimizer steps,
+  ``load_state_dict``, power iterations and ``.to()`` invalidate them. Writes through
+  ``tensor.data`` bypass version counters: call :func:`clear_eval_caches` after those.
+- activations are channels_last, the residual add is fused into the last conv of a block,
+  leaky_relu runs in place;
+- convs whose input is an exact one-hot map (the generator's ``fc``, SPADE's ``mlp_shared``)
+  become a sum of gathered weight rows (``embedding_bag``): ``conv(one_hot(label))`` reads
+  only the weights of the classes present, ~150x fewer multiply-adds.
+
+``accelerate(G, ...)`` adds opt-in options on top (compute dtype, ``torch.compile``, CUDA
+graphs, cuDNN autotuning) and returns a callable with G's call signature.
+
+    fast = accelerate(G.eval(), dtype=torch.bfloat16)
+    image = fast(semantic)
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+_MKLDNN = torch.ops.mkldnn
+# oneDNN weight prepacking (the ops inductor's CPU backend uses); absent on some builds.
+_PREPACK_OPS = (hasattr(_MKLDNN, "_convolution_pointwise")
+                and hasattr(_MKLDNN, "_reorder_convolution_weight"))
+_prepack_broken = False  # set when a prepacked call fails once; then dense weights only
+
+
+# ----------------------------------------------------------------------------- caches
+def tensor_key(*tensors) -> tuple | None:
+    """Identity of tensors' current contents: storage pointer, version counter, dtype, device.
+
+    None when some tensor has no version counter (inference tensors): then nothing is cached.
+    """
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+            continue
+        try:
+            key.append((t.data_ptr(), t._version, t.dtype, t.device))
+        except RuntimeError:  # inference tensors do not track versions
+            return None
+    return tuple(key)
+
+
+def eval_cache(module: nn.Module, slot: str, key, compute):
+    """``compute()``, remembered on ``module`` under ``slot`` for as long as ``key`` is unchanged.
+
+    Stored in the module's ``__dict__`` (not a buffer: never in ``state_dict``). One entry per
+    slot, so alternating input shapes recompute; ``key=None`` disables caching.
+    """
+    if key is None or torch.compiler.is_compiling():
+        return compute()
+    store = module.__dict__.setdefault("_eval_cache", {})
+    hit = store.get(slot)
+    if hit is None or hit[0] != key:
+        hit = (key, compute())
+        store[slot] = hit
+    return hit[1]
+
+
+def clear_eval_caches(root: nn.Module) -> None:
+    """Drop every cached eval weight under ``root`` (frees their memory)."""
+    for m in root.modules():
+        m.__dict__.pop("_eval_cache", None)
+
+
+def has_user_hooks(module: nn.Module) -> bool:
+    """True if hooks other than spectral norm's are registered (then call the module itself)."""
+    pre = [h for h in module._forward_pre_hooks.values() if not isinstance(h, SpectralNorm)]
+    return bool(pre or module._forward_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
+# ----------------------------------------------------------------------------- weights
+def spectral_hook(conv: nn.Module) -> SpectralNorm | None:
+    for hook in conv._forward_pre_hooks.values():
+        if isinstance(hook, SpectralNorm) and hook.name == "weight":
+            return hook
+    return None
+
+
+def conv_weight_key(conv: nn.Module) -> tuple | None:
+    """Cache key of a conv's effective weight and bias (spectral-norm sources included)."""
+    if spectral_hook(conv) is not None:
+        return tensor_key(conv.weight_orig, conv.weight_u, conv.weight_v, conv.bias)
+    return tensor_key(conv.weight, conv.bias)
+
+
+def conv_weight(conv: nn.Module) -> torch.Tensor:
+    """The weight the conv uses in eval mode: ``weight_orig / sigma`` under spectral norm."""
+    hook = spectral_hook(conv)
+    if hook is None:
+        return conv.weight
+    return hook.compute_weight(conv, do_power_iteration=False)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _can_prepack(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (_PREPACK_OPS and not _prepack_broken and x.device.type == "cpu" and x.dim() == 4
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling() and x.dtype == dtype
+            and (dtype == torch.float32 or (dtype == torch.bfloat16 and _MKLDNN._is_mkldnn_bf16_supported()))
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def conv2d_cached(owner: nn.Module, slot: str, key, make_weight_bias, x: torch.Tensor,
+                  padding: int, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv2d(x, *make_weight_bias(), padding) (+ residual)`` with the weight prepared once.
+
+    ``make_weight_bias() -> (weight, bias)`` in any dtype/layout; it is called again only when
+    ``key`` (see :func:`tensor_key`), the compute dtype, x's layout or x's shape change. On
+    CPU with channels_last input the weight is prepacked for oneDNN and the residual add
+    is fused into the convolution.
+    """
+    global _prepack_broken
+    dtype = _compute_dtype(x)
+    if _can_prepack(x, dtype):
+        def pack():
+            w, b = make_weight_bias()
+            w = w.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+            p = [padding, padding]
+            packed = _MKLDNN._reorder_convolution_weight(w, p, [1, 1], [1, 1], 1, list(x.shape))
+            return packed, (None if b is None else b.detach().to(dtype))
+        packed, bias = eval_cache(owner, slot, None if key is None else (key, dtype, "packed", tuple(x.shape)), pack)
+        p = [padding, padding]
+        try:
+            if residual is None:
+                return _MKLDNN._convolution_pointwise(x, packed, bias, p, [1, 1], [1, 1], 1, "none", [], "")
+            residual = residual.to(dtype).contiguous(memory_format=torch.channels_last)
+            return _MKLDNN._convolution_pointwise.binary(x, residual, packed, bias, p, [1, 1], [1, 1], 1,
+                                                         "add", None, None, [], None)
+        except RuntimeError:  # an unsupported case on this build: dense weights from now on
+            _prepack_broken = True
+
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+        else torch.contiguous_format
+
+    def dense():
+        w, b = make_weight_bias()
+        return w.detach().to(dtype).contiguous(memory_format=fmt), (None if b is None else b.detach().to(dtype))
+    w, b = eval_cache(owner, slot, None if key is None else (key, dtype, fmt), dense)
+    out = F.conv2d(x, w, b, padding=padding)
+    if residual is not None:
+        out = out.add_(residual) if out.dtype == residual.dtype or out.dtype == torch.promote_types(out.dtype, residual.dtype) \
+            else out + residual
+    return out
+
+
+def conv_eval(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(x) (+ residual)`` in eval mode without autograd, with cached weights.
+
+    Falls back to calling the module when it has user hooks or options the fast call does
+    not cover (stride, dilation, groups, non-zero padding modes).
+    """
+    simple = (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+              and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+              and conv.padding[0] == conv.padding[1] and conv.kernel_size[0] == conv.kernel_size[1])
+    if not simple or has_user_hooks(conv):
+        out = conv(x)
+        return out if residual is None else out + residual
+    return conv2d_cached(conv, "conv", conv_weight_key(conv), lambda: (conv_weight(conv), conv.bias),
+                         x, conv.padding[0], residual)
+
+
+# ----------------------------------------------------------------------------- one-hot convs
+def tap_indices(label: torch.Tensor, kernel_size: int, classes: int) -> torch.Tensor:
+    """[N*H*W, k*k] row indices into a :func:`onehot_conv` table for a class map [N, H, W].
+
+    Tap ``t`` of pixel p reads row ``t * (classes + 1) + label[p + offset_t]``; pixels outside
+    the map read the zero row ``t * (classes + 1) + classes`` (zero padding).
+    """
+    n, h, w = label.shape
+    pad = kernel_size // 2
+    padded = F.pad(label, (pad, pad, pad, pad), value=classes)
+    taps = [padded[:, i:i + h, j:j + w] for i in range(kernel_size) for j in range(kernel_size)]
+    offsets = torch.arange(kernel_size * kernel_size, device=label.device) * (classes + 1)
+    return (torch.stack(taps, dim=-1) + offsets).reshape(n * h * w, kernel_size * kernel_size)
+
+
+def onehot_conv(conv: nn.Conv2d, taps: torch.Tensor, out_size, classes: int,
+                edge: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``conv(cat(one_hot(label, classes), edge))`` as a sum of gathered weight rows.
+
+    ``taps`` from :func:`tap_indices`; ``edge`` [N, 1, H, W] the instance-edge channel when the
+    conv has one more input channel than ``classes``. Equal to the convolution up to
+    floating-point summation order; output [N, out_channels, H, W], channels_last.
+    """
+    k = conv.kernel_size[0]
+
+    def table():
+        w = conv_weight(conv).detach().float()               # [O, Cin, k, k]
+        rows = w[:, :classes].permute(2, 3, 1, 0)           # [k, k, classes, O]
+        rows = F.pad(rows, (0, 0, 0, 1)).reshape(-1, w.shape[0])  # zero row after each tap
+        bias = conv.bias.detach().float()[None] if conv.bias is not None else rows.new_zeros(1, w.shape[0])
+        return torch.cat([rows, bias]).to(dtype)
+    weights = eval_cache(conv, "onehot", (conv_weight_key(conv), dtype, classes), table)
+    n = taps.shape[0]
+    bias_row = taps.new_full((n, 1), weights.shape[0] - 1)
+    out = F.embedding_bag(torch.cat([taps, bias_row], 1), weights, mode="sum")
+    n_img, (h, w) = n // (out_size[0] * out_size[1]), out_size
+    out = out.view(n_img, h, w, -1).permute(0, 3, 1, 2)
+    if edge is not None:
+        def edge_weight():
+            return conv_weight(conv)[:, classes:].detach(), None
+        out = out + conv2d_cached(conv, "onehot_edge", (conv_weight_key(conv), classes),
+                                  edge_weight, edge.to(dtype), k // 2)
+    return out
+
+
+def onehot_conv_applies(conv: nn.Module, classes: int, has_edge: bool) -> bool:
+    """Whether :func:`onehot_conv` can replace ``conv`` (plain odd-kernel 'same' conv, no hooks)."""
+    return (isinstance(conv, nn.Conv2d) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros"
+            and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
+            and conv.padding == (conv.kernel_size[0] // 2,) * 2
+            and conv.in_channels == classes + int(has_edge) and not has_user_hooks(conv))
+
+
+# ----------------------------------------------------------------------------- accelerate
+class Accelerated(nn.Module):
+    """``G`` behind opt-in accelerations, with G's call signature ``(semantic, z=None, dist=None)``.
+
+    Holds G itself (no weight copy), so it follows later weight changes, except with
+    ``compile=True`` where inductor's freezing snapshots the weights at the first call.
+    """
+
+    def __init__(self, G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype | None = None,
+                 compile: bool = False, compile_mode: str | None = None, cuda_graphs: bool = False):
+        super().__init__()
+        self.G = G
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict = {}
+        self._run = self._eager
+        if compile:
+            self._run = torch.compile(self._eager, mode=compile_mode, dynamic=False)
+
+    def _eager(self, semantic, z=None, dist=None):
+        if self.channels_last:
+            semantic = semantic.contiguous(memory_format=torch.channels_last)
+        return self.G(semantic, z, dist, dtype=self.dtype)
+
+    def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None,
+                dist: torch.Tensor | None = None) -> torch.Tensor:
+        if self.G.training:
+            raise ValueError("accelerate() is for inference; call G.eval() first (train with G itself)")
+        with torch.inference_mode():
+            if self.cuda_graphs and semantic.is_cuda:
+                return self._graphed(semantic, z, dist)
+            return self._run(semantic, z, dist)
+
+    def _graphed(self, semantic, z, dist):
+        """Replay a CUDA graph captured for these input shapes (captured on first use)."""
+        key = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in (semantic, z, dist))
+        if key not in self._graphs:
+            static = [None if t is None else t.clone() for t in (semantic, z, dist)]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up: cuDNN autotuning, weight caches
+                    self._run(*static)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._run(*static)
+            self._graphs[key] = (graph, static, out)
+        graph, static, out = self._graphs[key]
+        for dst, src in zip(static, (semantic, z, dist)):
+            if dst is not None:
+                dst.copy_(src)
+        graph.replay()
+        return out.clone()
+
+
+def accelerate(G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype | None = None,
+               compile: bool = False, compile_mode: str | None = None,
+               cuda_graphs: bool = False, cudnn_benchmark: bool = True) -> Accelerated:
+    """G (in eval mode) behind opt-in inference accelerations; same call signature as G.
+
+    - ``dtype``: compute dtype of the fast path, e.g. ``torch.bfloat16`` (weights and
+      activations in bf16, tables folded in fp32 then cast; output float32).
+    - ``compile``: ``torch.compile`` the call (``compile_mode`` e.g. ``"reduce-overhead"``
+      for CUDA graphs through inductor, ``"max-autotune"``). On CPU, inductor's freezing is
+      switched on so weights are folded and prepacked at compile time: the compiled
+      callable then snapshots G's weights (accelerate again after changing them).
+    - ``cuda_graphs``: capture one CUDA graph per input shape and replay it (batch-1
+      latency is launch-bound). Returns a copy of the static output.
+    - ``cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (autotuned conv algorithms).
+    """
+    if cudnn_benchmark and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    if compile:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+    return Accelerated(G.eval(), channels_last=channels_last, dtype=dtype, compile=compile,
+                       compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+
+
+def copy_for_inference(G: nn.Module) -> nn.Module:
+    """A deep copy of G in eval mode without eval caches (e.g. to compile one frozen copy)."""
+    G2 = copy.deepcopy(G).eval()
+    clear_eval_caches(G2)
+    return G2

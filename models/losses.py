@@ -1,0 +1,93 @@
+"""The official SPADE / CLADE training losses, as plain functions.
+
+Discriminator outputs follow ``MultiscaleDiscriminator``: a list (one entry per scale) of
+lists of features whose last element is the patch prediction.
+
+    d_fake, d_real = gan_loss(pred_fake, False), gan_loss(pred_real, True)   # D step
+    g_gan = gan_loss(pred_fake, True, for_discriminator=False)               # G step
+    g_feat = feature_matching_loss(pred_fake, pred_real, lambda_feat=10.0)
+
+All losses are computed in float32 (predictions under bf16 autocast are upcast first).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GAN_MODES = ("hinge", "ls", "original", "w")
+
+
+def _single_gan_loss(pred: torch.Tensor, target_is_real: bool, for_discriminator: bool,
+                     gan_mode: str) -> torch.Tensor:
+    pred = pred.float()
+    if gan_mode == "hinge":
+        if not for_discriminator:
+            if not target_is_real:
+                raise ValueError("the generator's hinge loss must aim for real (target_is_real=True)")
+            return -pred.mean()
+        # -mean(min(x - 1, 0)) for real, -mean(min(-x - 1, 0)) for fake
+        return F.relu(1 - pred).mean() if target_is_real else F.relu(1 + pred).mean()
+    if gan_mode == "ls":
+        return F.mse_loss(pred, torch.full_like(pred, float(target_is_real)))
+    if gan_mode == "original":
+        return F.binary_cross_entropy_with_logits(pred, torch.full_like(pred, float(target_is_real)))
+    if gan_mode == "w":
+        return -pred.mean() if target_is_real else pred.mean()
+    raise ValueError(f"unknown gan_mode {gan_mode!r}; expected one of {list(GAN_MODES)}")
+
+
+def gan_loss(preds, target_is_real: bool, for_discriminator: bool = True,
+             gan_mode: str = "hinge") -> torch.Tensor:
+    """Adversarial loss averaged over the discriminator scales (official ``GANLoss``).
+
+    ``preds``: a tensor, or the multiscale list of feature lists (the last feature of each
+    scale is used). Hinge (official default): D real ``mean(relu(1 - x))``, D fake
+    ``mean(relu(1 + x))``, G ``-mean(x)``; each scale's loss is a mean over its patches.
+    """
+    if isinstance(preds, torch.Tensor):
+        return _single_gan_loss(preds, target_is_real, for_discriminator, gan_mode)
+    losses = [_single_gan_loss(p[-1] if isinstance(p, (list, tuple)) else p, target_is_real,
+                               for_discriminator, gan_mode) for p in preds]
+    return torch.stack(losses).sum() / len(losses)
+
+
+def feature_matching_loss(feats_fake, feats_real, lambda_feat: float = 10.0) -> torch.Tensor:
+    """Discriminator feature matching (official ``GAN_Feat``).
+
+    Sum over scales i and intermediate layers j (the prediction excluded) of
+    ``L1(fake[i][j], real[i][j].detach()) * lambda_feat / num_D``.
+    """
+    num_d = len(feats_fake)
+    total = feats_fake[0][0].new_zeros((), dtype=torch.float32)
+    for fake_scale, real_scale in zip(feats_fake, feats_real):
+        for fake, real in zip(fake_scale[:-1], real_scale[:-1]):
+            total = total + F.l1_loss(fake.float(), real.detach().float()) * (lambda_feat / num_d)
+    return total
+
+
+def kld_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) summed over batch and dimensions (official ``KLDLoss``)."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+class VGGLoss(nn.Module):
+    """Perceptual loss: weighted L1 between VGG19 features (weights 1/32, 1/16, 1/8, 1/4, 1).
+
+    ``vgg`` is a :class:`models.vgg.VGG19Features` (or any module returning five feature
+    maps). Multiply by ``lambda_vgg`` yourself, as the official code does.
+    """
+
+    weights = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+
+    def __init__(self, vgg: nn.Module):
+        super().__init__()
+        self.vgg = vgg
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_feats, y_feats = self.vgg(x), self.vgg(y)
+        total = x.new_zeros((), dtype=torch.float32)
+        for w, xf, yf in zip(self.weights, x_feats, y_feats):
+            total = total + w * F.l1_loss(xf.float(), yf.detach().float())
+        return total

@@ -1,0 +1,236 @@
+"""Cost counting: closed-form arithmetic == fvcore, complete handles == hand counts, roles add
+up, FlopCounterMode agrees, and the official totals match ../shared/reference."""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analysis import costs
+from analysis.costs import (closed_form_block_costs, closed_form_generator_costs, flop_counter_crosscheck,
+                            generator_inputs, layer_costs, load_reference_costs, official_resize_macs,
+                            role_totals, summarize_generator, training_step_gmacs)
+from models import build_generator, build_generator_from_config, count_parameters
+from models.blocks import ResnetBlock
+from models.norms import Conditioning
+from models.presets import generator_config
+
+NORMS = ["spade", "clade", "clade-icpe"]
+
+
+def tiny_config(norm, **overrides):
+    options = dict(label_nc=5, ngf=4, crop_size=32, spade_hidden=8, no_instance=False)
+    options.update(overrides)
+    return generator_config("custom", norm, **options)
+
+
+def macs(table, column):
+    return round(table[column].sum() * 1e9)
+
+
+class BlockWithConditioning(nn.Module):
+    """One residual block fed like inside the generator (tensors in, Conditioning inside)."""
+
+    def __init__(self, fin, fout, config):
+        super().__init__()
+        self.config = config
+        self.block = ResnetBlock(fin, fout, config)
+
+    def forward(self, x, semantic, dist=None):
+        cond = Conditioning(semantic, self.config.class_nc, not self.config.no_instance, dist)
+        return self.block(x, cond)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("fin,fout,size", [(8, 8, 16), (8, 4, 16), (8, 4, 32)],
+                         ids=["no-shortcut", "learned-shortcut", "learned-shortcut-full-res"])
+@pytest.mark.parametrize("no_instance", [False, True], ids=["edge", "no-edge"])
+def test_closed_form_block_equals_fvcore(norm, fin, fout, size, no_instance):
+    config = tiny_config(norm, no_instance=no_instance)
+    model = BlockWithConditioning(fin, fout, config).eval()
+    (semantic,), kwargs = generator_inputs(config)
+    x = torch.randn(1, fin, size, size)
+    table = layer_costs(model, (x, semantic), kwargs=kwargs)
+    expected = closed_form_block_costs(fin, fout, size, size, config, resize=True)
+    if norm != "spade":  # the block is the first to ask for labels: it pays the argmax
+        expected["macs_complete"] += config.class_nc * 32 * 32
+    assert table.params.sum() == expected["params"] == count_parameters(model)
+    assert macs(table, "gmacs_fvcore") == expected["macs"]
+    assert macs(table, "gmacs_complete") == expected["macs_complete"]
+    assert table.attrs["uncounted_ops"] == {}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("overrides", [
+    dict(crop_size=64, aspect_ratio=2.0, num_upsampling_layers="more"),
+    dict(crop_size=64, no_instance=True, contain_dontcare_label=True),
+    dict(crop_size=128, num_upsampling_layers="most", spectral=False),
+], ids=["more-edge", "normal-no-edge", "most-no-spectral"])
+def test_closed_form_generator_equals_layer_costs(norm, overrides):
+    config = tiny_config(norm, **overrides)
+    G = build_generator_from_config(config)
+    args, kwargs = generator_inputs(config)
+    table = layer_costs(G, args, kwargs=kwargs)
+    expected = closed_form_generator_costs(config)
+    assert table.params.sum() == expected["params"] == count_parameters(G)
+    assert macs(table, "gmacs_fvcore") == expected["macs"]
+    assert macs(table, "gmacs_complete") == expected["macs_complete"]
+    for name, block in expected["blocks"].items():
+        rows = table[(table.module == name) | table.module.str.startswith(name + ".")]
+        assert (rows.params.sum(), macs(rows, "gmacs_fvcore"), macs(rows, "gmacs_complete")) == \
+            (block["params"], block["macs"], block["macs_complete"]), name
+
+
+def test_complete_handles_count_skipped_ops_by_hand():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.table = nn.Embedding(5, 4)
+
+        def forward(self, x, label):
+            y = F.leaky_relu(self.conv(x), 0.2)
+            e = self.table(label).permute(0, 3, 1, 2)
+            z = torch.cat([y * e + e, x], 1)
+            return torch.tanh(z), x.argmax(1), x.cumsum(1)
+
+    x, label = torch.randn(1, 3, 6, 6), torch.randint(0, 5, (1, 6, 6))
+    table = layer_costs(Tiny(), (x, label))
+    hw = 36
+    conv = 4 * 3 * 9 * hw
+    assert macs(table, "gmacs_fvcore") == conv
+    # leaky_relu, embedding, mul, add: 4 channels; cat and tanh: 7 channels; argmax reads 3
+    assert macs(table, "gmacs_complete") == conv + 4 * 4 * hw + 2 * 7 * hw + 3 * hw
+    assert table.attrs["uncounted_ops"] == {"aten::cumsum": 1}
+    assert set(table.attrs["fvcore_ops"]) == {"conv"}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_roles_sum_to_totals_and_name_the_modulation_parts(norm):
+    config = tiny_config(norm, crop_size=64)
+    G = build_generator_from_config(config)
+    args, kwargs = generator_inputs(config)
+    table = layer_costs(G, args, kwargs=kwargs)
+    roles = role_totals(table)
+    assert roles.params.sum() == count_parameters(G) == table.attrs["params"]
+    assert roles.gmacs_fvcore.sum() == pytest.approx(table.attrs["gmacs_fvcore"], rel=1e-12)
+    assert (table.gmacs_complete >= table.gmacs_fvcore).all()
+    expected = {"backbone", "modulation_norm", "modulation_apply", "modulation_resize"}
+    expected |= ({"modulation_spade_shared", "modulation_spade_gamma", "modulation_spade_beta"} if norm == "spade"
+                 else {"modulation_clade_affine", "modulation_edge"})
+    if norm == "clade-icpe":
+        expected.add("modulation_icpe")
+    assert set(roles.index) == expected
+    # Modulation params are exactly those inside the norm layers.
+    norm_params = sum(p.numel() for n, p in G.named_parameters() if any(f".{k}." in n for k in ("norm_0", "norm_1", "norm_s")))
+    assert roles.loc[roles.index != "backbone", "params"].sum() == norm_params
+    assert set(table.stage) >= {"2x2", "64x64", "mixed"}
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade-icpe"])
+def test_flop_counter_is_twice_fvcore_matrix_macs(norm):
+    config = tiny_config(norm, crop_size=64)
+    args, kwargs = generator_inputs(config)
+    table = layer_costs(build_generator_from_config(config), args, kwargs=kwargs)
+    meta_args, meta_kwargs = generator_inputs(config, device="meta")
+    check = flop_counter_crosscheck(table, build_generator_from_config(config, "meta"), meta_args, kwargs=meta_kwargs)
+    assert check["gmacs_flopcounter"] == pytest.approx(check["gmacs_fvcore_matrix_ops"], rel=1e-12)
+    assert check["gmacs_fvcore_matrix_ops"] < table.gmacs_fvcore.sum()  # BN and upsampling are not matrix ops
+
+
+def test_training_step_count_matches_the_trainer():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from analysis.bench import synthetic_batch
+    from models.trainer import TrainRecipe, Trainer
+    config = generator_config("synthetic", "clade", ngf=4, crop_size=32)
+    trainer = Trainer(g_config=config, recipe=TrainRecipe(use_vgg=False))
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(synthetic_batch(config, 1))
+    counted = training_step_gmacs(config, vgg=False)
+    assert counted["train_step"] == pytest.approx(counter.get_total_flops() / 2e9, rel=1e-12)
+    assert counted["vgg"] == 0.0 and counted["g_step"] > 2 * counted["g_forward"]
+
+
+def test_cost_tables_trace_identical_configs_once(monkeypatch):
+    calls = []
+    original = costs.generator_costs
+    monkeypatch.setattr(costs, "generator_costs", lambda config, **kw: calls.append(config) or original(config, **kw))
+    summary, per_layer, crosscheck = costs.cost_tables(["ade20k", "ade20k-outdoor"], ["spade", "clade"],
+                                                       train_step=False, ngf=4, crop_size=32)
+    assert len(calls) == 2 and len(summary) == 4
+    assert crosscheck.ok.all() and not crosscheck.check.str.contains("official").any()
+    row = summary.iloc[0]
+    backbone = row.gmacs_fvcore - row.modulation_gmacs_fvcore
+    assert row.modulation_overhead == pytest.approx(row.modulation_gmacs_fvcore / backbone)
+    assert set(per_layer.preset) == {"ade20k", "ade20k-outdoor"}
+    assert {"d_params", "d_gmacs_fvcore", "gmacs_fvcore_official_resize"} <= set(summary.columns)
+
+
+# -- official architectures against ../shared/reference ---------------------------------------
+
+OFFICIAL = [(p, n) for p in ("cityscapes", "ade20k", "coco-stuff") for n in NORMS]
+
+
+def _reference_row(reference_dir, preset, norm):
+    ref = load_reference_costs(reference_dir)
+    return ref[(ref.preset == preset) & (ref.norm == norm)].iloc[0]
+
+
+@pytest.mark.parametrize("preset,norm", OFFICIAL)
+def test_official_params_and_closed_form_match_reference(reference_dir, preset, norm):
+    """All 9 without tracing: params on the meta device, fvcore MACs from the closed form
+    (pinned to fvcore above) with the official per-layer segmap resize."""
+    ref = _reference_row(reference_dir, preset, norm)
+    config = generator_config(preset, norm)
+    assert count_parameters(build_generator(preset, norm, device="meta")) == ref.params
+    closed = closed_form_generator_costs(config)
+    ours_resize = sum(costs._conditioning_costs(*b["size"], config)["macs"]
+                      for b in costs.generator_block_layout(config) if b["resize"])
+    official = (closed["macs"] - ours_resize + official_resize_macs(config)) / 1e9
+    assert official == pytest.approx(ref.gmacs_fvcore, rel=1e-3)
+
+
+def _slow_unless(*keep):
+    return [pytest.param(p, n, marks=() if (p, n) in keep else pytest.mark.slow) for p, n in OFFICIAL]
+
+
+@pytest.mark.parametrize("preset,norm", _slow_unless(("cityscapes", "clade")))
+def test_official_fvcore_trace_matches_reference(reference_dir, preset, norm):
+    ref = _reference_row(reference_dir, preset, norm)
+    config = generator_config(preset, norm)
+    row = summarize_generator(costs.generator_costs(config), config)
+    assert row["params"] == ref.params and row["modulation_params"] == ref.modulation_params
+    assert row["gmacs_fvcore_official_resize"] == pytest.approx(ref.gmacs_fvcore, rel=1e-3)
+    assert row["modulation_gmacs_fvcore_official_resize"] == pytest.approx(ref.modulation_gmacs_fvcore,
+                                                                           rel=1e-3, abs=5e-4)
+    # Our Conditioning resizes less than the official layers do, never more.
+    assert row["gmacs_fvcore"] <= row["gmacs_fvcore_official_resize"]
+
+
+@pytest.mark.parametrize("preset", ["cityscapes", "ade20k", "coco-stuff"])
+def test_official_discriminator_matches_reference(reference_dir, preset):
+    ref = _reference_row(reference_dir, preset, "discriminator")
+    table = costs.discriminator_costs(generator_config(preset, "spade"))
+    assert table.params.sum() == ref.params
+    assert table.gmacs_fvcore.sum() == pytest.approx(ref.gmacs_fvcore, rel=1e-3, abs=5e-4)
+
+
+def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
+    from analysis.context import RunContext
+    from analysis.stages import costs as stage
+    monkeypatch.setattr(stage, "cost_tables", functools.partial(costs.cost_tables, ngf=4, crop_size=32))
+    ctx = RunContext(out=tmp_path, quick=True, extra={"costs_presets": ["ade20k"], "reference_dir": None})
+    summary = stage.run(ctx)
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "tables" / "costs.csv")
+    assert {"preset", "norm", "params", "modulation_params", "gmacs_fvcore", "modulation_gmacs_fvcore",
+            "gmacs_complete", "modulation_overhead", "d_gmacs_fvcore", "train_step_gmacs_matrix"} <= set(table.columns)
+    per_layer = pd.read_csv(tmp_path / "tables" / "costs_per_layer.csv")
+    assert {"module", "role", "stage", "params", "gmacs_fvcore", "gmacs_complete", "uncounted_ops"} <= set(per_layer.columns)
+    for name in ("costs", "costs_per_layer", "cost_crosscheck"):
+        assert (tmp_path / "tables" / f"{name}.meta.json").exists()
+    for item in summary["figures"] + summary["tables"]:
+        assert (tmp_path / item["file"]).exists() and item["caption"]
+    assert summary["crosschecks_failed"] == 0

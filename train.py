@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""Train one SPADE / CLADE / CLADE-ICPE generator, on one process or many (torchrun).
+
+    python train.py --preset synthetic --norm clade --steps 300 --batch-size 8 --no-vgg
+    python train.py --preset ade20k --norm clade --dataroot datasets/ADEChallengeData2016 --epochs 200
+    python train.py --preset synthetic --norm spade --spade_kernel_size 1 --dry-run
+    python train.py --resume runs/00003-synthetic-clade          # continue (also after a crash)
+    torchrun --nproc_per_node 8 train.py --preset coco-stuff --norm clade --dataroot ... --batch-size 4
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...
+
+Each run goes to a numbered folder ``<out>/00001-<preset>-<norm>/`` holding ``options.json``
+(every resolved option), ``log.jsonl``/``log.csv`` (losses), ``samples/`` (label, real,
+generated grids), ``checkpoint.pt`` (+ ``checkpoint.prev.pt``) and, at the end,
+``generator/latest_net_G.pth`` in the official format with its ``generator.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+log = logging.getLogger("train")
+
+# Network options settable by their official names (--ngf 16, --label_nc 20, ...).
+GENERATOR_OPTIONS = ("label_nc", "contain_dontcare_label", "no_instance", "ngf", "crop_size",
+                     "aspect_ratio", "num_upsampling_layers", "use_vae", "z_dim", "spade_hidden",
+                     "spade_kernel_size", "param_free_norm", "spectral")
+DISCRIMINATOR_OPTIONS = ("ndf", "n_layers_D", "num_D")
+RECIPE_OPTIONS = ("lr", "beta1", "beta2", "gan_mode", "lambda_feat", "lambda_vgg", "lambda_kld",
+                  "niter", "niter_decay", "decay_start_step", "decay_steps", "D_steps_per_G", "ema_decay")
+# Options a resumed run may change; everything else comes from the run's options.json.
+RESUMABLE_RUN_OPTIONS = ("steps", "epochs", "log_every", "save_every", "sample_every", "num_workers",
+                         "vgg_weights", "device", "progress")
+
+
+def _bool(text: str) -> bool:
+    value = str(text).lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _field_type(cls, name):
+    """argparse type of a dataclass field, from its default."""
+    default = {f.name: f.default for f in fields(cls)}[name]
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, (int, float)):
+        return type(default)
+    if name in ("beta1", "beta2"):
+        return float
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.presets import NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig
+    from models.trainer import TrainRecipe
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, help=f"dataset preset {sorted(PRESETS)} (default synthetic)")
+    p.add_argument("--norm", default=None, help=f"generator {list(NORMS)} (default clade)")
+    p.add_argument("--dataroot", type=Path, default=None,
+                   help="dataset root for the preset; default: the built-in synthetic scenes")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="synthetic scenes in the training set (default 2000); or a cap on a real dataset")
+    p.add_argument("--data-seed", type=int, default=None, help="seed of the synthetic scenes (default 0)")
+    p.add_argument("--icpe-mode", default=None, choices=["corrected", "official"],
+                   help="ICPE map computation for clade-icpe (default corrected)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per process per step (default 1, official)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="total iterations (resumed ones included)")
+    length.add_argument("--epochs", type=int, default=None, help="total epochs (default 50, official niter)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the numbered run folders")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="continue a run folder or checkpoint file (no PATH: the latest run of "
+                        "--preset/--norm in --out)")
+    p.add_argument("--no-vgg", action="store_true", help="train without the VGG19 perceptual loss")
+    p.add_argument("--vgg-weights", type=Path, default=None,
+                   help="torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on CUDA (default on; CPU always fp32)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--ema", action="store_true", default=None, help="keep (and export) an EMA of G")
+    p.add_argument("--no_TTUR", action="store_true", default=None, help="same lr for G and D (official flag)")
+    p.add_argument("--no_ganFeat_loss", action="store_true", default=None,
+                   help="no discriminator feature matching (official flag)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process (default 2)")
+    p.add_argument("--log-every", type=int, default=None, help="steps per logged loss row (default 10)")
+    p.add_argument("--save-every", type=int, default=None, help="steps per checkpoint (default 500)")
+    p.add_argument("--sample-every", type=int, default=None, help="steps per image grid (default 500)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar")
+    net = p.add_argument_group("network and recipe options (official names)")
+    for name in GENERATOR_OPTIONS:
+        net.add_argument(f"--{name}", type=_field_type(GeneratorConfig, name), default=None,
+                         nargs="?" if _field_type(GeneratorConfig, name) is _bool else None,
+                         const=True if _field_type(GeneratorConfig, name) is _bool else None,
+                         help="generator option")
+    for name in DISCRIMINATOR_OPTIONS:
+        net.add_argument(f"--{name}", type=_field_type(DiscriminatorConfig, name), default=None,
+                         help="discriminator option")
+    for name in RECIPE_OPTIONS:
+        net.add_argument(f"--{name}", type=_field_type(TrainRecipe, name), default=None, help="recipe option")
+    net.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any generator / discriminator / recipe field, e.g. --set spade_hidden=64")
+    return p
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve_options(args: argparse.Namespace) -> dict:
+    """All options of a new run as a JSON-able dict (what --dry-run prints)."""
+    from models.presets import (DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
+                                generator_config)
+    from models.trainer import TrainRecipe, discriminator_config_for
+
+    preset = canonical_preset(args.preset or "synthetic")
+    norm = canonical_norm(args.norm or "clade")
+    g_fields = {f.name for f in fields(GeneratorConfig)} - {"norm"}
+    d_fields = {f.name for f in fields(DiscriminatorConfig)}
+    r_fields = {f.name for f in fields(TrainRecipe)}
+    g_over = {k: getattr(args, k) for k in GENERATOR_OPTIONS if getattr(args, k) is not None}
+    d_over = {k: getattr(args, k) for k in DISCRIMINATOR_OPTIONS if getattr(args, k) is not None}
+    r_over = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        value = _parse_value(value)
+        if key not in g_fields | d_fields | r_fields:
+            raise SystemExit(f"--set {key}: unknown option; generator: {sorted(g_fields)}, "
+                             f"discriminator: {sorted(d_fields)}, recipe: {sorted(r_fields)}")
+        if key in g_fields:
+            g_over[key] = value
+        if key in d_fields and key not in g_fields:
+            d_over[key] = value
+        if key in r_fields:
+            r_over[key] = value
+    flags = dict(batch_size=args.batch_size, seed=args.seed, amp=args.amp, compile=args.compile,
+                 channels_last=args.channels_last, ema=args.ema)
+    r_over.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_vgg:
+        r_over["use_vgg"] = False
+    if args.no_TTUR:
+        r_over["ttur"] = False
+    if args.no_ganFeat_loss:
+        r_over["use_feat_loss"] = False
+    g_config = generator_config(preset, norm, **g_over)
+    d_config = discriminator_config_for(g_config, **d_over)
+    recipe = TrainRecipe(**r_over)
+    steps, epochs = args.steps, args.epochs
+    if steps is None and epochs is None:
+        epochs = 50  # official niter (+ niter_decay 0)
+    return {
+        "preset": preset, "norm": norm,
+        "generator": asdict(g_config), "discriminator": asdict(d_config), "recipe": asdict(recipe),
+        "data": {"dataroot": str(args.dataroot) if args.dataroot else None,
+                 "num_samples": args.num_samples if args.num_samples is not None
+                 else (2000 if args.dataroot is None else None),
+                 "seed": args.data_seed if args.data_seed is not None else 0,
+                 "icpe_mode": args.icpe_mode or "corrected"},
+        "run": {"steps": steps, "epochs": epochs, "out": str(args.out),
+                "log_every": args.log_every or 10, "save_every": args.save_every or 500,
+                "sample_every": args.sample_every or 500,
+                "num_workers": args.num_workers if args.num_workers is not None else 2,
+                "device": args.device, "vgg_weights": str(args.vgg_weights) if args.vgg_weights else None,
+                "progress": args.progress if args.progress is not None else True},
+    }
+
+
+def find_run_to_resume(args: argparse.Namespace) -> Path:
+    """Run folder named by --resume (a folder, a checkpoint file, or 'latest')."""
+    if args.resume != "latest":
+        path = Path(args.resume)
+        run_dir = path.parent if path.is_file() else path
+        if not (run_dir / "options.json").is_file():
+            raise SystemExit(f"--resume {args.resume}: {str(run_dir)!r} has no options.json; "
+                             f"expected a run folder written by train.py")
+        return run_dir
+    from models.presets import canonical_norm, canonical_preset
+    desc = f"{canonical_preset(args.preset or 'synthetic')}-{canonical_norm(args.norm or 'clade')}"
+    runs = sorted(d for d in args.out.glob(f"*-{desc}") if (d / "options.json").is_file()
+                  and re.match(r"^\d+-", d.name))
+    if not runs:
+        raise SystemExit(f"--resume: no run '*-{desc}' with options.json under {str(args.out)!r}")
+    return runs[-1]
+
+
+def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
+    """The run's saved options, with the run-length options the command line changes."""
+    options = json.loads((run_dir / "options.json").read_text())
+    given = {"steps": args.steps, "epochs": args.epochs, "log_every": args.log_every,
+             "save_every": args.save_every, "sample_every": args.sample_every,
+             "num_workers": args.num_workers, "device": args.device, "progress": args.progress,
+             "vgg_weights": str(args.vgg_weights) if args.vgg_weights else None}
+    for key in RESUMABLE_RUN_OPTIONS:
+        if given[key] is not None:
+            options["run"][key] = given[key]
+    if args.steps is not None:
+        options["run"]["epochs"] = None
+    if args.epochs is not None:
+        options["run"]["steps"] = None
+    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, "batch_size",
+                           "seed", "ema", "amp", "compile", "channels_last", "dataroot")
+               if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
+    if ignored:
+        log.warning("resuming %s: its options.json decides %s; the command line values are ignored",
+                    run_dir, ignored)
+    return options
+
+
+def next_run_dir(out: Path, desc: str) -> Path:
+    """``out/<NNNNN>-<desc>`` with the next free number (NVlabs edm style)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for d in out.iterdir() if (m := re.match(r"^(\d+)-", d.name))]
+    run_dir = out / f"{max(ids, default=0) + 1:05d}-{desc}"
+    run_dir.mkdir()
+    return run_dir
+
+
+def build_dataset(options: dict):
+    """The training set the options name: a real dataset or the synthetic scenes."""
+    data, g = options["data"], options["generator"]
+    with_dist = options["norm"] == "clade-icpe"
+    if data["dataroot"] is None:
+        from data.synthetic import SyntheticScenes
+        return SyntheticScenes(data["num_samples"], size=g["crop_size"], seed=data["seed"],
+                               with_dist=with_dist, icpe_mode=data["icpe_mode"])
+    from data.datasets import build_dataset as build
+    return build(options["preset"], data["dataroot"], "train", crop_size=g["crop_size"],
+                 with_dist=with_dist, icpe_mode=data["icpe_mode"], seed=data["seed"],
+                 max_samples=data["num_samples"])
+
+
+def _broadcast_path(path: Path | None) -> Path:
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return path
+    box = [str(path) if path is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
+    level = logging.INFO if is_main else logging.WARNING
+    handlers = [logging.StreamHandler()]
+    if run_dir is not None and is_main:
+        handlers.append(logging.FileHandler(run_dir / "log.txt"))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    run_dir = find_run_to_resume(args) if args.resume else None
+    options = options_for_resume(args, run_dir) if run_dir else resolve_options(args)
+    if args.dry_run:
+        print(json.dumps(options, indent=2))
+        return 0
+
+    from analysis.provenance import provenance, write_json_atomic
+    from models.presets import DiscriminatorConfig, GeneratorConfig
+    from models.trainer import (NonFiniteLossError, Trainer, cleanup_distributed, recipe_from_dict,
+                                setup_distributed)
+    from models.vgg import VGGWeightsMissingError
+
+    info = setup_distributed(options["run"]["device"])
+    try:
+        if info.is_main and run_dir is None:
+            run_dir = next_run_dir(Path(options["run"]["out"]), f"{options['preset']}-{options['norm']}")
+        run_dir = _broadcast_path(run_dir)
+        _setup_logging(run_dir, info.is_main)
+        recipe = recipe_from_dict(options["recipe"])
+        options["run"]["world_size"] = info.world_size
+        options["run"]["effective_batch_size"] = recipe.batch_size * info.world_size
+        if info.is_main:
+            write_json_atomic({**options, "provenance": provenance(info.device)}, run_dir / "options.json")
+        log.info("run folder %s; %d process(es) on %s; effective batch size %d", run_dir,
+                 info.world_size, info.device, recipe.batch_size * info.world_size)
+        if not recipe.use_vgg:
+            log.info("vgg: off (--no-vgg)")
+        dataset = build_dataset(options)
+        try:
+            trainer = Trainer(g_config=GeneratorConfig(**options["generator"]),
+                              d_config=DiscriminatorConfig(**options["discriminator"]),
+                              recipe=recipe, device=info.device, vgg_weights=options["run"]["vgg_weights"])
+        except VGGWeightsMissingError as exc:
+            log.error("%s", exc)
+            return 2
+        if any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
+            trainer.load_checkpoint(run_dir)
+        run = options["run"]
+        try:
+            trainer.fit(dataset, steps=run["steps"], epochs=run["epochs"], out_dir=run_dir,
+                        num_workers=run["num_workers"], log_every=run["log_every"],
+                        save_every=run["save_every"], sample_every=run["sample_every"],
+                        progress=run["progress"])
+        except NonFiniteLossError as exc:
+            log.error("training stopped: %s (checkpoint: %s)", exc, run_dir / "checkpoint.pt")
+            return 3
+        folder = trainer.export_generator(run_dir / "generator")
+        if folder is not None:
+            log.info("generator exported to %s (official latest_net_G.pth + generator.json)", folder)
+        return 0
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
