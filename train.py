@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import asdict, fields
@@ -163,6 +164,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
     g_config = generator_config(preset, norm, **g_over)
     d_config = discriminator_config_for(g_config, **d_over)
     recipe = TrainRecipe(**r_over)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     steps, epochs = args.steps, args.epochs
     if steps is None and epochs is None:
         epochs = 50  # official niter (+ niter_decay 0)
@@ -179,7 +181,8 @@ def resolve_options(args: argparse.Namespace) -> dict:
                 "sample_every": args.sample_every or 500,
                 "num_workers": args.num_workers if args.num_workers is not None else 2,
                 "device": args.device, "vgg_weights": str(args.vgg_weights) if args.vgg_weights else None,
-                "progress": args.progress if args.progress is not None else True},
+                "progress": args.progress if args.progress is not None else True,
+                "world_size": world_size, "effective_batch_size": recipe.batch_size * world_size},
     }
 
 

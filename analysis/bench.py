@@ -229,16 +229,17 @@ def synthetic_batch(config, batch: int, *, seed: int = 0) -> dict:
 
 
 def bench_train_step(presets, norms, *, batch_sizes=(1,), device="cpu", repeats: int = 5, warmup: int = 2,
-                     use_vgg: bool = False, **overrides) -> pd.DataFrame:
+                     use_vgg: bool = False, d_overrides: dict | None = None, **overrides) -> pd.DataFrame:
     """Images per second of one full training iteration (G step + D step) per generator.
 
     Uses ``models.trainer.Trainer.train_step`` (the official iteration: hinge GAN, feature
     matching, VGG if ``use_vgg`` - it needs local VGG19 weights - then a D step); bf16
     autocast on CUDA as the trainer does, fp32 on CPU. Norms are interleaved per preset
-    and batch size. Columns: preset, norm, batch, dtype, use_vgg, median_ms, p90_ms,
+    and batch size. ``overrides`` / ``d_overrides`` change the generator / discriminator
+    options (official by default). Columns: preset, norm, batch, dtype, use_vgg, median_ms, p90_ms,
     images_per_s, peak_mem_mb and the environment.
     """
-    from models.presets import generator_config
+    from models.presets import discriminator_config, generator_config, label_config
     from models.trainer import TrainRecipe, Trainer
     rows = []
     for preset in presets:
@@ -246,7 +247,9 @@ def bench_train_step(presets, norms, *, batch_sizes=(1,), device="cpu", repeats:
             fns, trainers = {}, {}
             for norm in norms:
                 config = generator_config(preset, norm, **overrides)
-                trainer = Trainer(g_config=config, recipe=TrainRecipe(use_vgg=use_vgg, batch_size=batch), device=device)
+                d_config = discriminator_config(preset, **{**vars(label_config(config)), **(d_overrides or {})})
+                trainer = Trainer(g_config=config, d_config=d_config, device=device,
+                                  recipe=TrainRecipe(use_vgg=use_vgg, batch_size=batch))
                 data = synthetic_batch(config, batch)
                 trainers[norm] = trainer
                 fns[norm] = lambda trainer=trainer, data=data: trainer.train_step(data)

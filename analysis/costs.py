@@ -534,7 +534,7 @@ def load_reference_costs(reference_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True) -> dict:
+def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True, d_config=None) -> dict:
     """Matrix-op GMACs of one official training iteration, counted, not assumed.
 
     Runs, on the meta device (shapes only, no compute) under FlopCounterMode, the same
@@ -543,7 +543,8 @@ def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True) -> dict:
     [+ VGG19 perceptual loss on fake and real]; backward) and a discriminator step (G
     forward without grad; D on ``cat(fake.detach(), real)``; hinge; backward). Counts
     convolutions and matrix products only (FlopCounterMode flops / 2); elementwise work
-    and the optimizer updates are not included. Returns GMACs for ``g_forward`` (eval),
+    and the optimizer updates are not included. ``d_config``: the discriminator (default:
+    the official one for ``config``'s labels). Returns GMACs for ``g_forward`` (eval),
     ``g_step``, ``d_step``, ``vgg`` (its share of the G step) and ``train_step``.
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -561,7 +562,7 @@ def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True) -> dict:
 
     G = build_generator_from_config(config, "meta")
     with torch.device("meta"):
-        D = MultiscaleDiscriminator(DiscriminatorConfig(**vars(label_config(config))))
+        D = MultiscaleDiscriminator(d_config or DiscriminatorConfig(**vars(label_config(config))))
         vgg_loss = VGGLoss(VGG19Features())
     (semantic,), kwargs = generator_inputs(config, batch, device="meta")
     real = torch.empty(batch, 3, *config.output_size, device="meta")

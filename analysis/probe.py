@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -191,7 +191,6 @@ class ProbeStatistics:
     dontcare: int | None          # class id of 'unknown', None if the preset has none
     basis: str
     images: int = 0
-    meta: dict = field(default_factory=dict)
 
 
 def modulation_layers(generator: nn.Module) -> dict[str, ModulatedNorm]:
@@ -441,10 +440,11 @@ def ablation_effects(generator: nn.Module, stats: ProbeStatistics | None, batche
         targets.append((kind, "all", None))
         if per_layer:
             targets += [(kind, n, [n]) for n in names]
-    for layer in (stats.layers.values() if stats else []):
-        if (layer.count == 0).any():
-            log.info("probe: layer %s never saw classes %s; class_mean uses the layer mean for them",
-                     layer.name, torch.nonzero(layer.count == 0).flatten().tolist())
+    unseen = sorted({k for layer in (stats.layers.values() if stats else [])
+                     for k in torch.nonzero(layer.count == 0).flatten().tolist()})
+    if unseen:
+        log.info("probe: %d classes (%s%s) missing from some layer's statistics; class_mean gives "
+                 "them the layer's overall mean", len(unseen), unseen[:10], ", ..." if len(unseen) > 10 else "")
     totals = {t[:2]: dict(abs=0.0, sq=0.0, max=0.0, n=0) for t in targets}
     images = 0
     device = _device(generator)

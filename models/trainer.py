@@ -329,6 +329,9 @@ class Trainer:
             # SyncBatchNorm as the official 'syncbatch'; it has no CPU kernels, so CPU/gloo
             # runs keep per-process BatchNorm statistics.
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        elif self.distributed and self.rank == 0:
+            log.info("SyncBatchNorm has no CPU kernels: each CPU process keeps its own BatchNorm "
+                     "statistics (rank 0's are broadcast at every forward and saved)")
         for net in self.networks().values():
             net.to(memory_format=self.memory_format)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if recipe.ema else None

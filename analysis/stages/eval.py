@@ -81,24 +81,17 @@ class EvalOptions:
 # --- data ---------------------------------------------------------------------------------
 
 def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dist: bool,
-                 seed_offset: int = 0, skip: int = 0) -> dict[str, torch.Tensor] | None:
-    """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of ``count`` samples.
+                 skip: int = 0) -> dict[str, torch.Tensor] | None:
+    """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of items ``skip .. skip + count``
+    of ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
+    there is no --dataroot); None when the split has fewer items."""
+    from data.datasets import build_dataset
 
-    Synthetic scenes (no --dataroot): ``SyntheticScenes(count, seed=ctx.seed + seed_offset)``.
-    A real dataset: items ``skip .. skip + count`` of ``build_dataset(preset, dataroot, phase)``,
-    or None when it has fewer.
-    """
-    if ctx.dataroot is None:
-        from data.synthetic import SyntheticScenes
-        dataset = SyntheticScenes(count, size=size, seed=ctx.seed + seed_offset, with_dist=with_dist)
-        indices = range(count)
-    else:
-        from data.datasets import build_dataset
-        dataset = build_dataset(ctx.preset, ctx.dataroot, phase=phase)
-        if len(dataset) < skip + count:
-            return None
-        indices = range(skip, skip + count)
-    items = [dataset[i] for i in tqdm(indices, desc=f"{phase} samples", leave=False)]
+    dataset = build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, with_dist=with_dist,
+                            seed=ctx.seed, max_samples=skip + count)
+    if len(dataset) < skip + count:
+        return None
+    items = [dataset[i] for i in tqdm(range(skip, skip + count), desc=f"{phase} samples", leave=False)]
     keys = ["label", "instance", "image"] + (["dist"] if with_dist else [])
     return {k: torch.stack([item[k] for item in items]) for k in keys if items[0].get(k) is not None}
 
@@ -210,7 +203,7 @@ def reference_statistics(ctx: RunContext, extractors: dict, opts: EvalOptions, v
             continue
         out[name] = metrics.cached_reference_statistics(
             ctx.out / "cache" / "fid", compute, split="val", count=len(images), preset=ctx.preset,
-            dataset=str(ctx.dataroot) if ctx.dataroot else f"SyntheticScenes(seed={ctx.seed + 1000})",
+            dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, val stream",
             image_size=list(images.shape[-2:]),
             resize=metrics.CLEAN_RESIZE if name == "fid_clean" else metrics.FID_RESIZE,
             extractor=f"pytorch-fid InceptionV3 pool3 (2048-d), {metrics.FID_WEIGHTS_FILE}")
@@ -236,8 +229,8 @@ def run(ctx: RunContext) -> dict:
     size = cfg.output_size[0]
     log.info("evaluating %s on %d val images of %dx%d", norms, opts.images, *cfg.output_size)
 
-    val = load_samples(ctx, "val", opts.images, size, with_dist="clade-icpe" in norms, seed_offset=1000)
-    floor = load_samples(ctx, "val", opts.images, size, with_dist=False, seed_offset=2000, skip=opts.images)
+    val = load_samples(ctx, "val", opts.images, size, with_dist="clade-icpe" in norms)
+    floor = load_samples(ctx, "val", opts.images, size, with_dist=False, skip=opts.images)
     needs_proxy = opts.segmenter is None or not _inception_present(opts)
     proxy = None
     if needs_proxy:

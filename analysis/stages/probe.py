@@ -160,17 +160,23 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
 
 
 def _remap(item: dict, config, rng: torch.Generator) -> dict:
-    """Synthetic sample with random target classes per image, nearest-resized to the output size."""
+    """Synthetic sample with random target classes per image, nearest-resized to the output
+    size, with its ICPE map (corrected mode) recomputed at that size."""
+    from data.icpe import icpe_map
+
     n = SYNTHETIC["label_nc"]
     if config.label_nc >= n:
         targets = torch.randperm(config.label_nc, generator=rng)[:n]
     else:
         targets = torch.randint(config.label_nc, (n,), generator=rng)
-    dontcare = config.label_nc if config.contain_dontcare_label else int(targets[0])
-    table = torch.cat((targets, torch.tensor([dontcare])))
-    size = config.output_size
-    resize = lambda t: torch.nn.functional.interpolate(t[None].float(), size=size, mode="nearest")[0].long()  # noqa: E731
-    return {"label": table[resize(item["label"])], "instance": resize(item["instance"])}
+    dontcare = config.label_nc if config.contain_dontcare_label else None
+    table = torch.cat((targets, torch.tensor([config.label_nc if dontcare is not None else int(targets[0])])))
+
+    def resize(t):
+        return torch.nn.functional.interpolate(t[None].float(), size=config.output_size, mode="nearest")[0].long()
+    label = table[resize(item["label"])]
+    dist = torch.from_numpy(icpe_map(label, mode="corrected", dontcare=dontcare))
+    return {"label": label, "instance": resize(item["instance"]), "dist": dist}
 
 
 def _stack(items: list[dict], batch_size: int) -> list[dict]:
@@ -189,18 +195,19 @@ def map_layers(stats: probe.ProbeStatistics, count: int = 3) -> list[str]:
     return [first[r] for r in sorted(first, key=lambda r: r[0] * r[1])[-count:]]
 
 
-def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int):
+def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int,
+                stand_in: bool = False):
     """(channels, ablation, maps figure) of one generator."""
     cfg = generator.config
     stats = probe.capture_modulation_statistics(generator, batches, basis=opts.basis)
-    # nullable integer: the kernel size is a SPADE option, NA for CLADE
     ids = dict(model=name, norm=cfg.norm, spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
     channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
     ablation_batches = batches[: max(1, -(-opts.ablation_images // batch_size))]
     ablation = probe.ablation_effects(generator, stats, ablation_batches).assign(**ids)
     maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
     figure = plot_modulation_maps(maps, channels, cfg.class_nc,
-                                  title=f"{name}: gamma (scale) maps of one val image next to its label map")
+                                  title=f"{name}: gamma (scale) maps of one val image next to its label map"
+                                        + (" (STAND-IN label map)" if stand_in else ""))
     return channels, ablation, figure
 
 
@@ -214,7 +221,8 @@ def run(ctx: RunContext) -> dict:
         batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
         batches, description, is_stand_in = probe_batches(ctx, cfg, opts.images, batch_size)
         log.info("probe: %s (%s) on %s", name, source, description)
-        model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size)
+        model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size,
+                                                            is_stand_in)
         channels.append(model_channels)
         ablations.append(ablation)
         sources[name], data[name], stand_in = source, description, stand_in or is_stand_in
@@ -226,7 +234,7 @@ def run(ctx: RunContext) -> dict:
                                                      f"probe_heatmap_{name}").relative_to(ctx.out)),
                         "caption": f"{name}: semantic ratio of every channel of every modulation layer "
                                    f"(channels sorted within each layer).{note}"})
-    kernel = {"spade_kernel_size": "Int64"}
+    kernel = {"spade_kernel_size": "Int64"}  # nullable integer: a SPADE option, NA for CLADE
     channels = pd.concat(channels, ignore_index=True).astype(kernel)
     layers = probe.layer_summary(channels)
     resolutions = probe.resolution_summary(channels)

@@ -159,7 +159,7 @@ def randomize_class_tables(generator):
     for m in modulation_layers(generator).values():
         if not isinstance(m, CLADE):
             for conv in (m.mlp_shared[0], m.mlp_gamma, m.mlp_beta):
-                torch.nn.init.normal_(conv.weight, std=0.3)
+                torch.nn.init.normal_(conv.weight, std=0.05)
         else:
             torch.nn.init.normal_(m.class_specified_affine.bias)
             if m.class_specified_affine.icpe:
@@ -211,13 +211,12 @@ def test_class_mean_ablation_leaves_clade_unchanged_and_changes_spade():
     effects = ablation_effects(clade, capture_modulation_statistics(clade, batches, progress=False),
                                batches, per_layer=False, progress=False)
     assert effects["max_abs_diff"].max() <= 1e-6
-    spade = randomize_class_tables(tiny("spade"))
+    # instance norm: an untrained net in eval mode with BatchNorm saturates the tanh output
+    spade = randomize_class_tables(tiny("spade", param_free_norm="instance"))
     stats = capture_modulation_statistics(spade, batches, progress=False)
     effects = ablation_effects(spade, stats, batches[:1], progress=False)
     assert set(effects["ablated"]) == {"all", *stats.layers}
-    # at 2x2 a class may own a single pixel of the probe set (its mean is its value)
-    many_pixels = effects[effects["resolution"].isin(["all", "8x8", "16x16", "32x32", "64x64"])]
-    assert (many_pixels["mean_abs_diff"] > 0).all() and np.isfinite(many_pixels["psnr_db"]).all()
+    assert (effects["mean_abs_diff"] > 1e-3).all() and np.isfinite(effects["psnr_db"]).all()
 
 
 def test_no_position_ablation_equals_a_zero_icpe_map():
@@ -252,8 +251,7 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
     pytest.importorskip("data.synthetic")
     from analysis.stages import probe as stage
 
-    for name, norm, options in (("spade", "spade", {}), ("clade-icpe", "clade-icpe", {}),
-                                ("spade-k1", "spade", {"spade_kernel_size": 1})):
+    for name, norm, options in (("clade-icpe", "clade-icpe", {}), ("spade-k1", "spade", {"spade_kernel_size": 1})):
         save_generator_dir(tiny(norm, **options), tmp_path / "ckpt" / name)
     ctx = RunContext(out=tmp_path / "out", checkpoints=tmp_path / "ckpt", quick=True,
                      extra={"probe_images": 2})
@@ -263,8 +261,8 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
                    "residual_ratio", "semantic_ratio_weighted", "positional_ratio_weighted",
                    "residual_ratio_weighted"):
         assert column in layers.columns
-    assert list(dict.fromkeys(layers["model"])) == ["spade", "clade-icpe", "spade-k1"]
-    assert set(layers["param"]) == {"gamma", "beta"} and len(layers) == 3 * 18 * 2
+    assert list(dict.fromkeys(layers["model"])) == ["clade-icpe", "spade-k1"]  # known norms first
+    assert set(layers["param"]) == {"gamma", "beta"} and len(layers) == 2 * 18 * 2
     assert layers.loc[layers["model"] == "spade-k1", "spade_kernel_size"].eq(1).all()
     assert layers.loc[layers["model"] == "clade-icpe", "spade_kernel_size"].isna().all()
     ablation = pd.read_csv(tmp_path / "out" / "tables" / "probe_ablation.csv")

@@ -245,3 +245,19 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert torch.load(checkpoint, weights_only=True)["step"] == saved + 2
     rows = [json.loads(line)["step"] for line in checkpoint.with_name("log.jsonl").read_text().splitlines()]
     assert rows == sorted(set(rows)) and rows[-1] == saved + 2
+
+
+def test_channels_last_trains_like_contiguous():
+    batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
+    plain = tiny_trainer("spade").train_step(batch)
+    nhwc = tiny_trainer("spade", channels_last=True).train_step(batch)
+    assert plain.keys() == nhwc.keys()
+    assert all(abs(plain[k] - nhwc[k]) < 1e-3 * max(1.0, abs(plain[k])) for k in plain), (plain, nhwc)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager():
+    batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
+    eager = tiny_trainer("clade").train_step(batch)
+    compiled = tiny_trainer("clade", compile=True).train_step(batch)
+    assert all(abs(eager[k] - compiled[k]) < 1e-3 * max(1.0, abs(eager[k])) for k in eager), (eager, compiled)
