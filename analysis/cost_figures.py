@@ -155,7 +155,7 @@ def op_breakdown(profile: pd.DataFrame, *, top: int = 8) -> plt.Figure:
         for y, (share, ms) in enumerate(zip(rows.share, rows.self_ms)):
             ax.text(share, y, f" {ms:.0f} ms", va="center", fontsize=7)
         total = profile[profile.norm == norm].self_ms.sum()
-        ax.set_title(f"{NORM_LABELS.get(norm, norm)} (top ops: {total:.0f} ms)")
+        ax.set_title(f"{NORM_LABELS.get(norm, norm)} (listed ops: {total:.0f} ms per call)")
         ax.set_xlabel("share of profiled CPU self time")
         ax.set_xlim(0, min(1.0, profile.share.max() * 1.35))
     fig.suptitle(f"Where generator time goes per op ({profile.preset.iloc[0]}, batch 1, fp32, eager)")

@@ -261,7 +261,7 @@ def layer_costs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) 
         for op, macs in own_ops[name].items():
             by_role.setdefault(op_role(name, op), Counter())[op] += macs
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        if params:
+        if params or own_uncounted[name]:
             by_role.setdefault(module_role(name), Counter())
         for role, ops in by_role.items():
             fvcore = sum(n for op, n in ops.items() if op not in _SKIPPED_OP_NAMES)
@@ -649,6 +649,7 @@ def summarize_generator(table: pd.DataFrame, config) -> dict:
         row[f"modulation_overhead{suffix}"] = row[f"modulation_gmacs_{kind}"] / backbone
     row["gmacs_fvcore_official_resize"] = row["gmacs_fvcore"] - resize + official_resize
     row["modulation_gmacs_fvcore_official_resize"] = row["modulation_gmacs_fvcore"] - resize + official_resize
+    row["uncounted_ops"] = _fmt_ops(Counter(table.attrs["uncounted_ops"]))
     return row
 
 
@@ -684,10 +685,11 @@ def cost_tables(presets, norms, *, device="cpu", reference_dir=None, train_step:
     :data:`OVERHEAD_DEFINITION`), the fvcore totals with the official per-layer resize
     (comparable with the official tables), the discriminator (``d_params``, ``d_gmacs_*``)
     and, if ``train_step``, the counted matrix-op GMACs of a training iteration
-    (:func:`training_step_gmacs`). ``per_layer`` stacks the :func:`layer_costs` tables.
-    ``crosscheck`` compares with closed-form arithmetic, FlopCounterMode and, when
-    ``reference_dir`` holds the official numbers, with those. Identical configs (e.g.
-    ade20k and ade20k-outdoor) are traced once.
+    (:func:`training_step_gmacs`), and ``uncounted_ops`` (ops no handle counts).
+    ``per_layer`` stacks the :func:`layer_costs` tables. ``crosscheck`` compares with
+    closed-form arithmetic, FlopCounterMode and, when ``reference_dir`` holds the official
+    numbers and no ``overrides`` are given, with those. Identical configs (e.g. ade20k and
+    ade20k-outdoor) are traced once.
     """
     from tqdm.auto import tqdm
 
@@ -715,7 +717,8 @@ def cost_tables(presets, norms, *, device="cpu", reference_dir=None, train_step:
                 _check(preset, norm, "gmacs_complete == closed form", closed["macs_complete"] / 1e9,
                        row["gmacs_complete"], 1e-12),
                 _check(preset, norm, "FlopCounterMode / 2 == fvcore conv+linear", counter["gmacs_fvcore_matrix_ops"],
-                       counter["gmacs_flopcounter"], 1e-12)]
+                       counter["gmacs_flopcounter"], 1e-12),
+                _check(preset, norm, "ops left uncounted by gmacs_complete", 0, sum(table.attrs["uncounted_ops"].values()), 0.0)]
             if train_step:
                 steps = training_step_gmacs(config)
                 row.update({f"{k}_gmacs_matrix": v for k, v in steps.items()})

@@ -670,52 +670,65 @@ class Trainer:
                 for batch in self._epoch_batches(loader):
                     t0 = time.perf_counter()
                     values = self.train_step(batch)
-                    self.epoch_batch += 1
-                    if self.epoch_batch >= batches_per_epoch:
-                        self.epoch, self.epoch_batch = self.epoch + 1, 0
-                        self._apply_lr()
+                    self._advance_position(batches_per_epoch)
                     self.train_seconds += time.perf_counter() - t0
                     for k, v in values.items():
                         window.setdefault(k, []).append(v)
                     window_steps += 1
                     bar.update(1)
                     done = self.step >= total
-                    if not done and max_seconds is not None:
-                        over = time.perf_counter() - fit_start > max_seconds
-                        if self.distributed:  # every rank must stop at the same step
-                            flag = torch.tensor([float(over)], device=self.device)
-                            dist.all_reduce(flag)
-                            over = bool(flag.item())
-                        if over:
-                            self.stopped_early = done = True
-                            if main:
-                                log.warning("time cap of %.0f s reached: stopping at step %d of %d",
-                                            max_seconds, self.step, total)
+                    if not done and max_seconds is not None and self._time_is_up(fit_start, max_seconds):
+                        self.stopped_early = done = True
+                        if main:
+                            log.warning("time cap of %.0f s reached: stopping at step %d of %d",
+                                        max_seconds, self.step, total)
                     if self.step % log_every == 0 or done:
-                        elapsed = time.perf_counter() - window_start
-                        row = {"step": self.step, "epoch": self.epoch,
-                               "seconds": round(self.train_seconds, 3),
-                               "images_per_s": round(window_steps * per_step / max(elapsed, 1e-9), 3),
-                               "lr_G": self.opt_G.param_groups[0]["lr"],
-                               "lr_D": self.opt_D.param_groups[0]["lr"],
-                               **{k: float(np.mean(v)) for k, v in window.items()}}
+                        row = self._log_row(window, window_steps * per_step / (time.perf_counter() - window_start))
                         history.append(row)
                         bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window, "images_per_s")})
                         if out_dir is not None and main:
                             _append_jsonl(out_dir / "log.jsonl", row)
                         window, window_start, window_steps = {}, time.perf_counter(), 0
-                    if out_dir is not None and main and (self.step % sample_every == 0 or done):
-                        self.save_samples(out_dir / "samples" / f"step_{self.step:07d}.png")
-                    if out_dir is not None and (self.step % save_every == 0 or done):
-                        self.save_checkpoint(out_dir / CHECKPOINT_NAME)
-                        if main:
-                            _write_csv(history, out_dir / "log.csv")
+                    if out_dir is not None:
+                        self._save_outputs(out_dir, history, samples=self.step % sample_every == 0 or done,
+                                           checkpoint=self.step % save_every == 0 or done)
                     if done:
                         break
         finally:
             bar.close()
         self.sync_buffers()
         return history
+
+    def _advance_position(self, batches_per_epoch: int) -> None:
+        """Count the batch just used; roll over to the next epoch (epoch-based lr decay)."""
+        self.epoch_batch += 1
+        if self.epoch_batch >= batches_per_epoch:
+            self.epoch, self.epoch_batch = self.epoch + 1, 0
+            self._apply_lr()
+
+    def _time_is_up(self, fit_start: float, max_seconds: float) -> bool:
+        over = time.perf_counter() - fit_start > max_seconds
+        if self.distributed:  # every rank must stop at the same step
+            flag = torch.tensor([float(over)], device=self.device)
+            dist.all_reduce(flag)
+            over = bool(flag.item())
+        return over
+
+    def _log_row(self, window: dict[str, list[float]], images_per_s: float) -> dict:
+        """One logged row: position, time, throughput, lr and the window's mean losses."""
+        return {"step": self.step, "epoch": self.epoch, "seconds": round(self.train_seconds, 3),
+                "images_per_s": round(images_per_s, 3),
+                "lr_G": self.opt_G.param_groups[0]["lr"], "lr_D": self.opt_D.param_groups[0]["lr"],
+                **{k: float(np.mean(v)) for k, v in window.items()}}
+
+    def _save_outputs(self, out_dir: Path, history: list[dict], *, samples: bool, checkpoint: bool) -> None:
+        """Sample grid (rank 0) and checkpoint + log.csv (collective) when due."""
+        if samples and self.rank == 0:
+            self.save_samples(out_dir / "samples" / f"step_{self.step:07d}.png")
+        if checkpoint:
+            self.save_checkpoint(out_dir / CHECKPOINT_NAME)
+            if self.rank == 0:
+                _write_csv(history, out_dir / "log.csv")
 
     def _validate(self, dataset) -> None:
         """check_dataset_labels on every rank; all ranks stop if any rejects the data."""

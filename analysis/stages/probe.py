@@ -116,8 +116,9 @@ def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str,
     """{model name: (source, generator)} to probe."""
     if opts.checkpoint is not None:
         generator = load_checkpoint(opts.checkpoint, ctx.preset, opts.norm, ctx.device)
-        name = opts.checkpoint.name if opts.checkpoint.is_dir() else generator.config.norm
-        return {name: (str(opts.checkpoint), generator)}
+        cfg = generator.config
+        kernel = f"-k{cfg.spade_kernel_size}" if cfg.norm == "spade" and cfg.spade_kernel_size != 3 else ""
+        return {cfg.norm + kernel: (str(opts.checkpoint), generator)}
     root = ctx.checkpoint_dir(NORMS[0]).parent
     folders = [ctx.checkpoint_dir(n) for n in NORMS]
     if root.is_dir():
