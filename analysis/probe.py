@@ -434,9 +434,10 @@ def ablation_effects(generator: nn.Module, stats: ProbeStatistics | None, batche
     modules = modulation_layers(generator)
     if kinds is None:
         kinds = ["class_mean"] + (["no_position"] if any(map(_is_icpe, modules.values())) else [])
+    order = list(stats.layers) if stats else list(modules)  # forward (depth) order when known
     targets = []
     for kind in kinds:
-        names = [n for n, m in modules.items() if kind == "class_mean" or _is_icpe(m)]
+        names = [n for n in order if kind == "class_mean" or _is_icpe(modules[n])]
         targets.append((kind, "all", None))
         if per_layer:
             targets += [(kind, n, [n]) for n in names]

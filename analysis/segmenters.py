@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,10 +182,12 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequent
 
 
 class ProxySegmenter(nn.Module):
-    """Small U-shaped conv net (~40k params) for 64x64-ish images, fast on CPU.
+    """Small U-shaped conv net (~55k params) for 64x64-ish images, cheap to train on a CPU.
 
-    ``forward(images)`` -> logits [N, num_classes, H, W]; ``features(images)`` -> [N, width * 2]
-    global average of the penultimate activations (the offline stand-in for Inception features).
+    Full resolution only in the first conv and the 1x1 head; the 3x3 work happens at 1/2 and
+    1/4 resolution. ``forward(images)`` -> logits [N, num_classes, H, W]; ``features(images)``
+    -> [N, 2 * width], the global average of the penultimate (head) activations: the offline
+    stand-in for Inception features.
     """
 
     is_proxy = True
@@ -191,11 +195,12 @@ class ProxySegmenter(nn.Module):
     def __init__(self, num_classes: int, width: int = 16, description: str = "proxy (untrained)"):
         super().__init__()
         w = width
-        self.enc1 = nn.Sequential(_conv(3, w), _conv(w, w))
+        self.enc1 = _conv(3, w)
         self.enc2 = nn.Sequential(_conv(w, 2 * w, stride=2), _conv(2 * w, 2 * w))
         self.enc3 = nn.Sequential(_conv(2 * w, 2 * w, stride=2), _conv(2 * w, 2 * w, dilation=2))
         self.dec2 = _conv(4 * w, 2 * w)
-        self.dec1 = _conv(3 * w, 2 * w)
+        self.head = nn.Sequential(nn.Conv2d(3 * w, 2 * w, 1, bias=False), nn.GroupNorm(4, 2 * w),
+                                  nn.ReLU(inplace=True))
         self.classifier = nn.Conv2d(2 * w, num_classes, 1)
         self.num_classes = num_classes
         self.description = description
@@ -205,7 +210,7 @@ class ProxySegmenter(nn.Module):
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         d2 = self.dec2(torch.cat([F.interpolate(e3, size=e2.shape[-2:], mode="nearest"), e2], 1))
-        return self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], 1))
+        return self.head(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="nearest"), e1], 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.penultimate(images))
@@ -218,13 +223,22 @@ class ProxySegmenter(nn.Module):
         return map_labels(label, num_classes or self.num_classes)
 
 
-def train_proxy_segmenter(images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300,
+def _learning_rate(step: int, total: int, peak: float) -> float:
+    # Linear warm-up over 10% of the steps, then cosine decay to 0 at ``total``.
+    warm = max(1, total // 10)
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def train_proxy_segmenter(images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 200,
                           batch_size: int = 16, lr: float = 3e-3, width: int = 16, seed: int = 0,
-                          device="cpu", progress: bool = True) -> ProxySegmenter:
+                          device="cpu", max_seconds: float | None = None, progress: bool = True) -> ProxySegmenter:
     """Train a ProxySegmenter on real ``images`` [N, 3, H, W] in [-1, 1] and ``labels`` [N, (1,) H, W].
 
-    Label ids >= ``num_classes`` (dontcare) are ignored. Augmentation: horizontal flips.
-    Returns the network in eval mode with ``description`` saying it is a proxy.
+    Label ids >= ``num_classes`` (dontcare) are ignored; augmentation: horizontal flips.
+    ``max_seconds``: after 5 steps the step count is cut (and the schedule shortened) so that
+    training fits; the description then says how many steps ran. Returns the net in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -232,25 +246,36 @@ def train_proxy_segmenter(images: torch.Tensor, labels: torch.Tensor, num_classe
         net = ProxySegmenter(num_classes, width).to(device)
     targets = map_labels(labels, num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     net.train()
-    bar = tqdm(range(steps), desc="proxy segmenter", disable=not progress, leave=False)
-    for step in bar:
+    total, start = steps, time.perf_counter()
+    bar = tqdm(total=steps, desc="proxy segmenter", disable=not progress, leave=False, mininterval=1)
+    step = 0
+    while step < total:
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
         x, y = images[idx].to(device), targets[idx].to(device)
-        flip = torch.rand(len(idx), generator=gen) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
-        y = torch.where(flip.view(-1, 1, 1).to(device), y.flip(-1), y)
+        flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(step, total, lr)
         loss = F.cross_entropy(net(x), y, ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        step += 1
+        if step == 5 and max_seconds is not None:
+            affordable = int(max_seconds / ((time.perf_counter() - start) / step))
+            if affordable < total:
+                total = max(step + 1, affordable)
+                log.warning("proxy segmenter: %d of %d steps fit in %.0f s on this machine", total, steps, max_seconds)
+                bar.total = total
+        bar.update()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     net.eval()
-    net.description = f"proxy (trained by the toolkit on {len(images)} real images, {steps} steps)"
-    log.info("%s: last batch loss %.3f", net.description, loss.item())
+    net.description = f"proxy (trained by the toolkit on {len(images)} real images, {step} steps)"
+    log.info("%s in %.1f s: last batch loss %.3f", net.description, time.perf_counter() - start, loss.item())
     return net
 
 

@@ -40,7 +40,10 @@ def add_arguments(group) -> None:
     group.add_argument("--eval-images", type=int, default=None,
                        help="val images generated per method (default 128; --quick 32)")
     group.add_argument("--eval-proxy-steps", type=int, default=None,
-                       help="training steps of the proxy segmenter (default 300; --quick 40)")
+                       help="training steps of the proxy segmenter (default 200; --quick 40)")
+    group.add_argument("--eval-proxy-max-seconds", type=float, default=None,
+                       help="wall-clock cap of the proxy training, 0 = none (default 60; --quick 15); "
+                            "fewer steps are run, and reported, when the machine is slower")
     group.add_argument("--inception-weights", type=Path, default=None,
                        help=f"{metrics.FID_WEIGHTS_FILE} (default: the torch hub cache); "
                             f"without it the run reports fd_proxy_features instead of FID")
@@ -59,7 +62,8 @@ class EvalOptions:
 
     images: int = 128                 # val images generated per method (and real reference size)
     train_images: int = 256           # real training images the proxy segmenter learns from
-    proxy_steps: int = 300            # proxy segmenter steps (batch 16)
+    proxy_steps: int = 200            # proxy segmenter steps (batch 16)
+    proxy_max_seconds: float | None = 60.0  # wall-clock cap of the proxy training (None = none)
     latency_repeats: int = 20         # timed forward passes per method, after 3 warm-up rounds
     batch_size: int = 16              # generation / scoring batch
     inception_weights: Path | None = None
@@ -69,10 +73,15 @@ class EvalOptions:
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> "EvalOptions":
-        extra, quick = ctx.extra, ctx.quick
-        pick = lambda key, default, small: extra.get(key) or (small if quick else default)  # noqa: E731
-        return cls(images=pick("eval_images", 128, 32), train_images=64 if quick else 256,
-                   proxy_steps=pick("eval_proxy_steps", 300, 40), latency_repeats=5 if quick else 20,
+        extra = ctx.extra
+
+        def pick(key, default, quick):
+            return (quick if ctx.quick else default) if extra.get(key) is None else extra[key]
+
+        return cls(images=pick("eval_images", 128, 32), train_images=64 if ctx.quick else 256,
+                   proxy_steps=pick("eval_proxy_steps", 200, 40),
+                   proxy_max_seconds=pick("eval_proxy_max_seconds", 60.0, 15.0) or None,
+                   latency_repeats=5 if ctx.quick else 20,
                    inception_weights=extra.get("inception_weights"), segmenter=extra.get("segmenter"),
                    segmenter_class_map=extra.get("segmenter_class_map"),
                    segmenter_input=extra.get("segmenter_input"))
@@ -154,13 +163,14 @@ def train_proxy(ctx: RunContext, opts: EvalOptions, label_nc: int, train_samples
     log.info("training the proxy segmenter on %d real images (%d steps)", len(train_samples["image"]),
              opts.proxy_steps)
     return segmenters.train_proxy_segmenter(train_samples["image"], train_samples["label"], label_nc,
-                                            steps=opts.proxy_steps, seed=ctx.seed, device=device)
+                                            steps=opts.proxy_steps, seed=ctx.seed, device=device,
+                                            max_seconds=opts.proxy_max_seconds)
 
 
 def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str]]:
     """{column: (extractor, transform, minimum samples)} and notes on what was left out."""
     extractors = {}
-    if proxy is not None:
+    if proxy is not None:   # warn below 4 samples per feature dimension (FID: 2048 for 2048)
         extractors["fd_proxy_features"] = (proxy.features, None, 4 * proxy.classifier.in_channels)
     try:
         inception = metrics.load_fid_inception(opts.inception_weights, device)
@@ -196,8 +206,9 @@ def reference_statistics(ctx: RunContext, extractors: dict, opts: EvalOptions, v
     images = val["image"]
     out = {}
     for name, (extract, transform, _) in extractors.items():
-        compute = lambda e=extract, t=transform: metrics.activation_statistics(  # noqa: E731
-            _batches(images, opts.batch_size), e, device, t)
+        def compute(extract=extract, transform=transform):
+            return metrics.activation_statistics(_batches(images, opts.batch_size), extract, device, transform)
+
         if name == "fd_proxy_features":   # the proxy is retrained every run: nothing to cache
             out[name] = compute()
             continue

@@ -261,3 +261,23 @@ def test_compiled_training_matches_eager():
     eager = tiny_trainer("clade").train_step(batch)
     compiled = tiny_trainer("clade", compile=True).train_step(batch)
     assert all(abs(eager[k] - compiled[k]) < 1e-3 * max(1.0, abs(eager[k])) for k in eager), (eager, compiled)
+
+
+def test_run_analysis_train_stage_writes_checkpoints_tables_and_figure(tmp_path):
+    from analysis.context import RunContext
+    from analysis.stages import train as stage
+
+    extra = dict(train_steps=2, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE)
+    ctx = RunContext(out=tmp_path, quick=True, extra=extra)
+    summary = stage.run(ctx)
+    assert summary["vgg"].startswith(("off (weights not found)", "on"))
+    for norm in ("spade", "clade", "clade-icpe"):
+        G = load_generator_dir(ctx.checkpoint_dir(norm))
+        assert G.config.norm == norm and G.config.ngf == 4
+        assert (tmp_path / "tables" / f"train_log_{norm}.csv").is_file()
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "tables" / "training.csv")
+    assert list(table["norm"]) == ["spade", "clade", "clade-icpe"] and (table["steps"] == 2).all()
+    assert {"seconds", "images_per_s", "GAN_Feat_end", "vgg"} <= set(table.columns)
+    for item in summary["figures"] + summary["tables"]:
+        assert (tmp_path / item["file"]).is_file() and item["caption"]
