@@ -237,8 +237,9 @@ def train_proxy_segmenter(images: torch.Tensor, labels: torch.Tensor, num_classe
     """Train a ProxySegmenter on real ``images`` [N, 3, H, W] in [-1, 1] and ``labels`` [N, (1,) H, W].
 
     Label ids >= ``num_classes`` (dontcare) are ignored; augmentation: horizontal flips.
-    ``max_seconds``: after 5 steps the step count is cut (and the schedule shortened) so that
-    training fits; the description then says how many steps ran. Returns the net in eval mode.
+    ``max_seconds``: after 6 steps the step count is cut (and the schedule shortened) so that
+    training fits, but never below ``steps // 4``; the description says how many steps ran.
+    Returns the network in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -263,11 +264,15 @@ def train_proxy_segmenter(images: torch.Tensor, labels: torch.Tensor, num_classe
         loss.backward()
         opt.step()
         step += 1
-        if step == 5 and max_seconds is not None:
-            affordable = int(max_seconds / ((time.perf_counter() - start) / step))
-            if affordable < total:
-                total = max(step + 1, affordable)
-                log.warning("proxy segmenter: %d of %d steps fit in %.0f s on this machine", total, steps, max_seconds)
+        if step == 1:
+            first_done = time.perf_counter()   # the first step pays one-off allocation costs
+        if step == 6 and max_seconds is not None:
+            per_step = (time.perf_counter() - first_done) / 5
+            affordable = step + int((max_seconds - (time.perf_counter() - start)) / per_step)
+            if affordable < total:   # never below a quarter of the planned steps
+                total = max(step + 1, steps // 4, affordable)
+                log.warning("proxy segmenter: running %d of %d steps to fit about %.0f s on this machine",
+                            total, steps, max_seconds)
                 bar.total = total
         bar.update()
         if step % 10 == 0:

@@ -6,6 +6,11 @@ seed and data order (the synthetic scenes, or ``--dataroot``). The official reci
 outputs say. Writes ``checkpoints/<norm>/`` (official ``latest_net_G.pth`` + ``generator.json``),
 ``tables/train_log_<norm>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
 A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over).
+
+Budget: ``--train-steps`` per method, with a wall-clock cap per method so that a busy machine
+still finishes the pipeline in time. SPADE trains first (it is the slowest); if it hits the
+cap, CLADE and CLADE-ICPE train the same number of steps it reached, and ``training.csv``
+says so (``planned_steps``, ``stopped_by_time_cap``).
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ def add_arguments(group) -> None:
     group.add_argument("--train-crop-size", type=int, default=None, help=f"image size (default {CROP})")
     group.add_argument("--train-max-seconds", type=float, default=None,
                        help=f"wall-clock cap per method, 0 = none (default {FULL['max_seconds']:.0f}, "
-                            f"--quick {QUICK['max_seconds']:.0f}); a capped method records fewer steps")
+                            f"--quick {QUICK['max_seconds']:.0f}); when a method hits it, the methods "
+                            f"after it train as many steps as it did")
     group.add_argument("--train-norms", default=",".join(NORMS), help="methods to train, comma-separated")
     group.add_argument("--train-vgg-weights", type=Path, default=None,
                        help="vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; off if absent)")
@@ -57,6 +63,7 @@ def settings(ctx) -> dict:
         if value is not None:
             base[key] = value
     base["max_seconds"] = base["max_seconds"] or None
+    base["planned_steps"] = base["steps"]
     base["norms"] = [n.strip() for n in (extra.get("train_norms") or ",".join(NORMS)).split(",") if n.strip()]
     return base
 
@@ -107,7 +114,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path) -> dict:
     tail = df.tail(max(1, len(df) // 10))  # last ~10% of the logged rows
     head = df.head(max(1, len(df) // 10))
     losses = [c for c in ("GAN", "GAN_Feat", "VGG", "D_Fake", "D_real", "img_L1") if c in df]
-    row = {"norm": norm, "steps": trainer.step, "planned_steps": s["steps"],
+    row = {"norm": norm, "steps": trainer.step, "planned_steps": s["planned_steps"],
            "stopped_by_time_cap": trainer.stopped_early, "seconds": round(trainer.train_seconds, 1),
            "images_per_s": round(trainer.step * s["batch_size"] / max(trainer.train_seconds, 1e-9), 2),
            "g_params": sum(p.numel() for p in trainer.G.parameters()),
@@ -153,9 +160,17 @@ def run(ctx) -> dict:
     use_vgg, vgg_text = vgg_status(extra.get("train_vgg_weights"))
     log.info("[train] %s, steps %d, batch %d, ngf %d, ndf %d, %dx%d, vgg: %s", ", ".join(s["norms"]),
              s["steps"], s["batch_size"], s["ngf"], s["ndf"], s["crop_size"], s["crop_size"], vgg_text)
+    results = {}
+    budget = dict(s)
     try:
-        results = {norm: train_one(ctx, norm, s, use_vgg, extra.get("train_vgg_weights"))
-                   for norm in s["norms"]}
+        for norm in s["norms"]:
+            results[norm] = train_one(ctx, norm, budget, use_vgg, extra.get("train_vgg_weights"))
+            done = results[norm]["row"]["steps"]
+            if results[norm]["row"]["stopped_by_time_cap"] and done < budget["steps"]:
+                # Same budget for every method: the next ones stop where the capped one did.
+                log.warning("[train] %s hit the %.0f s cap at step %d; the remaining methods train "
+                            "%d steps too", norm, s["max_seconds"], done, done)
+                budget["steps"] = done
     finally:
         torch.set_num_threads(threads)
     table = pd.DataFrame([r["row"] for r in results.values()]).assign(vgg=vgg_text)
@@ -163,12 +178,12 @@ def run(ctx) -> dict:
                     dataset=str(ctx.dataroot) if ctx.dataroot else "synthetic scenes")
     ctx.write_figure(loss_figure({n: r["log"] for n, r in results.items()}, vgg_text), "train_losses")
     return {
-        "settings": s, "vgg": vgg_text,
+        "settings": s, "vgg": vgg_text, "steps": budget["steps"],
         "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in s["norms"]},
         "results": table.to_dict(orient="records"),
         "figures": [{"file": "figures/train_losses.png",
                      "caption": f"Training losses of {', '.join(s['norms'])} under the same recipe, "
-                                f"data order and {s['steps']}-step budget (VGG loss {vgg_text})."}],
+                                f"data order and {budget['steps']}-step budget (VGG loss {vgg_text})."}],
         "tables": [{"file": "tables/training.csv",
                     "caption": "Steps, seconds, images/s and mean losses over the first and last 10% "
                                "of training for each method."}]

@@ -11,12 +11,22 @@ from torch import nn
 from analysis import metrics
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread than on two busy ones (shared CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_stats(dims, seed):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(dims, dims))
     return rng.normal(size=dims), a @ a.T / dims + 0.1 * np.eye(dims)
 
 
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated")
 def test_frechet_distance_equals_pytorch_fid():
     (mu1, s1), (mu2, s2) = random_stats(16, 0), random_stats(16, 1)
     ours = metrics.frechet_distance(mu1, s1, mu2, s2)
@@ -69,6 +79,7 @@ class TinyExtractor(nn.Module):
         return self.conv(x).mean((2, 3))
 
 
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated")
 def test_fid_pipeline_with_mocked_extractor(tmp_path, caplog):
     real, fake = torch.rand(40, 3, 16, 16) * 2 - 1, torch.rand(40, 3, 16, 16) * 1.6 - 0.6
     extractor = TinyExtractor()

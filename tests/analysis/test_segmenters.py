@@ -9,6 +9,15 @@ from analysis import segmenters
 from analysis.segmenters import IGNORE_INDEX
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread than on two busy ones (shared CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_confusion_matrix_scores_by_hand():
     target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE_INDEX, 1]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 2]])
@@ -125,3 +134,10 @@ def test_proxy_segmenter_learns_toy_scenes():
     assert scores["accuracy"] > 0.8, scores       # chance is 0.25, always-background ~0.6
     assert scores["miou"] > 0.5, scores
     assert features.shape == (16, net.classifier.in_channels)
+
+
+def test_proxy_training_fits_a_time_budget():
+    images, labels = toy_scenes(8, seed=0, size=16)
+    net = segmenters.train_proxy_segmenter(images, labels, num_classes=4, steps=60, max_seconds=1e-3,
+                                           progress=False)
+    assert "15 steps" in net.description       # cut to the floor of a quarter of the planned steps
