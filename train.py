@@ -245,9 +245,11 @@ def build_dataset(options: dict):
         return SyntheticScenes(data["num_samples"], size=g["crop_size"], seed=data["seed"],
                                with_dist=with_dist, icpe_mode=data["icpe_mode"])
     from data.datasets import build_dataset as build
+    custom = dict(label_nc=g["label_nc"], contain_dontcare_label=g["contain_dontcare_label"]) \
+        if options["preset"] == "custom" else {}
     return build(options["preset"], data["dataroot"], "train", crop_size=g["crop_size"],
                  with_dist=with_dist, icpe_mode=data["icpe_mode"], seed=data["seed"],
-                 max_samples=data["num_samples"])
+                 max_samples=data["num_samples"], **custom)
 
 
 def _broadcast_path(path: Path | None) -> Path:

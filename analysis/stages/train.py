@@ -80,7 +80,8 @@ def vgg_status(path=None) -> tuple[bool, str]:
 def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int]):
     """Identical samples and order for every method; ICPE maps only where they are used."""
     with_dist = norm == "clade-icpe"
-    num_samples = s["steps"] * s["batch_size"]  # one pass: every step sees new scenes
+    # One pass over new scenes; sized by the planned budget so a cap never changes the order.
+    num_samples = s["planned_steps"] * s["batch_size"]
     if ctx.dataroot is None:
         from data.synthetic import SyntheticScenes
         return SyntheticScenes(num_samples, size=size, seed=ctx.seed, with_dist=with_dist)

@@ -281,3 +281,15 @@ def test_run_analysis_train_stage_writes_checkpoints_tables_and_figure(tmp_path)
     assert {"seconds", "images_per_s", "GAN_Feat_end", "vgg"} <= set(table.columns)
     for item in summary["figures"] + summary["tables"]:
         assert (tmp_path / item["file"]).is_file() and item["caption"]
+
+
+def test_stage_time_cap_gives_later_methods_the_same_steps(tmp_path):
+    from analysis.context import RunContext
+    from analysis.stages import train as stage
+
+    extra = dict(train_steps=50, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE,
+                 train_max_seconds=1e-9, train_norms="clade,clade-icpe")
+    summary = stage.run(RunContext(out=tmp_path, quick=True, extra=extra))
+    assert summary["steps"] == 1
+    assert [r["steps"] for r in summary["results"]] == [1, 1]
+    assert summary["results"][0]["stopped_by_time_cap"] and summary["results"][0]["planned_steps"] == 50
