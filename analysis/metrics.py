@@ -252,7 +252,7 @@ def stats_distance(a: ActivationStats, b: ActivationStats, name: str = "FID",
 
 def cached_reference_statistics(cache_dir: str | Path, compute: Callable[[], ActivationStats],
                                 **provenance) -> ActivationStats:
-    """Reference statistics cached as ``<cache_dir>/<key>.npz`` with provenance in ``.json``.
+    """Reference statistics cached as ``<cache_dir>/reference_<hash>.npz`` + provenance ``.json``.
 
     ``provenance`` must state what defines the statistics (split, count, resize, extractor,
     dataset...): it is hashed into the file name, so changing any of it recomputes.

@@ -26,7 +26,7 @@ STAGE_TITLES = {
     "probe": "Probe: what the modulation layers do",
     "eval": "Evaluation and return on investment",
 }
-MAX_TABLE_ROWS = 40
+MAX_TABLE_ROWS = 20
 PROVENANCE_KEYS = (("created", "created"), ("command", "command"), ("git_commit", "git commit"),
                    ("python", "python"), ("torch", "torch"), ("numpy", "numpy"),
                    ("device", "device"), ("device_name", "device name"),
@@ -44,10 +44,18 @@ def read_records(out: Path, stages=STAGE_ORDER) -> dict[str, dict]:
     return records
 
 
-def render_table(out: Path, entry: dict, max_rows: int = MAX_TABLE_ROWS) -> str:
+def _entry(entry) -> dict:
+    # A bare path is accepted too; the report then says that the stage gave no caption.
+    entry = {"file": entry} if isinstance(entry, str) else dict(entry)
+    entry["caption"] = entry.get("caption") or f"{Path(entry['file']).name} (the stage recorded no caption)"
+    return entry
+
+
+def render_table(out: Path, entry, max_rows: int = MAX_TABLE_ROWS) -> str:
     """Caption, Markdown table (rounded) and a link to the CSV of one table entry."""
+    entry = _entry(entry)
     path = Path(out) / entry["file"]
-    caption = entry.get("caption", "")
+    caption = entry["caption"]
     if not path.is_file():
         return f"**{caption}** (`{entry['file']}` is missing; re-run the stage with --force)\n"
     df = pd.read_csv(path)
@@ -62,9 +70,10 @@ def render_table(out: Path, entry: dict, max_rows: int = MAX_TABLE_ROWS) -> str:
             + (f"\nIn every row: {same}.\n" if same else ""))
 
 
-def render_figure(out: Path, entry: dict) -> str:
+def render_figure(out: Path, entry) -> str:
     """Relative PNG link with its caption underneath."""
-    caption = entry.get("caption", "")
+    entry = _entry(entry)
+    caption = entry["caption"]
     if not (Path(out) / entry["file"]).is_file():
         return f"*{caption}* (`{entry['file']}` is missing; re-run the stage with --force)\n"
     return f"![{caption}]({entry['file']})\n\n*Figure: {caption}*\n"

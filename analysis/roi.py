@@ -131,26 +131,37 @@ def modulation_roi(evaluation: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# Marker sizes: later methods smaller, so that coinciding points (CLADE vs ICPE) stay visible.
+METHOD_SIZES = {"spade": 110, "clade": 130, "clade-icpe": 60}
+
+
 def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, reference: float | None):
-    higher = quality in HIGHER_IS_BETTER
-    front = pareto_front(df[cost], df[quality], higher)
+    front = pareto_front(df[cost], df[quality], quality in HIGHER_IS_BETTER)
     ordered = df[front].sort_values(cost)
     if len(ordered) > 1:
-        ax.step(ordered[cost], ordered[quality], where="post", color="0.6", lw=1.2, ls="--",
-                zorder=1, label="Pareto front")
+        ax.step(ordered[cost], ordered[quality], where="post", color="0.55", lw=1.2, ls="--", zorder=1)
     for (_, row), on_front in zip(df.iterrows(), front):
-        color = METHOD_COLORS.get(row["norm"], "0.3")
-        ax.scatter(row[cost], row[quality], s=90, color=color, zorder=3,
-                   edgecolor="black" if on_front else "none", linewidth=1.5,
-                   marker="o" if on_front else "X")
-        ax.annotate(row["method"], (row[cost], row[quality]), xytext=(6, 4),
-                    textcoords="offset points", fontsize=8, color=color)
+        ax.scatter(row[cost], row[quality], s=METHOD_SIZES.get(row["norm"], 80), zorder=3,
+                   color=METHOD_COLORS.get(row["norm"], "0.3"), marker="o" if on_front else "X",
+                   edgecolor="black" if on_front else "none", linewidth=1.2)
     if reference is not None and np.isfinite(reference):
-        ax.axhline(reference, color="0.4", lw=1, ls=":", label="real images")
+        ax.axhline(reference, color="0.4", lw=1, ls=":")
     ax.set_xlabel(column_label(cost), fontsize=9)
     ax.set_ylabel(column_label(quality), fontsize=9)
-    ax.margins(x=0.25, y=0.2)
+    ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3)
+
+
+def _legend(fig, df: pd.DataFrame, ncol: int = 4, reference: bool = True):
+    line = plt.Line2D
+    handles = [line([], [], marker="o", ls="", markersize=8, color=METHOD_COLORS.get(norm, "0.3"), label=method)
+               for method, norm in zip(df["method"], df["norm"])]
+    handles += [line([], [], marker="o", ls="", color="white", markeredgecolor="black", label="on the Pareto front"),
+                line([], [], marker="X", ls="", color="0.5", label="dominated"),
+                line([], [], ls="--", color="0.55", label="Pareto front")]
+    if reference:
+        handles.append(line([], [], ls=":", color="0.4", label="real images"))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
 
 
 def plot_quality_vs_cost(evaluation: pd.DataFrame):
@@ -158,24 +169,15 @@ def plot_quality_vs_cost(evaluation: pd.DataFrame):
     df = _methods(evaluation)
     real = evaluation[evaluation["norm"] == "real"]
     quality, costs = plotted_quality_columns(df), cost_columns(df)
-    fig, axes = plt.subplots(len(quality), len(costs), figsize=(3.7 * len(costs), 3.0 * len(quality)),
+    fig, axes = plt.subplots(len(quality), len(costs), figsize=(3.7 * len(costs), 2.9 * len(quality) + 0.6),
                              squeeze=False)
     for i, q in enumerate(quality):
         ref = float(real[q].iloc[0]) if len(real) and q in real and pd.notna(real[q].iloc[0]) else None
         for j, c in enumerate(costs):
             _scatter(axes[i, j], df, c, q, ref)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles + [plt.Line2D([], [], marker="o", ls="", color="0.5", markeredgecolor="black"),
-                          plt.Line2D([], [], marker="X", ls="", color="0.5")],
-               labels + ["on the Pareto front", "dominated"], loc="lower center", ncol=4,
-               fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    _legend(fig, df, ncol=7)
     fig.suptitle("Quality against cost per method (dotted: real images scored the same way)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return fig
 
 
@@ -184,13 +186,14 @@ def plot_modulation_roi(evaluation: pd.DataFrame):
     df = _methods(evaluation)
     gmacs = next(c for c in df if c.startswith("modulation_gmacs"))
     quality = plotted_quality_columns(df)
-    fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.8), squeeze=False)
     for ax, q in zip(axes[0], quality):
         _scatter(ax, df, gmacs, q, None)
         if (df[gmacs] > 0).all() and df[gmacs].max() / df[gmacs].min() > 20:
             ax.set_xscale("log")
+    _legend(fig, df, ncol=3, reference=False)
     fig.suptitle("What the modulation layers cost (log scale) and the quality they buy", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.14, 1, 0.94))
     return fig
 
 

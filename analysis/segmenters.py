@@ -5,8 +5,9 @@ knows how to express the dataset's label map in its own classes (``target``):
 
     seg = load_torchscript_segmenter("drn_d_105_cityscapes.pt", class_map="cityscapes-train-ids")
     meter = SegmentationMeter()
-    meter.update(seg(images), seg.target(label))
-    meter.scores()   # {'miou': ..., 'accuracy': ..., 'iou_per_class': [...]}
+    logits = seg(images)
+    meter.update(logits, seg.target(label, logits.shape[1]))
+    meter.scores()   # {'miou': ..., 'accuracy': ..., 'iou_per_class': [...], 'pixels': ...}
 
 The papers score generated images with pretrained segmenters (see ``PAPER_SEGMENTERS``). Without
 one, ``train_proxy_segmenter`` trains a small network on the real images of the dataset in use;
@@ -20,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -78,6 +80,19 @@ the Caffe mean; 'zero-one'; 'minus-one-one') and returning logits [N, C, h, w] (
 dict whose first / 'out' entry is that); logits are resized bilinearly to H x W. The class map
 turns the dataset's label ids into the C output channels; ids it does not list (dontcare,
 void classes) are not scored."""
+
+
+class Segmenter(Protocol):
+    """What scoring needs from a segmenter (TorchScriptSegmenter and ProxySegmenter are two)."""
+
+    description: str   # goes into the tables' 'segmenter' column
+    is_proxy: bool     # True: its scores are labelled *_proxy
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] in [-1, 1] -> class logits [N, C, H, W]."""
+
+    def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Dataset label ids [N, (1,) H, W] -> its class ids [N, H, W], IGNORE_INDEX where unscored."""
 
 
 def resolve_class_map(class_map) -> dict | None:

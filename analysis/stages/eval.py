@@ -293,6 +293,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
     meta = dict(eval_images=opts.images, segmenter=segmenter.description,
                 latency=f"median of {opts.latency_repeats} forward passes, {ctx.device}, batch 1")
     ctx.write_table(table, "evaluation", **meta)
+    log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
     ctx.write_table(roi_table, "roi", **meta)
     ctx.write_table(modulation, "roi_modulation", **meta)
