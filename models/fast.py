@@ -25,6 +25,7 @@ graphs, cuDNN autotuning) and returns a callable with G's call signature.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -37,6 +38,30 @@ _MKLDNN = torch.ops.mkldnn
 _PREPACK_OPS = (hasattr(_MKLDNN, "_convolution_pointwise")
                 and hasattr(_MKLDNN, "_reorder_convolution_weight"))
 _prepack_broken = False  # set when a prepacked call fails once; then dense weights only
+_graph_safe = False       # see graph_safe()
+
+
+@contextlib.contextmanager
+def graph_safe():
+    """Within the block the fast path makes no data-dependent choice (no host-device sync),
+    as CUDA graph capture requires: e.g. convs on the one-hot map stay convolutions."""
+    global _graph_safe
+    before, _graph_safe = _graph_safe, True
+    try:
+        yield
+    finally:
+        _graph_safe = before
+
+
+def syncs_allowed() -> bool:
+    """False while compiling or capturing a CUDA graph (no host-device synchronisation)."""
+    return not (torch.compiler.is_compiling()
+                or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()))
+
+
+def data_dependent_choices() -> bool:
+    """Whether the fast path may look at input values to choose how to compute."""
+    return not _graph_safe and syncs_allowed()
 
 
 # ----------------------------------------------------------------------------- caches
@@ -45,6 +70,8 @@ def tensor_key(*tensors) -> tuple | None:
 
     None when some tensor has no version counter (inference tensors): then nothing is cached.
     """
+    if torch.compiler.is_compiling():
+        return None
     key = []
     for t in tensors:
         if t is None:
@@ -160,10 +187,9 @@ def conv2d_cached(owner: nn.Module, slot: str, key, make_weight_bias, x: torch.T
         return w.detach().to(dtype).contiguous(memory_format=fmt), (None if b is None else b.detach().to(dtype))
     w, b = eval_cache(owner, slot, None if key is None else (key, dtype, fmt), dense)
     out = F.conv2d(x, w, b, padding=padding)
-    if residual is not None:
-        out = out.add_(residual) if out.dtype == residual.dtype or out.dtype == torch.promote_types(out.dtype, residual.dtype) \
-            else out + residual
-    return out
+    if residual is None:
+        return out
+    return out.add_(residual) if out.dtype == residual.dtype else out + residual
 
 
 def conv_eval(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -277,13 +303,14 @@ class Accelerated(nn.Module):
             static = [None if t is None else t.clone() for t in (semantic, z, dist)]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up: cuDNN autotuning, weight caches
-                    self._run(*static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._run(*static)
+            with graph_safe():
+                with torch.cuda.stream(stream):
+                    for _ in range(3):  # warm-up: cuDNN autotuning, weight caches
+                        self._run(*static)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = self._run(*static)
             self._graphs[key] = (graph, static, out)
         graph, static, out = self._graphs[key]
         for dst, src in zip(static, (semantic, z, dist)):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResnetBlock
+from .blocks import ResnetBlock, _leaky_relu
+from .fast import conv_eval, onehot_conv, onehot_conv_applies
 from .norms import Conditioning
 from .presets import GeneratorConfig
 
@@ -16,7 +17,14 @@ class Generator(nn.Module):
     ``semantic``: [N, semantic_nc, H, W] one-hot over the classes (+ dontcare) with the
     instance-edge channel last (see ``data.labels.make_semantic``); ``dist``: [N, 2, H, W]
     ICPE map, required for CLADE-ICPE; ``z``: [N, z_dim] when ``use_vae``.
+
+    In eval mode without autograd (``torch.no_grad()`` / ``torch.inference_mode()``) the
+    call takes a fast path with the same result (models/fast.py); ``dtype=torch.bfloat16``
+    then computes in bf16 (output in the input's dtype). ``G.fast_eval = False`` turns the
+    fast path off.
     """
+
+    fast_eval = True  # take the eval fast path when eval mode and no autograd
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -64,11 +72,24 @@ class Generator(nn.Module):
             raise ValueError(f"z has shape {tuple(z.shape)}; this generator "
                              + (f"expects [N, {cfg.z_dim}]" if cfg.use_vae else "has use_vae=False and takes no z"))
 
+    def uses_fast_path(self) -> bool:
+        """Whether a call now takes the eval fast path (eval mode, no autograd, not tracing)."""
+        return (self.fast_eval and not self.training and not torch.is_grad_enabled()
+                and not torch.jit.is_tracing())
+
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None,
-                dist: torch.Tensor | None = None) -> torch.Tensor:
+                dist: torch.Tensor | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         self.check_inputs(semantic, z, dist)
         cfg = self.config
         cond = Conditioning(semantic, cfg.class_nc, has_edge=not cfg.no_instance, dist=dist)
+        if self.uses_fast_path():
+            out = self._forward_fast(cond, z, dtype or semantic.dtype)
+            # An explicit compute dtype still returns the input's dtype; under autocast the
+            # output keeps the dtype autocast gives it, as on the plain path.
+            return out if dtype is None else out.to(semantic.dtype)
+        if dtype is not None and dtype != semantic.dtype:
+            raise ValueError(f"dtype={dtype} applies to the eval fast path only (G.eval() under "
+                             f"torch.no_grad(), G.fast_eval=True); for training use torch.autocast")
         if cfg.use_vae:
             if z is None:
                 z = torch.randn(semantic.shape[0], cfg.z_dim, dtype=semantic.dtype, device=semantic.device)
@@ -85,6 +106,35 @@ class Generator(nn.Module):
             x = block(_up(x), cond)
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)
+
+    def _forward_fast(self, cond: Conditioning, z, dtype: torch.dtype) -> torch.Tensor:
+        cfg = self.config
+        semantic = cond.semantic
+        cond.fast = True
+        if cfg.use_vae:
+            if z is None:
+                z = torch.randn(semantic.shape[0], cfg.z_dim, dtype=semantic.dtype, device=semantic.device)
+            x = self.fc(z).view(-1, 16 * cfg.ngf, self.sh, self.sw)
+        else:
+            size = (self.sh, self.sw)
+            if cond.one_hot_at(size) and onehot_conv_applies(self.fc, cfg.class_nc, cond.has_edge):
+                edge = cond.edge_at(size) if cond.has_edge else None
+                x = onehot_conv(self.fc, cond.taps_at(size, self.fc.kernel_size[0]), size,
+                                cfg.class_nc, edge, dtype)
+            else:
+                x = conv_eval(self.fc, cond.semantic_at(size).to(dtype).contiguous(memory_format=torch.channels_last))
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+        x = self.head_0(x, cond)
+        x = self.G_middle_0(_up(x), cond)
+        if cfg.num_upsampling_layers in ("more", "most"):
+            x = _up(x)
+        x = self.G_middle_1(x, cond)
+        blocks = self.up_blocks()
+        for block in blocks:
+            x = block(_up(x), cond)
+        x = conv_eval(self.conv_img, _leaky_relu(blocks[-1], x))
+        return torch.tanh_(x).contiguous()
 
     def up_blocks(self) -> list[nn.Module]:
         names = ["up_0", "up_1", "up_2", "up_3"] + (["up_4"] if hasattr(self, "up_4") else [])

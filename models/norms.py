@@ -10,12 +10,21 @@ checkpoints load without a mapping.
 - SPADE:      scale = 1 + conv(relu(conv(segmap))),  shift = conv(relu(conv(segmap)))
 - CLADE:      scale = gamma[class],                  shift = beta[class]
 - CLADE-ICPE: scale = gamma[class] * (1 + w . icpe), shift = beta[class] * (1 + w' . icpe)
+
+Eval fast path (``cond.fast``, set by the generator in eval mode without autograd): BatchNorm
+with running statistics is a per-channel affine ``x * a + b``, so it folds into the
+modulation. CLADE becomes one gather from a [classes, 2C] table and one multiply-add,
+SPADE one conv with 2C outputs (gamma and beta convs side by side, BatchNorm folded into
+their weights) and one multiply-add. Same result up to rounding (tests/models/test_fast_paths.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast import (conv2d_cached, conv_eval, data_dependent_choices, eval_cache, has_user_hooks,
+                   onehot_conv, onehot_conv_applies, syncs_allowed, tap_indices, tensor_key)
 
 
 class Conditioning:
@@ -26,13 +35,15 @@ class Conditioning:
     by all layers at that resolution, and CLADE only ever resizes the label *index* map.
     """
 
+    fast = False  # the generator sets True in its eval fast path (see models/fast.py)
+
     def __init__(self, semantic: torch.Tensor, class_nc: int, has_edge: bool,
                  dist: torch.Tensor | None = None):
         self.semantic = semantic
         self.class_nc = class_nc
         self.has_edge = has_edge
         self.dist = dist
-        self._label = None
+        self._label = self._max = None
         self._cache: dict = {}
 
     def _memo(self, key, compute):
@@ -50,7 +61,8 @@ class Conditioning:
         size = tuple(size)
         if self._label is None:
             # argmax commutes with nearest resizing (both pick pixels), so take it once.
-            self._label = self.semantic[:, : self.class_nc].argmax(1, keepdim=True)
+            # max(1) returns the first maximal index like argmax, at about half its cost.
+            self._max, self._label = self.semantic[:, : self.class_nc].max(1, keepdim=True)
         return self._memo(("label", size), lambda: _nearest_index(self._label, size))
 
     def edge_at(self, size) -> torch.Tensor:
@@ -62,6 +74,30 @@ class Conditioning:
         """ICPE map [N, 2, H, W] at ``size``."""
         size = tuple(size)
         return self._memo(("dist", size), lambda: _nearest(self.dist, size))
+
+    def one_hot_at(self, size) -> bool:
+        """Whether the class channels at ``size`` are exactly one-hot (then convs may gather).
+
+        Checked on the full-resolution map once when asked at full size (every resized map
+        picks pixels of it), else on the resized map.
+        """
+        if not data_dependent_choices():
+            return False  # compiled code and CUDA graphs keep the convolutions
+        size = tuple(size)
+        full = tuple(self.semantic.shape[-2:])
+        if ("one_hot", full) in self._cache:
+            return self._cache[("one_hot", full)]
+        if size == full:
+            self.label_at(full)  # its max(1) gives the per-pixel maxima
+            classes = self.semantic[:, : self.class_nc]
+            return self._memo(("one_hot", size), lambda: _is_one_hot(classes, self._max))
+        return self._memo(("one_hot", size), lambda: _is_one_hot(self.semantic_at(size)[:, : self.class_nc]))
+
+    def taps_at(self, size, kernel_size: int) -> torch.Tensor:
+        """Row indices of a one-hot conv (see ``models.fast.tap_indices``) at ``size``."""
+        size = tuple(size)
+        return self._memo(("taps", size, kernel_size),
+                          lambda: tap_indices(self.label_at(size), kernel_size, self.class_nc))
 
 
 def _nearest(t: torch.Tensor, size) -> torch.Tensor:
@@ -75,11 +111,55 @@ def _nearest_index(label: torch.Tensor, size) -> torch.Tensor:
     return _nearest(label.float(), size).long()[:, 0]
 
 
+def _is_one_hot(classes: torch.Tensor, maxima: torch.Tensor | None = None) -> bool:
+    # One nonzero per pixel and that one equal to 1 <=> the max is 1 and the nonzero count
+    # equals the pixel count.
+    maxima = classes.amax(1) if maxima is None else maxima
+    pixels = classes.numel() // max(classes.shape[1], 1)
+    return bool((maxima == 1).all()) and bool(torch.count_nonzero(classes) == pixels)
+
+
 def param_free_norm(kind: str, channels: int) -> nn.Module:
     """BatchNorm (a standard module, so SyncBatchNorm conversion works) or InstanceNorm."""
     if kind == "batch":
         return nn.BatchNorm2d(channels, affine=False)
     return nn.InstanceNorm2d(channels, affine=False)
+
+
+# Folding x * a + b (b = -mean * a) cancels digits when |b| is large; past this bound the
+# fast path subtracts the mean first (an extra elementwise pass), keeping fp32 within ~1e-5.
+FOLD_MAX_SHIFT = 100.0
+
+
+def foldable(norm: nn.Module) -> bool:
+    """BatchNorm in eval mode with running statistics: a per-channel affine ``x * a + b``.
+
+    Batch statistics (training, ``track_running_stats=False``) and InstanceNorm are not.
+    """
+    return (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
+            and norm.running_var is not None)
+
+
+def batchnorm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(a, b, center), float32 per channel, with ``norm(x) == (x - center) * a + b``.
+
+    ``center`` is None (fully folded: ``norm(x) == x * a + b``) unless the fold would lose
+    precision (see ``FOLD_MAX_SHIFT``); then it is the running mean. ``norm`` must be
+    :func:`foldable`.
+    """
+    a = torch.rsqrt(norm.running_var.float() + norm.eps)
+    mean = norm.running_mean.float()
+    b = torch.zeros_like(a)
+    if norm.affine:
+        a, b = a * norm.weight.float(), norm.bias.float()
+    folded_b = b - mean * a
+    if not syncs_allowed() or bool(folded_b.abs().max() <= FOLD_MAX_SHIFT):
+        return a, folded_b, None
+    return a, b, mean
+
+
+def _norm_key(norm: nn.Module):
+    return tensor_key(*(getattr(norm, n, None) for n in ("running_mean", "running_var", "weight", "bias")))
 
 
 class ModulatedNorm(nn.Module):
@@ -94,6 +174,10 @@ class ModulatedNorm(nn.Module):
         """(scale, shift) used by forward: the override when set, else ``modulation``."""
         fn = self.modulation_override or self.modulation
         return fn(cond, size)
+
+    def fused(self, cond: Conditioning) -> bool:
+        """Whether forward takes the eval fast path (never when an override is set)."""
+        return cond.fast and self.modulation_override is None and not self.training
 
 
 class SPADE(ModulatedNorm):
@@ -113,8 +197,55 @@ class SPADE(ModulatedNorm):
         return 1 + self.mlp_gamma(actv), self.mlp_beta(actv)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if self.fused(cond):
+            return self._forward_fused(x, cond)
         scale, shift = self.scale_shift(cond, x.shape[-2:])
         return self.param_free_norm(x) * scale + shift
+
+    def _shared_actv(self, cond: Conditioning, size, dtype) -> torch.Tensor:
+        conv = self.mlp_shared[0]
+        if (not has_user_hooks(self.mlp_shared) and cond.one_hot_at(cond.semantic.shape[-2:])
+                and onehot_conv_applies(conv, cond.class_nc, cond.has_edge)):
+            edge = cond.edge_at(size) if cond.has_edge else None
+            actv = onehot_conv(conv, cond.taps_at(size, conv.kernel_size[0]), size, cond.class_nc, edge, dtype)
+            return actv.relu_()
+        segmap = cond.semantic_at(size).to(dtype).contiguous(memory_format=torch.channels_last)
+        if has_user_hooks(self.mlp_shared):
+            return self.mlp_shared(segmap)
+        return conv_eval(conv, segmap).relu_()
+
+    def _forward_fused(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # bn(x) * (1 + gamma) + beta with bn(x) = x * a + b
+        #   = x * conv(actv; a * Wg, a * (1 + bg)) + conv(actv; b * Wg + Wb, b * (1 + bg) + bb)
+        # so one conv with 2C outputs gives the scale and shift of one multiply-add.
+        if has_user_hooks(self.mlp_gamma) or has_user_hooks(self.mlp_beta):
+            scale, shift = self.modulation(cond, x.shape[-2:])
+            return self.param_free_norm(x) * scale + shift
+        norm = self.param_free_norm
+        fold = foldable(norm)
+
+        def folded():
+            wg, bg = self.mlp_gamma.weight.float(), self.mlp_gamma.bias.float()
+            wb, bb = self.mlp_beta.weight.float(), self.mlp_beta.bias.float()
+            a, b, center = batchnorm_affine(norm) if fold else (torch.ones_like(bg), torch.zeros_like(bg), None)
+            weight = torch.cat([a[:, None, None, None] * wg, b[:, None, None, None] * wg + wb])
+            bias = torch.cat([a * (1 + bg), b * (1 + bg) + bb])
+            return (weight, bias), center
+        key = (tensor_key(self.mlp_gamma.weight, self.mlp_gamma.bias, self.mlp_beta.weight,
+                          self.mlp_beta.bias), _norm_key(norm), fold)
+        weight_bias, center = eval_cache(self, "folded", key, folded)
+        x = _normalise_input(norm, x, fold, center)
+        actv = self._shared_actv(cond, x.shape[-2:], x.dtype)
+        gb = conv2d_cached(self, "gamma_beta", key, lambda: weight_bias, actv, self.mlp_gamma.padding[0])
+        c = x.shape[1]
+        return torch.addcmul(gb[:, c:], x, gb[:, :c])
+
+
+def _normalise_input(norm: nn.Module, x: torch.Tensor, fold: bool, center) -> torch.Tensor:
+    """What the folded modulation multiplies: x itself, x - mean, or norm(x) (not foldable)."""
+    if not fold:
+        return norm(x)
+    return x if center is None else x - center.to(x.dtype)[:, None, None]
 
 
 class ClassAffine(nn.Module):
@@ -163,10 +294,42 @@ class CLADE(ModulatedNorm):
         return self.class_specified_affine(cond.label_at(size), dist)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        scale, shift = self.scale_shift(cond, x.shape[-2:])
-        out = self.param_free_norm(x) * scale + shift
+        if self.fused(cond) and not has_user_hooks(self.class_specified_affine):
+            out = self._forward_fused(x, cond)
+        else:
+            scale, shift = self.scale_shift(cond, x.shape[-2:])
+            out = self.param_free_norm(x) * scale + shift
         if self.edge:
-            out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:]))), dim=1)
+            out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:])).to(out.dtype)), dim=1)
+        return out
+
+    def _forward_fused(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        # bn(x) * gamma[c] + beta[c] with bn(x) = x * a + b is x * (a * gamma)[c] + (b * gamma + beta)[c]:
+        # one gather from a [classes, 2C] table and one multiply-add. With ICPE,
+        #   out = (1 + w.icpe) * (x * (a * gamma)[c] + (b * gamma)[c]) + (1 + w'.icpe) * beta[c].
+        size = x.shape[-2:]
+        affine_module = self.class_specified_affine
+        norm = self.param_free_norm
+        fold = foldable(norm)
+        icpe = affine_module.icpe
+        dtype = x.dtype
+
+        def tables():
+            gamma, beta = affine_module.weight.float(), affine_module.bias.float()
+            a, b, center = batchnorm_affine(norm) if fold else (torch.ones_like(gamma[0]), torch.zeros_like(gamma[0]), None)
+            parts = [gamma * a, gamma * b, beta] if icpe else [gamma * a, gamma * b + beta]
+            return torch.cat(parts, 1).to(dtype), center
+        key = (tensor_key(affine_module.weight, affine_module.bias), _norm_key(norm), fold, dtype)
+        table, center = eval_cache(self, "tables", key, tables)
+        x = _normalise_input(norm, x, fold, center)
+        rows = F.embedding(cond.label_at(size), table).permute(0, 3, 1, 2)  # channels_last view
+        c = x.shape[1]
+        out = torch.addcmul(rows[:, c:2 * c], x, rows[:, :c])
+        if icpe:
+            dist = cond.dist_at(size)
+            scale_w = (1 + affine_module.dist_conv_w(dist)).to(dtype)
+            scale_b = (1 + affine_module.dist_conv_b(dist)).to(dtype)
+            out = out.mul_(scale_w).addcmul_(rows[:, 2 * c:], scale_b)
         return out
 
 
@@ -182,5 +345,3 @@ def build_norm(config, channels: int) -> nn.Module:
 def extra_channels(config) -> int:
     """Channels a norm layer adds to its input (CLADE's instance-edge feature)."""
     return int(config.norm != "spade" and not config.no_instance)
-
-

@@ -1,0 +1,314 @@
+"""Plain vs fast generator latency, measured through the public ``G(semantic)`` call (issue 10).
+
+    python run_analysis.py bench --compare            # as part of the bench stage
+    python -m analysis.speed --out reports/speed      # alone (options: --help)
+
+For each preset, norm and batch size, these variants are timed round-robin in one
+:func:`analysis.bench.time_interleaved` call, so their ratios come from the same machine state:
+
+- ``official-equiv``: the plain path fed like the official code, which resizes the whole
+  one-hot map in every norm layer and takes the argmax there (fp32);
+- ``plain``: our plain path (``G.fast_eval = False``): label map resized once per resolution,
+  spectral norm recomputed every call, BatchNorm then modulation (fp32);
+- ``fast``: the default eval path of ``G(semantic)`` (models/fast.py; fp32);
+- ``fast-bf16``: the same computing in bf16 (``G(semantic, dtype=torch.bfloat16)``);
+- ``compiled`` (``--compile``): ``models.fast.accelerate(G, compile=True)`` (inductor, freezing);
+- on CUDA also ``plain-bf16-autocast`` and ``fast-bf16-cudagraph`` (CUDA graph replay).
+
+Every variant's output is compared with the plain fp32 output (``max_abs_diff``) against a
+stated tolerance (fp32 1e-4; bf16 :data:`BF16_TOLERANCE`). Weights are the official
+initialisation with BatchNorm running statistics calibrated on one random label map, so
+activations have realistic scale (untrained running statistics make them explode and the
+tanh output saturate, where any comparison is meaningless).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .bench import summarize_times, time_interleaved
+from .provenance import device_description
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-4
+# bf16 keeps 8 mantissa bits (relative rounding 2^-9 per op); over ~60 layers the generator's
+# tanh output (range [-1, 1]) moves by up to a few 1e-2 on calibrated random weights.
+BF16_TOLERANCE = 5e-2
+
+# Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's datasheets
+# (H100 SXM5 / PCIe, H200 SXM, A100 SXM). Matched by substring of the device name.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0}
+
+COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "min_ms", "n",
+           "speedup_vs_plain", "speedup_vs_official_equiv", "max_abs_diff", "tolerance", "within_tolerance",
+           "gmacs", "achieved_tflops", "peak_tflops", "device", "device_name", "threads", "torch",
+           "loadavg_start", "loadavg_end"]
+
+
+# ----------------------------------------------------------------------------- inputs, models
+class OfficialConditioning:
+    """Mixin giving a Conditioning the official data path: resize the whole one-hot map in
+    every norm layer (no sharing across layers) and take the argmax there."""
+
+    def semantic_at(self, size):
+        return F.interpolate(self.semantic, size=tuple(size), mode="nearest")
+
+    def label_at(self, size):
+        return self.semantic_at(size)[:, : self.class_nc].argmax(1)
+
+    def edge_at(self, size):
+        return self.semantic_at(size)[:, -1:]
+
+    def dist_at(self, size):
+        return F.interpolate(self.dist, size=tuple(size), mode="nearest")
+
+
+@contextlib.contextmanager
+def official_data_path():
+    """Within the block, generators feed their norm layers like the official code."""
+    import models.generator as generator_module
+    original = generator_module.Conditioning
+    generator_module.Conditioning = type("OfficialConditioning", (OfficialConditioning, original), {})
+    try:
+        yield
+    finally:
+        generator_module.Conditioning = original
+
+
+def generator_inputs(config, batch: int, *, device="cpu", seed: int = 0) -> dict:
+    """Keyword inputs of ``G``: a blocky random one-hot label map (+ instance edges) and,
+    for CLADE-ICPE, a random ICPE map in (-1, 1). Latency depends on shapes only."""
+    from data.labels import make_semantic
+    gen = torch.Generator().manual_seed(seed)
+    h, w = config.output_size
+    coarse = (batch, 1, max(1, h // 16), max(1, w // 16))
+    label = F.interpolate(torch.randint(0, config.class_nc, coarse, generator=gen).float(), size=(h, w)).long()
+    instance = F.interpolate(torch.randint(0, 1000, coarse, generator=gen).float(), size=(h, w)).long()
+    inputs = {"semantic": make_semantic(label, instance, config).to(device)}
+    if config.norm == "clade-icpe":
+        inputs["dist"] = (torch.rand(batch, 2, h, w, generator=gen) * 2 - 1).to(device)
+    return inputs
+
+
+@torch.no_grad()
+def calibrate_batchnorm(G: torch.nn.Module, inputs: dict) -> torch.nn.Module:
+    """Set every BatchNorm's running statistics to those of one train-mode forward of ``inputs``
+    (cumulative average, one batch); returns G in eval mode."""
+    bns = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    G.train()(**inputs)
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return G.eval()
+
+
+def environment(device) -> dict:
+    return {"device": str(device), "device_name": device_description(device),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def peak_tflops(device) -> float:
+    """Dense bf16 peak of a known CUDA device (:data:`PEAK_BF16_TFLOPS`), else NaN."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return float("nan")
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return float("nan")
+
+
+def _gmacs(config) -> float:
+    try:
+        from .costs import closed_form_generator_costs
+        return closed_form_generator_costs(config)["macs"] / 1e9
+    except Exception:  # the cost model is optional here
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- variants
+def variants(G, inputs: dict, device, *, compile: bool = False) -> dict:
+    """name -> (dtype label, zero-argument call). Each call sets the path it needs."""
+    from models.fast import accelerate
+    cuda = torch.device(device).type == "cuda"
+
+    def call(fast: bool, dtype=None, autocast=None, official=False):
+        def run():
+            G.fast_eval = fast
+            with torch.no_grad(), (official_data_path() if official else contextlib.nullcontext()), \
+                    torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None):
+                return G(**inputs) if dtype is None else G(**inputs, dtype=dtype)
+        return run
+
+    fns = {"official-equiv": ("fp32", call(False, official=True)),
+           "plain": ("fp32", call(False)),
+           "fast": ("fp32", call(True)),
+           "fast-bf16": ("bf16", call(True, dtype=torch.bfloat16))}
+    if cuda:
+        fns["plain-bf16-autocast"] = ("bf16-autocast", call(False, autocast=torch.bfloat16))
+        graphed = accelerate(G, dtype=torch.bfloat16, cuda_graphs=True)
+        fns["fast-bf16-cudagraph"] = ("bf16", lambda: (setattr(G, "fast_eval", True), graphed(**inputs))[1])
+    if compile:
+        compiled = accelerate(G, compile=True, compile_mode="reduce-overhead" if cuda else None)
+        fns["compiled"] = ("fp32", lambda: (setattr(G, "fast_eval", True), compiled(**inputs))[1])
+    return fns
+
+
+def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repeats: int = 10, warmup: int = 2,
+                      compile: bool = False, seed: int = 0, **overrides) -> pd.DataFrame:
+    """Rows of :data:`COLUMNS` for one generator: every variant timed in one interleaved run."""
+    from models import build_generator
+    G = build_generator(preset, norm, device=device, **overrides)
+    inputs = generator_inputs(G.config, batch, device=device, seed=seed)
+    calibrate_batchnorm(G, inputs)
+    fns = variants(G, inputs, device, compile=compile)
+    outputs = {name: fn() for name, (_, fn) in fns.items()}  # also compiles / captures
+    load_start = os.getloadavg()[0]
+    times = time_interleaved({name: fn for name, (_, fn) in fns.items()}, warmup=warmup, repeats=repeats,
+                             device=device)
+    load_end = os.getloadavg()[0]
+    G.fast_eval = True
+    reference = outputs["plain"].float()
+    env = environment(device)
+    gmacs = _gmacs(G.config) * batch
+    peak = peak_tflops(device)
+    summaries = {name: summarize_times(times[name]) for name in fns}
+    rows = []
+    for name, (dtype, _) in fns.items():
+        s = summaries[name]
+        diff = float((outputs[name].float() - reference).abs().max())
+        tolerance = FP32_TOLERANCE if dtype == "fp32" else BF16_TOLERANCE
+        rows.append({"preset": preset, "norm": norm, "batch": batch, "variant": name, "dtype": dtype, **s,
+                     "speedup_vs_plain": summaries["plain"]["median_ms"] / s["median_ms"],
+                     "speedup_vs_official_equiv": summaries["official-equiv"]["median_ms"] / s["median_ms"],
+                     "max_abs_diff": diff, "tolerance": tolerance, "within_tolerance": diff <= tolerance,
+                     "gmacs": gmacs, "achieved_tflops": 2 * gmacs / s["median_ms"],  # GMAC/ms = TMAC/s
+                     "peak_tflops": peak, **env, "loadavg_start": load_start, "loadavg_end": load_end})
+    return pd.DataFrame(rows)[COLUMNS]
+
+
+def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, warmup: int = 2,
+            compile: bool = False, **overrides) -> pd.DataFrame:
+    """:func:`compare_generator` for every preset, norm and batch size, concatenated."""
+    tables = []
+    for preset in presets:
+        for batch in batch_sizes:
+            for norm in norms:
+                log.info("speed compare: %s %s batch %d on %s", preset, norm, batch, device)
+                tables.append(compare_generator(preset, norm, batch, device=device, repeats=repeats,
+                                                warmup=warmup, compile=compile, **overrides))
+    return pd.concat(tables, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- report
+def format_table(df: pd.DataFrame) -> str:
+    """The comparison as a Markdown table (latency, ratios, differences)."""
+    show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_plain",
+               "speedup_vs_official_equiv", "max_abs_diff", "tolerance"]]
+    return show.to_markdown(index=False, floatfmt=".3g")
+
+
+def speed_figure(df: pd.DataFrame):
+    """Bars of median latency per norm and variant, one panel per (preset, batch)."""
+    import matplotlib.pyplot as plt
+    groups = list(df.groupby(["preset", "batch"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
+    for ax, ((preset, batch), part) in zip(axes[0], groups):
+        names = list(dict.fromkeys(part["variant"]))
+        norms = list(dict.fromkeys(part["norm"]))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            rows = part[part["variant"] == name].set_index("norm").reindex(norms)
+            xs = [j + i * width for j in range(len(norms))]
+            bars = ax.bar(xs, rows["median_ms"], width, label=name)
+            for bar, ratio in zip(bars, rows["speedup_vs_official_equiv"]):
+                ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(norms))], norms)
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{preset}, batch {batch}, {part['device'].iloc[0]}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _settings(ctx) -> dict:
+    extra = ctx.extra or {}
+    cuda = torch.device(ctx.device).type == "cuda"
+    presets = ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]
+    return {"presets": extra.get("compare_presets") or presets,
+            "norms": extra.get("compare_norms") or ["spade", "clade", "clade-icpe"],
+            "batch_sizes": extra.get("compare_batch_sizes") or ([1] if ctx.quick or not cuda else [1, 16]),
+            "repeats": extra.get("compare_repeats") or (3 if ctx.quick else 10),
+            "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
+            "compile": bool(extra.get("compare_compile", False)),
+            "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
+
+
+def run_compare(ctx) -> dict:
+    """Time plain vs fast generators on ``ctx.device``; write tables/speed_compare.csv and
+    figures/speed_compare.png; return a summary with their captions."""
+    s = _settings(ctx)
+    torch.manual_seed(ctx.seed)
+    df = compare(s["presets"], s["norms"], s["batch_sizes"], device=ctx.device, repeats=s["repeats"],
+                 warmup=s["warmup"], compile=s["compile"], **s["overrides"])
+    print(format_table(df))
+    ctx.write_table(df, "speed_compare", settings=s, fp32_tolerance=FP32_TOLERANCE, bf16_tolerance=BF16_TOLERANCE,
+                    peak_tflops_source="NVIDIA datasheets, dense bf16 tensor-core peak (no sparsity): "
+                                       + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()),
+                    weights="official init; BatchNorm running statistics calibrated on one random label map",
+                    timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
+    ctx.write_figure(speed_figure(df), "speed_compare")
+    fast = df[df["variant"] == "fast"]
+    return {
+        "tables": [{"file": "tables/speed_compare.csv",
+                    "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
+                               "norm and batch (median/p90 ms from one interleaved run each), with speedups and "
+                               "the max abs output difference to the plain path against the stated tolerance."}],
+        "figures": [{"file": "figures/speed_compare.png",
+                     "caption": "Median latency per norm and path; labels give the speedup over the "
+                                "official-equivalent path measured in the same run."}],
+        "fast_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
+                                           for r in fast.itertuples()},
+        "all_within_tolerance": bool(df["within_tolerance"].all()),
+        "device": ctx.device,
+    }
+
+
+def main(argv=None) -> int:
+    from .context import RunContext
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("reports/speed"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="ade20k, batch 1, 3 repeats")
+    parser.add_argument("--presets", nargs="+", dest="compare_presets")
+    parser.add_argument("--norms", nargs="+", dest="compare_norms")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, dest="compare_batch_sizes")
+    parser.add_argument("--repeats", type=int, dest="compare_repeats")
+    parser.add_argument("--warmup", type=int, dest="compare_warmup")
+    parser.add_argument("--compile", action="store_true", dest="compare_compile",
+                        help="also time accelerate(G, compile=True) (minutes to compile on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = RunContext(out=args.out, device=args.device, quick=args.quick, extra=vars(args))
+    run_compare(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

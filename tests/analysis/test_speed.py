@@ -1,0 +1,63 @@
+"""The plain-vs-fast comparison (analysis/speed.py) on a tiny generator."""
+import importlib
+import json
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+import analysis
+from analysis.context import RunContext
+
+
+@pytest.fixture(scope="module")
+def speed():
+    """analysis.speed, unloaded again afterwards: tests that fake or hide the module with
+    sys.modules (tests/analysis/test_bench.py) must not find it as a package attribute."""
+    loaded = "analysis.speed" in sys.modules
+    module = importlib.import_module("analysis.speed")
+    yield module
+    if not loaded:
+        sys.modules.pop("analysis.speed", None)
+        if getattr(analysis, "speed", None) is module:
+            delattr(analysis, "speed")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_compare_writes_table_and_figure(tmp_path, speed):
+    ctx = RunContext(out=tmp_path, device="cpu", quick=True,
+                     extra={"compare_presets": ["ade20k"], "compare_repeats": 2, "compare_warmup": 1,
+                            "compare_overrides": dict(ngf=4, crop_size=64)})
+    summary = speed.run_compare(ctx)
+    df = pd.read_csv(tmp_path / "tables" / "speed_compare.csv")
+    assert set(speed.COLUMNS) <= set(df.columns)
+    assert set(df["variant"]) == {"official-equiv", "plain", "fast", "fast-bf16"}
+    assert set(df["norm"]) == {"spade", "clade", "clade-icpe"}
+    assert df["within_tolerance"].all(), df[["norm", "variant", "max_abs_diff", "tolerance"]]
+    assert (df.loc[df["variant"] == "plain", "speedup_vs_plain"] == 1).all()
+    assert (tmp_path / "figures" / "speed_compare.png").stat().st_size > 0
+    meta = json.loads((tmp_path / "tables" / "speed_compare.meta.json").read_text())
+    assert meta["fp32_tolerance"] == speed.FP32_TOLERANCE
+    assert summary["tables"][0]["file"] == "tables/speed_compare.csv" and summary["tables"][0]["caption"]
+    assert summary["figures"][0]["file"] == "figures/speed_compare.png" and summary["figures"][0]["caption"]
+    assert summary["all_within_tolerance"]
+
+
+def test_official_data_path_is_restored(speed):
+    import models.generator as generator_module
+    original = generator_module.Conditioning
+    with speed.official_data_path():
+        assert generator_module.Conditioning is not original
+    assert generator_module.Conditioning is original
+
+
+def test_peak_is_unknown_on_cpu(speed):
+    assert speed.peak_tflops("cpu") != speed.peak_tflops("cpu")  # NaN

@@ -1,0 +1,253 @@
+"""The eval fast path (models/fast.py) gives the plain path's result, and steps aside when it must."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.labels import make_semantic
+from models import build_generator
+from models.fast import accelerate, clear_eval_caches, onehot_conv, tap_indices
+from models.norms import Conditioning
+
+FP32_TOL = 1e-4
+BF16_TOL = 5e-2  # analysis.speed.BF16_TOLERANCE: bf16 output vs fp32 plain output (tanh range [-1, 1])
+
+CONFIGS = {
+    "edge": dict(label_nc=5, ngf=4, crop_size=64, no_instance=False),
+    "no-edge-more": dict(label_nc=6, ngf=4, crop_size=128, aspect_ratio=2.0, num_upsampling_layers="more",
+                         no_instance=True),
+    "instance-norm": dict(label_nc=4, ngf=4, crop_size=64, param_free_norm="instance"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: threads only add synchronisation, which costs seconds on a loaded machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def calibrated(norm, **options):
+    """A tiny generator with BatchNorm running statistics from one train-mode forward and
+    non-trivial CLADE tables, so that eval activations have a realistic scale."""
+    G = build_generator("custom", norm, **options)
+    gen = torch.Generator().manual_seed(1)
+    for m in G.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+        if hasattr(m, "class_specified_affine"):
+            m.class_specified_affine.bias.data.normal_(0, 0.5, generator=gen)
+    semantic, dist = inputs(G, seed=2)
+    with torch.no_grad():
+        G.train()(semantic, dist=dist)
+    for m in G.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return G.eval()
+
+
+def inputs(G, n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = G.config.output_size
+    label = F.interpolate(torch.randint(0, G.config.class_nc, (n, 1, h // 4, w // 4), generator=gen).float(),
+                          size=(h, w)).long()
+    instance = torch.randint(0, 3, (n, 1, h, w), generator=gen)
+    dist = torch.rand(n, 2, h, w, generator=gen) * 2 - 1
+    return make_semantic(label, instance, G.config), dist
+
+
+def run(G, semantic, dist, fast, **kwargs):
+    G.fast_eval = fast
+    try:
+        with torch.no_grad():
+            return G(semantic, dist=dist, **kwargs)
+    finally:
+        G.fast_eval = True
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_fast_eval_equals_plain(norm, config):
+    G = calibrated(norm, **CONFIGS[config])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    fast = run(G, semantic, dist, fast=True)
+    assert plain.abs().max() < 0.99, "saturated output: the comparison would be vacuous"
+    assert (fast - plain).abs().max() < FP32_TOL
+    assert fast.dtype == plain.dtype and fast.is_contiguous()
+    bf16 = run(G, semantic, dist, fast=True, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32
+    assert (bf16 - plain).abs().max() < BF16_TOL
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = run(G, semantic, dist, fast=True)
+    assert (autocast.float() - plain).abs().max() < BF16_TOL
+
+
+def test_fast_path_is_taken_only_in_eval_without_autograd():
+    G = calibrated("clade", **CONFIGS["edge"])
+    assert not G.train().uses_fast_path()
+    G.eval()
+    assert not G.uses_fast_path()  # autograd on
+    with torch.no_grad():
+        assert G.uses_fast_path()
+        G.fast_eval = False
+        assert not G.uses_fast_path()
+    with torch.inference_mode():
+        G.fast_eval = True
+        assert G.uses_fast_path()
+
+
+def test_dtype_outside_the_fast_path_is_refused():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    with pytest.raises(ValueError, match="fast path only"):
+        G.train()(semantic, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade-icpe"])
+def test_channels_last_input_and_accelerate(norm):
+    G = calibrated(norm, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    fast = run(G, semantic.contiguous(memory_format=torch.channels_last), dist, fast=True)
+    assert (fast - plain).abs().max() < FP32_TOL
+    assert (accelerate(G)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
+    assert (accelerate(G, dtype=torch.bfloat16)(semantic, dist=dist) - plain).abs().max() < BF16_TOL
+
+
+def test_cached_weights_follow_optimizer_steps_and_load_state_dict():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    before = run(G, semantic, dist, fast=True)  # fills the caches
+    opt = torch.optim.Adam(G.parameters(), lr=1e-2)
+    G.train()
+    G(semantic).square().mean().backward()  # also a spectral-norm power iteration
+    opt.step()
+    G.eval()
+    after = run(G, semantic, dist, fast=True)
+    assert (after - before).abs().max() > 1e-3
+    assert (after - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
+
+    other = calibrated("clade", **CONFIGS["edge"])
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    G.load_state_dict(other.state_dict())
+    assert (run(G, semantic, dist, fast=True) - run(other, semantic, dist, fast=False)).abs().max() < FP32_TOL
+
+
+def test_writes_through_data_need_clear_eval_caches():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    run(G, semantic, dist, fast=True)
+    G.head_0.conv_0.weight_orig.data.mul_(2)  # .data bypasses version counters
+    clear_eval_caches(G)
+    assert (run(G, semantic, dist, fast=True) - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
+
+
+def test_modulation_override_is_respected_in_eval():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    normal = run(G, semantic, dist, fast=True)
+    calls = []
+
+    def identity(cond, size):
+        calls.append(tuple(size))
+        return 1.0, 0.0
+    G.up_1.norm_0.modulation_override = identity
+    plain = run(G, semantic, dist, fast=False)
+    fast = run(G, semantic, dist, fast=True)
+    assert len(calls) == 2
+    assert (fast - plain).abs().max() < FP32_TOL
+    assert (fast - normal).abs().max() > 1e-3
+
+
+def test_hooked_norm_output_is_not_modified_in_place():
+    G = calibrated("spade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    seen = {}
+    G.up_0.norm_1.register_forward_hook(lambda m, i, o: seen.setdefault(len(seen), o))
+    run(G, semantic, dist, fast=False)
+    run(G, semantic, dist, fast=True)
+    plain, fast = seen[0], seen[1]
+    assert (fast - plain).abs().max() < FP32_TOL
+    assert fast.min() < -1e-3  # leaky_relu did not run in place on it
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade-icpe"])
+def test_train_mode_is_unchanged(norm):
+    """Training never takes the fast path: same outputs, gradients and running statistics."""
+    G1 = calibrated(norm, **CONFIGS["edge"])
+    G2 = copy.deepcopy(G1)
+    G2.fast_eval = False
+    semantic, dist = inputs(G1)
+    outs, grads = [], []
+    for G in (G1, G2):
+        G.train()
+        out = G(semantic, dist=dist)
+        out.square().mean().backward()
+        outs.append(out)
+        grads.append({n: p.grad for n, p in G.named_parameters()})
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    assert all(torch.equal(a, b) for a, b in zip(G1.buffers(), G2.buffers()))
+
+
+def test_eval_with_autograd_gives_input_gradients():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    semantic.requires_grad_(True)
+    G(semantic).sum().backward()
+    assert semantic.grad is not None and semantic.grad.abs().sum() > 0
+
+
+def test_syncbatchnorm_conversion_keeps_the_fast_path_exact():
+    G = nn.SyncBatchNorm.convert_sync_batchnorm(calibrated("clade", **CONFIGS["edge"])).eval()
+    semantic, dist = inputs(G)
+    assert (run(G, semantic, dist, fast=True) - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
+
+
+def test_tracing_sees_the_plain_path():
+    """fvcore traces with torch.jit; its counts must be those of the plain (official) ops."""
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, _ = inputs(G, n=1)
+    with torch.no_grad():
+        graph = torch.jit.trace(G, (semantic,), check_trace=False).inlined_graph
+    kinds = {node.kind() for node in graph.nodes()}
+    assert "aten::_convolution" in kinds and "aten::batch_norm" in kinds
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_onehot_conv_equals_conv(edge):
+    classes, k = 7, 3
+    conv = nn.Conv2d(classes + edge, 16, k, padding=1)
+    label = torch.randint(0, classes, (2, 9, 11))
+    onehot = F.one_hot(label, classes).permute(0, 3, 1, 2).float()
+    edge_map = torch.randint(0, 2, (2, 1, 9, 11)).float() if edge else None
+    x = torch.cat([onehot, edge_map], 1) if edge else onehot
+    with torch.no_grad():
+        fast = onehot_conv(conv, tap_indices(label, k, classes), (9, 11), classes, edge_map)
+        assert (fast - conv(x)).abs().max() < 1e-5
+
+
+def test_soft_semantic_maps_fall_back_to_convolutions():
+    G = calibrated("spade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    soft = semantic.clone()
+    soft[:, : G.config.class_nc] = soft[:, : G.config.class_nc] * 0.9 + 0.1 / G.config.class_nc
+    cond = Conditioning(soft, G.config.class_nc, has_edge=True)
+    assert not cond.one_hot_at(soft.shape[-2:])
+    assert Conditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at(semantic.shape[-2:])
+    assert (run(G, soft, dist, fast=True) - run(G, soft, dist, fast=False)).abs().max() < FP32_TOL
+
+
+@pytest.mark.slow
+def test_compiled_equals_plain():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    assert (accelerate(G, compile=True)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
