@@ -12,9 +12,12 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display needed
 
 from analysis.context import RunContext
 from analysis.provenance import write_json_atomic

@@ -3,10 +3,7 @@ relate to measured time. Each function takes the tables of analysis/costs.py or 
 and returns a matplotlib Figure (save it with ``RunContext.write_figure``)."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 

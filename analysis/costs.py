@@ -27,6 +27,8 @@ as in the reference tables; see :data:`ROLES`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from collections import Counter
 from contextlib import contextmanager
@@ -479,6 +481,19 @@ def official_resize_macs(config) -> int:
 # ----------------------------------------------------------------------------------------
 # Cross-checks with torch's own counter and with the official numbers
 
+@contextlib.contextmanager
+def plain_path(model: nn.Module):
+    """Run a generator on its plain path (the ops fvcore traces), not the eval fast path."""
+    fast = getattr(model, "fast_eval", None)
+    if fast is not None:
+        model.fast_eval = False
+    try:
+        yield model
+    finally:
+        if fast is not None:
+            model.fast_eval = fast
+
+
 def flop_counter_gmacs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) -> dict:
     """GMACs per op of one eval forward, from ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -488,7 +503,7 @@ def flop_counter_gmacs(model: nn.Module, inputs: tuple, *, kwargs: dict | None =
     """
     from torch.utils.flop_counter import FlopCounterMode
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), plain_path(model), FlopCounterMode(display=False) as counter:
         model(*inputs, **(kwargs or {}))
     return {str(op).removeprefix("aten.").removesuffix(".default"): flops / 2e9
             for op, flops in counter.get_flop_counts()["Global"].items()}

@@ -10,12 +10,9 @@ the direction of each quality column (lower or higher is better) is read from it
 """
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 # Quality columns, lower-is-better ones first; names ending in _proxy are proxy figures.
 LOWER_IS_BETTER = ("fid", "fid_clean", "fd_proxy_features")

@@ -72,17 +72,18 @@ class Generator(nn.Module):
             raise ValueError(f"z has shape {tuple(z.shape)}; this generator "
                              + (f"expects [N, {cfg.z_dim}]" if cfg.use_vae else "has use_vae=False and takes no z"))
 
-    def uses_fast_path(self) -> bool:
-        """Whether a call now takes the eval fast path (eval mode, no autograd, not tracing)."""
+    def uses_fast_path(self, semantic: torch.Tensor | None = None) -> bool:
+        """Whether a call now takes the eval fast path (eval mode, no autograd, not tracing,
+        real tensors: meta inputs, as used to count FLOPs, take the plain path)."""
         return (self.fast_eval and not self.training and not torch.is_grad_enabled()
-                and not torch.jit.is_tracing())
+                and not torch.jit.is_tracing() and not (semantic is not None and semantic.is_meta))
 
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None,
                 dist: torch.Tensor | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         self.check_inputs(semantic, z, dist)
         cfg = self.config
         cond = Conditioning(semantic, cfg.class_nc, has_edge=not cfg.no_instance, dist=dist)
-        if self.uses_fast_path():
+        if self.uses_fast_path(semantic):
             out = self._forward_fast(cond, z, dtype or semantic.dtype)
             # An explicit compute dtype still returns the input's dtype; under autocast the
             # output keeps the dtype autocast gives it, as on the plain path.

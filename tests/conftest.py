@@ -1,8 +1,11 @@
 """Shared fixtures: paths to ../shared (skipped cleanly when absent), slow/gpu markers."""
+import os
 from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -43,3 +46,12 @@ def coco_sample_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second OpenMP thread only adds barrier waits (and stalls on a busy CI box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,20 +17,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from data.labels import make_semantic
+from models import NORMS, load_generator_dir
+from models.checkpoint import GENERATOR_WEIGHTS
 
-from data.labels import make_semantic  # noqa: E402
-from models import NORMS, load_generator_dir  # noqa: E402
-from models.checkpoint import GENERATOR_WEIGHTS  # noqa: E402
-
-from .. import metrics, roi, segmenters  # noqa: E402
-from ..context import RunContext  # noqa: E402
+from .. import metrics, roi, segmenters
+from ..context import RunContext
 
 log = logging.getLogger(__name__)
 METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
@@ -290,8 +287,9 @@ def _inception_present(opts: EvalOptions) -> bool:
 def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg,
                   notes: list, segmenter, extractors: dict) -> dict:
     """Tables (CSV + Markdown), figures and the stage summary."""
+    timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
     meta = dict(eval_images=opts.images, segmenter=segmenter.description,
-                latency=f"median of {opts.latency_repeats} forward passes, {ctx.device}, batch 1")
+                latency=f"median of {opts.latency_repeats} forward passes ({timing})")
     ctx.write_table(table, "evaluation", **meta)
     log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
@@ -315,7 +313,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
         "segmenter": segmenter.description,
         "notes": notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
                           f"Params and GMACs: analysis.costs on the evaluated generators (batch 1); latency_ms: "
-                          f"median of {opts.latency_repeats} forward passes ({ctx.device}, batch 1, no_grad) "
+                          f"median of {opts.latency_repeats} forward passes ({timing}) "
                           f"timed round-robin with the other methods in this run."],
         "proxy": ([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
         "tables": [

@@ -12,14 +12,6 @@ from analysis.bench import (BENCH_COLUMNS, bench_generators, bench_train_step, p
                             summarize_times, time_interleaved)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: a second OpenMP thread only adds barrier waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_time_interleaved_calls_round_robin_with_rotating_start():
     calls = []

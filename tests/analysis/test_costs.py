@@ -19,14 +19,6 @@ from models.presets import generator_config
 NORMS = ["spade", "clade", "clade-icpe"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: a second OpenMP thread only adds barrier waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(norm, **overrides):
     options = dict(label_nc=5, ngf=4, crop_size=32, spade_hidden=8, no_instance=False)

@@ -11,14 +11,6 @@ from torch import nn
 from analysis import metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread than on two busy ones (shared CI machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_stats(dims, seed):
     rng = np.random.default_rng(seed)

@@ -13,15 +13,6 @@ from models import CLADE, build_generator, save_generator_dir
 from models.checkpoint import save_state_dict_atomic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny nets here are dominated by thread start-up on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- a hand-made scene with exact answers ----------------------------------------------------
 
 H, STRIPE, CLASSES = 8, 4, 4  # 4 vertical stripes (one class each) of 8 x 4 pixels

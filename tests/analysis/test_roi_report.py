@@ -1,18 +1,15 @@
 """Pareto fronts, ROI tables and plots, and report assembly from stage records."""
 import json
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from analysis import roi  # noqa: E402
-from analysis.context import RunContext  # noqa: E402
-from analysis.provenance import write_json_atomic  # noqa: E402
-from analysis.report import build_report, write_report  # noqa: E402
+from analysis import roi
+from analysis.context import RunContext
+from analysis.provenance import write_json_atomic
+from analysis.report import build_report, write_report
 
 
 def test_pareto_front_on_hand_made_points():
@@ -140,3 +137,57 @@ def test_report_with_no_stages(tmp_path):
     assert "**Missing stages:** `costs`, `bench`, `train`, `probe`, `eval`" in text
     assert "--quick" in text and "Nothing recorded as proxy" in text
     assert json.dumps(text)  # plain text
+
+
+@pytest.fixture
+def no_inception_weights(tmp_path, monkeypatch):
+    """An empty torch hub cache: the eval stage falls back to fd_proxy_features."""
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+
+def tiny_checkpoints(root, norms=("spade", "clade")):
+    from models import build_generator, save_generator_dir
+
+    for norm in norms:
+        save_generator_dir(build_generator("synthetic", norm, ngf=4), root / "checkpoints" / norm)
+
+
+def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
+    from analysis.stages import eval as eval_stage
+
+    tiny_checkpoints(tmp_path)
+    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4})
+    summary = eval_stage.run(ctx)
+    table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
+    assert table["norm"].tolist() == ["spade", "clade", "real"]
+    assert {"fd_proxy_features", "miou_proxy", "accuracy_proxy", "gmacs_fvcore", "latency_ms"} <= set(table)
+    assert table["fid"].isna().all() and summary["notes"][0].startswith("FID is n/a")
+    assert table.loc[:1, ["params", "gmacs_fvcore", "latency_ms"]].gt(0).all().all()
+    assert table["segmenter"].str.startswith("proxy (trained by the toolkit on 64 real images, 4 steps)").all()
+    for entry in summary["tables"] + summary["figures"]:
+        assert (tmp_path / entry["file"]).is_file() and entry["caption"].endswith(".")
+    assert (tmp_path / "tables" / "evaluation.md").read_text().startswith("| method")
+
+
+def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights):
+    import torch
+    from torch import nn
+
+    from analysis.stages import eval as eval_stage
+
+    class EightClasses(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x, x[:, :2]], 1)
+
+    path = tmp_path / "seg.pt"
+    torch.jit.save(torch.jit.script(EightClasses()), str(path))
+    tiny_checkpoints(tmp_path, norms=("clade",))
+    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4, "segmenter": path})
+    summary = eval_stage.run(ctx)
+    table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
+    assert {"miou", "accuracy"} <= set(table) and "miou_proxy" not in table
+    assert table["segmenter"].iloc[0] == "seg.pt (user segmenter, imagenet input)"
+    # no Inception weights here, so a proxy is still trained for the Frechet distance
+    assert "fd_proxy_features" in summary["proxy"][0]

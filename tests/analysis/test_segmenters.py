@@ -9,14 +9,6 @@ from analysis import segmenters
 from analysis.segmenters import IGNORE_INDEX
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread than on two busy ones (shared CI machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_confusion_matrix_scores_by_hand():
     target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE_INDEX, 1]])

@@ -24,18 +24,12 @@ def speed():
             delattr(analysis, "speed")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_run_compare_writes_table_and_figure(tmp_path, speed):
     ctx = RunContext(out=tmp_path, device="cpu", quick=True,
                      extra={"compare_presets": ["ade20k"], "compare_repeats": 2, "compare_warmup": 1,
-                            "compare_overrides": dict(ngf=4, crop_size=64)})
+                            "compare_overrides": dict(ngf=4, crop_size=64),
+                            "compare_default_malloc": True})  # no process-wide allocator change in tests
     summary = speed.run_compare(ctx)
     df = pd.read_csv(tmp_path / "tables" / "speed_compare.csv")
     assert set(speed.COLUMNS) <= set(df.columns)
@@ -49,6 +43,7 @@ def test_run_compare_writes_table_and_figure(tmp_path, speed):
     assert summary["tables"][0]["file"] == "tables/speed_compare.csv" and summary["tables"][0]["caption"]
     assert summary["figures"][0]["file"] == "figures/speed_compare.png" and summary["figures"][0]["caption"]
     assert summary["all_within_tolerance"]
+    assert not df["cpu_allocator_tuned"].any()
 
 
 def test_official_data_path_is_restored(speed):

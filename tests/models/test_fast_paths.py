@@ -8,7 +8,7 @@ from torch import nn
 
 from data.labels import make_semantic
 from models import build_generator
-from models.fast import accelerate, clear_eval_caches, onehot_conv, tap_indices
+from models.fast import accelerate, clear_eval_caches, graph_safe, onehot_conv, tap_indices
 from models.norms import Conditioning
 
 FP32_TOL = 1e-4
@@ -21,14 +21,6 @@ CONFIGS = {
     "instance-norm": dict(label_nc=4, ngf=4, crop_size=64, param_free_norm="instance"),
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: threads only add synchronisation, which costs seconds on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def calibrated(norm, **options):
@@ -243,6 +235,18 @@ def test_soft_semantic_maps_fall_back_to_convolutions():
     assert not cond.one_hot_at(soft.shape[-2:])
     assert Conditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at(semantic.shape[-2:])
     assert (run(G, soft, dist, fast=True) - run(G, soft, dist, fast=False)).abs().max() < FP32_TOL
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade"])
+def test_graph_safe_mode_equals_plain(norm):
+    """The mode CUDA graph capture uses (no data-dependent choices): convs stay convs."""
+    G = calibrated(norm, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    with graph_safe():
+        assert not Conditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at((4, 4))
+        fast = run(G, semantic, dist, fast=True)
+    assert (fast - plain).abs().max() < FP32_TOL
 
 
 @pytest.mark.slow

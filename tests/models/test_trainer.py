@@ -45,14 +45,6 @@ def tiny_trainer(norm="clade", **recipe):
                    recipe=recipe, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tensors(trainer):
     state = trainer.state_dict()
