@@ -31,7 +31,8 @@ PROVENANCE_KEYS = (("created", "created"), ("command", "command"), ("git_commit"
                    ("python", "python"), ("torch", "torch"), ("numpy", "numpy"),
                    ("device", "device"), ("device_name", "device name"),
                    ("torch_threads", "torch threads"), ("platform", "platform"), ("seed", "seed"),
-                   ("preset", "dataset preset"), ("dataroot", "dataset"), ("quick", "quick run"))
+                   ("preset", "dataset preset"), ("dataroot", "dataset"),
+                   ("checkpoints", "evaluated checkpoints (not trained in this run)"), ("quick", "quick run"))
 
 
 def read_records(out: Path, stages=STAGE_ORDER) -> dict[str, dict]:
@@ -100,8 +101,8 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
         lines += ["> and then `" + stage_command("report", out, quick) + " --force`.", ""]
 
     lines += ["## Wall time per stage", "", "| stage | wall time (s) |", "| --- | ---: |"]
-    lines += [f"| {name} | {rec.get('seconds', float('nan')):.1f} |" for name, rec in records.items()]
-    lines += [f"| {name} | not run |" for name in missing]
+    lines += [f"| {name} | {records[name].get('seconds', float('nan')):.1f} |" if name in records
+              else f"| {name} | not run |" for name in stages]
     total = sum(rec.get("seconds", 0) for rec in records.values())
     lines += [f"| **total** | **{total:.1f}** |", ""]
 

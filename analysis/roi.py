@@ -22,7 +22,7 @@ COLUMN_LABELS = {
     "fd_proxy_features": "Frechet distance\n(proxy features)",
     "miou": "mIoU", "miou_proxy": "mIoU\n(proxy segmenter)",
     "accuracy": "pixel accuracy", "accuracy_proxy": "pixel accuracy\n(proxy segmenter)",
-    "params_m": "parameters (millions)", "modulation_params_m": "modulation parameters (millions)",
+    "params_m": "parameters (millions)",
     "latency_ms": "latency (ms, batch 1)",
 }
 METHOD_COLORS = {"spade": "#d62728", "clade": "#1f77b4", "clade-icpe": "#2ca02c"}
@@ -86,8 +86,6 @@ def _methods(evaluation: pd.DataFrame) -> pd.DataFrame:
     df = evaluation[evaluation["norm"] != "real"].copy()
     if "params" in df:
         df["params_m"] = df["params"] / 1e6
-    if "modulation_params" in df:
-        df["modulation_params_m"] = df["modulation_params"] / 1e6
     return df.reset_index(drop=True)
 
 

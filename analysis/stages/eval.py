@@ -61,7 +61,7 @@ class EvalOptions:
     train_images: int = 256           # real training images the proxy segmenter learns from
     proxy_steps: int = 200            # proxy segmenter steps (batch 16)
     proxy_max_seconds: float | None = 60.0  # wall-clock cap of the proxy training (None = none)
-    latency_repeats: int = 20         # timed forward passes per method, after 3 warm-up rounds
+    latency_repeats: int = 10         # timed forward passes per method, after 3 warm-up rounds
     batch_size: int = 16              # generation / scoring batch
     inception_weights: Path | None = None
     segmenter: Path | None = None
@@ -78,7 +78,7 @@ class EvalOptions:
         return cls(images=pick("eval_images", 128, 32), train_images=64 if ctx.quick else 256,
                    proxy_steps=pick("eval_proxy_steps", 200, 40),
                    proxy_max_seconds=pick("eval_proxy_max_seconds", 60.0, 15.0) or None,
-                   latency_repeats=5 if ctx.quick else 20,
+                   latency_repeats=5 if ctx.quick else 10,
                    inception_weights=extra.get("inception_weights"), segmenter=extra.get("segmenter"),
                    segmenter_class_map=extra.get("segmenter_class_map"),
                    segmenter_input=extra.get("segmenter_input"))

@@ -13,9 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext) -> dict:
-    path = write_report(ctx.out, ctx.meta())
-    present = list(read_records(ctx.out))
-    missing = [s for s in STAGE_ORDER if s not in present]
+    # With --checkpoints the models come from elsewhere: training is not expected.
+    stages = [s for s in STAGE_ORDER if not (s == "train" and ctx.checkpoints is not None)]
+    meta = ctx.meta(**({"checkpoints": str(ctx.checkpoints)} if ctx.checkpoints is not None else {}))
+    path = write_report(ctx.out, meta, stages)
+    present = list(read_records(ctx.out, stages))
+    missing = [s for s in stages if s not in present]
     if missing:
         log.warning("report without stages %s (run them, then the report stage with --force)", missing)
     log.info("report: %s", path)

@@ -132,6 +132,17 @@ def test_report_stage_records_what_it_included(run_folder):
     assert (run_folder.out / summary["report"]).is_file()
 
 
+def test_report_for_existing_checkpoints_does_not_ask_for_training(run_folder, tmp_path):
+    from analysis.stages import report as report_stage
+
+    run_folder.checkpoints = tmp_path / "ckpts"
+    summary = report_stage.run(run_folder)
+    assert summary["stages_missing"] == ["bench", "probe"]
+    text = (run_folder.out / "report.md").read_text()
+    assert f"evaluated checkpoints (not trained in this run): `{tmp_path / 'ckpts'}`" in text
+    assert "| train |" not in text
+
+
 def test_report_with_no_stages(tmp_path):
     text = build_report(tmp_path, {"preset": "synthetic", "quick": True})
     assert "**Missing stages:** `costs`, `bench`, `train`, `probe`, `eval`" in text
