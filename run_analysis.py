@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU)")
     parser.add_argument("--force", action="store_true", help="recompute finished stages")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     for name in STAGES:
         module = stage_module(name)
         if hasattr(module, "add_arguments"):
@@ -60,7 +62,8 @@ def default_device() -> str:
 def run_stage(name: str, ctx: RunContext) -> dict:
     """Run one stage unless its done-marker exists (and --force is off); record its time."""
     marker = ctx.out / "stages" / f"{name}.json"
-    if marker.exists() and not ctx.force:
+    # The report is cheap and must reflect the stages as they are now: never reused.
+    if marker.exists() and not ctx.force and name != "report":
         log.info("[%s] already done (%s); --force recomputes", name, marker)
         return json.loads(marker.read_text())
     log.info("[%s] starting", name)
@@ -75,6 +78,9 @@ def run_stage(name: str, ctx: RunContext) -> dict:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     out = args.out or Path("reports") / ("default" if args.stage == "all" else args.stage)
     ctx = RunContext(out=out, device=args.device or default_device(), preset=args.preset,
                      dataroot=args.dataroot, checkpoints=args.checkpoints, quick=args.quick,

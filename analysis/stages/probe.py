@@ -252,10 +252,20 @@ def run(ctx: RunContext) -> dict:
                 positions="ICPE map given to the generator (dataset's, else data.icpe corrected mode), "
                           "nearest-resized to each layer",
                 ratios="population variances pooled over pixels of all images; NaN where total variance is 0")
+    captions = {
+        "probe_layers": "Per modulation layer and parameter (gamma / beta): semantic, positional and residual "
+                        "shares of the variance, channel means and variance-weighted.",
+        "probe_channels": "The same decomposition for every channel of every modulation layer.",
+        "probe_resolutions": "Variance shares aggregated per resolution stage.",
+        "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
+                          "by their per-class means (all layers, then one layer at a time) or ICPE's positional "
+                          "input is removed.",
+    }
     tables = []
     for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
                       (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
-        tables.append(str(ctx.write_table(df, table, **meta).relative_to(ctx.out)))
+        path = ctx.write_table(df, table, **meta).relative_to(ctx.out)
+        tables.append({"file": str(path), "caption": captions[table] + note})
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
     return {"models": list(generators), "images": opts.images, "stand_in": stand_in,
             "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},

@@ -258,7 +258,7 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
     assert layers.loc[layers["model"] == "clade-icpe", "spade_kernel_size"].isna().all()
     ablation = pd.read_csv(tmp_path / "out" / "tables" / "probe_ablation.csv")
     assert set(ablation.loc[ablation["model"] == "clade-icpe", "kind"]) == {"class_mean", "no_position"}
-    for item in summary["figures"]:
+    for item in summary["figures"] + summary["tables"]:
         assert (tmp_path / "out" / item["file"]).is_file() and item["caption"]
     meta = json.loads((tmp_path / "out" / "tables" / "probe_layers.meta.json").read_text())
     assert meta["stand_in"] is False and meta["images"] == 2
