@@ -31,7 +31,6 @@ import contextlib
 
 import logging
 from collections import Counter
-from contextlib import contextmanager
 from math import prod
 
 import pandas as pd
@@ -41,7 +40,6 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from data.labels import make_semantic
-from models.norms import Conditioning
 
 log = logging.getLogger(__name__)
 
@@ -120,28 +118,6 @@ SKIPPED_OP_HANDLES = {
     "aten::avg_pool2d": _avg_pool2d,
 }
 _SKIPPED_OP_NAMES = {name.split("::")[1] for name in SKIPPED_OP_HANDLES}
-
-
-@contextmanager
-def _eager_cache_keys_while_tracing():
-    """Make Conditioning's per-resolution cache hit under torch.jit tracing as it does eagerly.
-
-    While tracing, ``x.shape`` holds 0-dim tensors that hash by identity, so the cache keys
-    built from it never match and every norm layer would resize the maps again: the trace
-    would count work that eager execution does not do. Converting the key sizes to ints
-    restores the eager behaviour (a no-op once models/norms.py does it itself).
-    """
-    original = Conditioning._memo
-
-    def memo(self, key, compute):
-        kind, size = key
-        return original(self, (kind, tuple(int(s) for s in size)), compute)
-
-    Conditioning._memo = memo
-    try:
-        yield
-    finally:
-        Conditioning._memo = original
 
 
 class _Call(nn.Module):
@@ -247,7 +223,7 @@ def layer_costs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) 
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     stages, handles = _record_stages(model)
     try:
-        with torch.no_grad(), _eager_cache_keys_while_tracing():
+        with torch.no_grad():
             per_module = analysis.by_module_and_operator()
     finally:
         for handle in handles:

@@ -47,6 +47,10 @@ class Conditioning:
         self._cache: dict = {}
 
     def _memo(self, key, compute):
+        # Sizes as ints: under torch.jit tracing (fvcore) x.shape holds 0-dim tensors that
+        # hash by identity, and the cache would never hit, unlike in eager execution.
+        kind, size, *rest = key
+        key = (kind, tuple(int(s) for s in size), *rest)
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
