@@ -7,6 +7,7 @@ analysis/speed.py.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 
 import pandas as pd
@@ -126,7 +127,7 @@ def run(ctx) -> dict:
 
 def _run_compare(ctx) -> dict:
     try:
-        from analysis import speed
+        speed = importlib.import_module("analysis.speed")
     except ImportError as exc:
         raise RuntimeError("--compare needs analysis/speed.py with run_compare(ctx) (the plain-vs-fast "
                            f"comparison of issue 10), which could not be imported: {exc}") from exc
