@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from .fast import conv_eval, has_user_hooks
+from .fast import conv_eval
 from .norms import Conditioning, build_norm, extra_channels
 
 
@@ -51,11 +51,7 @@ class ResnetBlock(nn.Module):
         """The same computation with cached conv weights, in-place activations and the
         residual add fused into conv_1 (eval mode, no autograd; see models/fast.py)."""
         x_s = conv_eval(self.conv_s, self.norm_s(x, cond)) if self.learned_shortcut else x
-        dx = conv_eval(self.conv_0, _leaky_relu(self.norm_0, self.norm_0(x, cond)))
-        dx = _leaky_relu(self.norm_1, self.norm_1(dx, cond))
+        dx = conv_eval(self.conv_0, self.norm_0.forward_activated(x, cond, 0.2))
+        dx = self.norm_1.forward_activated(dx, cond, 0.2)
         return conv_eval(self.conv_1, dx, residual=x_s)
 
-
-def _leaky_relu(producer: nn.Module, t: torch.Tensor) -> torch.Tensor:
-    # In place on a fresh output, unless a hook on its producer may have kept a reference.
-    return F.leaky_relu(t, 0.2) if has_user_hooks(producer) else F.leaky_relu_(t, 0.2)

@@ -13,6 +13,9 @@ restores the plain path. The fast path gives the same result as the plain one (f
   ``tensor.data`` bypass version counters: call :func:`clear_eval_caches` after those.
 - activations are channels_last, the residual add is fused into the last conv of a block,
   leaky_relu runs in place;
+- CLADE's per-class modulation (:func:`class_affine`) gathers table rows tile by tile on CPU,
+  so they are used while in cache, with the following leaky_relu and the ICPE scaling applied
+  to the same tile; label maps are resized by picking indices, never through float copies;
 - convs whose input is an exact one-hot map (the generator's ``fc``, SPADE's ``mlp_shared``)
   become a sum of gathered weight rows (``embedding_bag``): ``conv(one_hot(label))`` reads
   only the weights of the classes present, ~150x fewer multiply-adds.
@@ -111,6 +114,14 @@ def has_user_hooks(module: nn.Module) -> bool:
     pre = [h for h in module._forward_pre_hooks.values() if not isinstance(h, SpectralNorm)]
     return bool(pre or module._forward_hooks or nn.modules.module._global_forward_hooks
                 or nn.modules.module._global_forward_pre_hooks)
+
+
+def leaky_relu_output(producer: nn.Module, t: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
+    """``leaky_relu(t)`` for ``t`` fresh from ``producer``: in place, unless a hook on the
+    producer may have kept a reference to ``t``."""
+    if has_user_hooks(producer):
+        return F.leaky_relu(t, negative_slope)
+    return F.leaky_relu_(t, negative_slope)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -260,6 +271,51 @@ def onehot_conv_applies(conv: nn.Module, classes: int, has_edge: bool) -> bool:
             and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
             and conv.padding == (conv.kernel_size[0] // 2,) * 2
             and conv.in_channels == classes + int(has_edge) and not has_user_hooks(conv))
+
+
+# ----------------------------------------------------------------------------- class modulation
+# Gathered rows per tile on CPU: ~1 MiB stays in the 2 MiB L2 cache of the reference machine's
+# cores; one-shot gathers of a 256x256 map write and re-read ~67 MB per layer. Measured on a
+# CLADE-ICPE layer [1, 128, 256, 256], 2 threads: 13.8 ms one-shot, 8.1 ms tiled (4-row tiles).
+TILE_BYTES = 1 << 20
+
+
+def class_affine(x: torch.Tensor, label: torch.Tensor, table: torch.Tensor, *,
+                 scales: torch.Tensor | None = None, negative_slope: float | None = None,
+                 extra_channels: int = 0, tile_bytes: int | None = None) -> torch.Tensor:
+    """Per-class affine modulation of ``x`` [N, C, H, W] by class map ``label`` [N, H, W].
+
+    ``table`` [classes, 2C] (or [classes, 3C] with ``scales``) in x's dtype; with rows
+    ``A, B(, D) = table[label]`` split in C-channel parts the output is ``x * A + B``, or
+    ``(x * A + B) * scales[..., :1] + D * scales[..., 1:]`` for ICPE scales [N, H, W, 2],
+    then ``leaky_relu(., negative_slope)`` if given. Output channels_last with
+    ``extra_channels`` more channels after the C computed ones, left for the caller to fill.
+
+    On CPU the rows are gathered tile by tile (``tile_bytes``, default :data:`TILE_BYTES`) so
+    they are consumed while in cache; elsewhere in one pass over the whole map.
+    """
+    n, c, h, w = x.shape
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((n, c + extra_channels, h, w), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    rows_total = n * h
+    rows_per_tile = rows_total
+    if x.device.type == "cpu":
+        tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
+        rows_per_tile = max(1, tile_bytes // (w * table.shape[1] * table.element_size()))
+    x_rows = x.permute(0, 2, 3, 1).view(rows_total, w, c)   # views: NHWC memory
+    out_rows = out.permute(0, 2, 3, 1).view(rows_total, w, c + extra_channels)[..., :c]
+    label_rows = label.reshape(rows_total, w)
+    scale_rows = None if scales is None else scales.to(x.dtype).reshape(rows_total, w, 2)
+    for start in range(0, rows_total, rows_per_tile):
+        tile = slice(start, start + rows_per_tile)
+        rows = F.embedding(label_rows[tile], table)
+        o = torch.addcmul(rows[..., c:2 * c], x_rows[tile], rows[..., :c], out=out_rows[tile])
+        if scale_rows is not None:
+            o.mul_(scale_rows[tile, :, :1]).addcmul_(rows[..., 2 * c:], scale_rows[tile, :, 1:])
+        if negative_slope is not None:
+            F.leaky_relu_(o, negative_slope)
+    return out
 
 
 # ----------------------------------------------------------------------------- CPU allocator

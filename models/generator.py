@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResnetBlock, _leaky_relu
-from .fast import conv_eval, onehot_conv, onehot_conv_applies
+from .blocks import ResnetBlock
+from .fast import conv_eval, leaky_relu_output, onehot_conv, onehot_conv_applies
 from .norms import Conditioning
 from .presets import GeneratorConfig
 
@@ -134,7 +134,7 @@ class Generator(nn.Module):
         blocks = self.up_blocks()
         for block in blocks:
             x = block(_up(x), cond)
-        x = conv_eval(self.conv_img, _leaky_relu(blocks[-1], x))
+        x = conv_eval(self.conv_img, leaky_relu_output(blocks[-1], x))
         return torch.tanh_(x).contiguous()
 
     def up_blocks(self) -> list[nn.Module]:

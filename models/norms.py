@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import (conv2d_cached, conv_eval, data_dependent_choices, eval_cache, has_user_hooks,
-                   onehot_conv, onehot_conv_applies, syncs_allowed, tap_indices, tensor_key)
+from .fast import (class_affine, conv2d_cached, conv_eval, data_dependent_choices, eval_cache, has_user_hooks,
+                   leaky_relu_output, onehot_conv, onehot_conv_applies, syncs_allowed, tap_indices, tensor_key)
 
 
 class Conditioning:
@@ -55,10 +55,15 @@ class Conditioning:
             self._cache[key] = compute()
         return self._cache[key]
 
+    def _resize(self, t: torch.Tensor, size) -> torch.Tensor:
+        # The fast path picks pixels by index; the plain path keeps interpolate, the op the
+        # official code runs and the FLOP counters see.
+        return _nearest_gather(t, size) if self.fast else _nearest(t, size)
+
     def semantic_at(self, size) -> torch.Tensor:
         """The full semantic map (one-hot + edge), nearest-resized to ``size``."""
         size = tuple(size)
-        return self._memo(("semantic", size), lambda: _nearest(self.semantic, size))
+        return self._memo(("semantic", size), lambda: self._resize(self.semantic, size))
 
     def label_at(self, size) -> torch.Tensor:
         """Class index map [N, H, W] (long) at ``size``; argmax of the class channels."""
@@ -67,17 +72,17 @@ class Conditioning:
             # argmax commutes with nearest resizing (both pick pixels), so take it once.
             # max(1) returns the first maximal index like argmax, at about half its cost.
             self._max, self._label = self.semantic[:, : self.class_nc].max(1, keepdim=True)
-        return self._memo(("label", size), lambda: _nearest_index(self._label, size))
+        return self._memo(("label", size), lambda: self._resize(self._label, size)[:, 0])
 
     def edge_at(self, size) -> torch.Tensor:
         """Instance-edge channel [N, 1, H, W] at ``size``."""
         size = tuple(size)
-        return self._memo(("edge", size), lambda: _nearest(self.semantic[:, -1:], size))
+        return self._memo(("edge", size), lambda: self._resize(self.semantic[:, -1:], size))
 
     def dist_at(self, size) -> torch.Tensor:
         """ICPE map [N, 2, H, W] at ``size``."""
         size = tuple(size)
-        return self._memo(("dist", size), lambda: _nearest(self.dist, size))
+        return self._memo(("dist", size), lambda: self._resize(self.dist, size))
 
     def one_hot_at(self, size) -> bool:
         """Whether the class channels at ``size`` are exactly one-hot (then convs may gather).
@@ -105,14 +110,30 @@ class Conditioning:
 
 
 def _nearest(t: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(t, size, mode="nearest")`` for any dtype (integer maps included)."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
-    return F.interpolate(t, size=size, mode="nearest")
-
-
-def _nearest_index(label: torch.Tensor, size) -> torch.Tensor:
+    if t.is_floating_point():
+        return F.interpolate(t, size=size, mode="nearest")
     # float32 holds class ids exactly; interpolate has no integer kernel on every device.
-    return _nearest(label.float(), size).long()[:, 0]
+    return F.interpolate(t.float(), size=size, mode="nearest").to(t.dtype)
+
+
+def _nearest_gather(t: torch.Tensor, size) -> torch.Tensor:
+    """The same pixels as :func:`_nearest`, picked by index: any dtype, reads only the rows
+    and columns kept (interpolate copies a whole 151-channel map to shrink it to 8x8)."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    rows = _nearest_source(t.shape[-2], size[0], t.device)
+    cols = _nearest_source(t.shape[-1], size[1], t.device)
+    return t.index_select(-2, rows).index_select(-1, cols)
+
+
+def _nearest_source(n_in: int, n_out: int, device) -> torch.Tensor:
+    # The source index nearest interpolation picks per output index, computed by interpolate
+    # itself on a ramp, so the rounding is the same.
+    ramp = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in)
+    return F.interpolate(ramp, size=n_out, mode="nearest").view(n_out).long()
 
 
 def _is_one_hot(classes: torch.Tensor, maxima: torch.Tensor | None = None) -> bool:
@@ -178,6 +199,11 @@ class ModulatedNorm(nn.Module):
         """(scale, shift) used by forward: the override when set, else ``modulation``."""
         fn = self.modulation_override or self.modulation
         return fn(cond, size)
+
+    def forward_activated(self, x: torch.Tensor, cond: Conditioning, negative_slope: float) -> torch.Tensor:
+        """``leaky_relu(self(x, cond), negative_slope)``, fused into the modulation where the eval
+        fast path allows (the residual blocks' fast path calls this)."""
+        return leaky_relu_output(self, self(x, cond), negative_slope)
 
     def fused(self, cond: Conditioning) -> bool:
         """Whether forward takes the eval fast path (never when an override is set)."""
@@ -277,6 +303,18 @@ class ClassAffine(nn.Module):
         return gamma, beta
 
 
+    def icpe_scales(self, dist: torch.Tensor) -> torch.Tensor:
+        """[N, H, W, 2]: ``1 + dist_conv_w(dist)`` and ``1 + dist_conv_b(dist)`` as one small matmul
+        (channels last, as :func:`models.fast.class_affine` reads them)."""
+        if has_user_hooks(self.dist_conv_w) or has_user_hooks(self.dist_conv_b):
+            return torch.cat([1 + self.dist_conv_w(dist), 1 + self.dist_conv_b(dist)], 1).permute(0, 2, 3, 1)
+        convs = (self.dist_conv_w, self.dist_conv_b)
+        weight = torch.cat([conv.weight.reshape(1, 2) for conv in convs]).t()  # [2 inputs, 2 outputs]
+        bias = 1 + torch.cat([conv.bias for conv in convs])
+        rows = dist.permute(0, 2, 3, 1)
+        return torch.addmm(bias.to(dist.dtype), rows.reshape(-1, 2), weight.to(dist.dtype)).view(*rows.shape[:3], 2)
+
+
 class CLADE(ModulatedNorm):
     """Class-adaptive normalisation (``icpe=True``: CLADE-ICPE).
 
@@ -299,18 +337,22 @@ class CLADE(ModulatedNorm):
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if self.fused(cond) and not has_user_hooks(self.class_specified_affine):
-            out = self._forward_fused(x, cond)
-        else:
-            scale, shift = self.scale_shift(cond, x.shape[-2:])
-            out = self.param_free_norm(x) * scale + shift
+            return self._forward_fused(x, cond)
+        scale, shift = self.scale_shift(cond, x.shape[-2:])
+        out = self.param_free_norm(x) * scale + shift
         if self.edge:
             out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:])).to(out.dtype)), dim=1)
         return out
 
-    def _forward_fused(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def forward_activated(self, x: torch.Tensor, cond: Conditioning, negative_slope: float) -> torch.Tensor:
+        if self.fused(cond) and not (has_user_hooks(self) or has_user_hooks(self.class_specified_affine)):
+            return self._forward_fused(x, cond, negative_slope)
+        return super().forward_activated(x, cond, negative_slope)
+
+    def _forward_fused(self, x: torch.Tensor, cond: Conditioning, negative_slope: float | None = None) -> torch.Tensor:
         # bn(x) * gamma[c] + beta[c] with bn(x) = x * a + b is x * (a * gamma)[c] + (b * gamma + beta)[c]:
-        # one gather from a [classes, 2C] table and one multiply-add. With ICPE,
-        #   out = (1 + w.icpe) * (x * (a * gamma)[c] + (b * gamma)[c]) + (1 + w'.icpe) * beta[c].
+        # one gather from a [classes, 2C] table and one multiply-add (models.fast.class_affine).
+        # With ICPE, out = (x * (a * gamma)[c] + (b * gamma)[c]) * (1 + w.icpe) + beta[c] * (1 + w'.icpe).
         size = x.shape[-2:]
         affine_module = self.class_specified_affine
         norm = self.param_free_norm
@@ -326,14 +368,12 @@ class CLADE(ModulatedNorm):
         key = (tensor_key(affine_module.weight, affine_module.bias), _norm_key(norm), fold, dtype)
         table, center = eval_cache(self, "tables", key, tables)
         x = _normalise_input(norm, x, fold, center)
-        rows = F.embedding(cond.label_at(size), table).permute(0, 3, 1, 2)  # channels_last view
-        c = x.shape[1]
-        out = torch.addcmul(rows[:, c:2 * c], x, rows[:, :c])
-        if icpe:
-            dist = cond.dist_at(size)
-            scale_w = (1 + affine_module.dist_conv_w(dist)).to(dtype)
-            scale_b = (1 + affine_module.dist_conv_b(dist)).to(dtype)
-            out = out.mul_(scale_w).addcmul_(rows[:, 2 * c:], scale_b)
+        scales = affine_module.icpe_scales(cond.dist_at(size)) if icpe else None
+        out = class_affine(x, cond.label_at(size), table, scales=scales, negative_slope=negative_slope,
+                           extra_channels=int(self.edge))
+        if self.edge:
+            edge = self.inst_conv(cond.edge_at(size)).to(dtype)
+            out[:, -1:] = edge if negative_slope is None else F.leaky_relu_(edge, negative_slope)
         return out
 
 

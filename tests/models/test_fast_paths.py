@@ -8,7 +8,7 @@ from torch import nn
 
 from data.labels import make_semantic
 from models import build_generator
-from models.fast import accelerate, clear_eval_caches, graph_safe, onehot_conv, tap_indices
+from models.fast import accelerate, class_affine, clear_eval_caches, graph_safe, onehot_conv, tap_indices
 from models.norms import Conditioning
 
 FP32_TOL = 1e-4
@@ -158,8 +158,9 @@ def test_modulation_override_is_respected_in_eval():
     assert (fast - normal).abs().max() > 1e-3
 
 
-def test_hooked_norm_output_is_not_modified_in_place():
-    G = calibrated("spade", **CONFIGS["edge"])
+@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
+def test_hooked_norm_output_is_not_modified_in_place(norm):
+    G = calibrated(norm, **CONFIGS["edge"])
     semantic, dist = inputs(G)
     seen = {}
     G.up_0.norm_1.register_forward_hook(lambda m, i, o: seen.setdefault(len(seen), o))
@@ -255,3 +256,40 @@ def test_compiled_equals_plain():
     semantic, dist = inputs(G)
     plain = run(G, semantic, dist, fast=False)
     assert (accelerate(G, compile=True)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
+
+
+def _class_affine_reference(x, label, table, scales, negative_slope):
+    c = x.shape[1]
+    rows = table[label].permute(0, 3, 1, 2)
+    out = x * rows[:, :c] + rows[:, c:2 * c]
+    if scales is not None:
+        s = scales.permute(0, 3, 1, 2)
+        out = out * s[:, :1] + rows[:, 2 * c:] * s[:, 1:]
+    return out if negative_slope is None else F.leaky_relu(out, negative_slope)
+
+
+@pytest.mark.parametrize("icpe", [False, True])
+@pytest.mark.parametrize("tile_bytes", [1, 5000, None])   # one row per tile, tiles across images, one tile
+def test_class_affine_tiles_equal_one_pass(icpe, tile_bytes):
+    gen = torch.Generator().manual_seed(0)
+    n, c, h, w, classes = 2, 6, 7, 5, 4
+    x = torch.randn(n, c, h, w, generator=gen)
+    label = torch.randint(0, classes, (n, h, w), generator=gen)
+    table = torch.randn(classes, (3 if icpe else 2) * c, generator=gen)
+    scales = torch.rand(n, h, w, 2, generator=gen) + 0.5 if icpe else None
+    for negative_slope in (None, 0.2):
+        out = class_affine(x, label, table, scales=scales, negative_slope=negative_slope,
+                           extra_channels=1, tile_bytes=tile_bytes)
+        assert out.shape == (n, c + 1, h, w) and out.is_contiguous(memory_format=torch.channels_last)
+        expected = _class_affine_reference(x, label, table, scales, negative_slope)
+        assert torch.allclose(out[:, :c], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["clade", "clade-icpe"])
+def test_tiled_generator_equals_plain(norm, monkeypatch):
+    import models.fast
+    monkeypatch.setattr(models.fast, "TILE_BYTES", 64)  # many tiles per map even at 64x64
+    G = calibrated(norm, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    assert (run(G, semantic, dist, fast=True) - plain).abs().max() < FP32_TOL
