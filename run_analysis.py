@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="synthetic", help="dataset preset of the trained models")
     parser.add_argument("--dataroot", type=Path, default=None, help="real dataset root (default: synthetic scenes)")
     parser.add_argument("--checkpoints", type=Path, default=None,
-                        help="evaluate <dir>/<norm>/latest_net_G.pth instead of training")
+                        help="evaluate the generator folders in <dir> (<norm>/ and any other <name>/ with "
+                             "latest_net_G.pth + generator.json) instead of training")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU)")
     parser.add_argument("--force", action="store_true", help="recompute finished stages")
     parser.add_argument("--seed", type=int, default=0)

@@ -40,10 +40,14 @@ class RunContext:
     def figures_dir(self) -> Path:
         return self.out / "figures"
 
+    @property
+    def checkpoint_root(self) -> Path:
+        """Folder of the generator folders: --checkpoints, else ``<out>/checkpoints``."""
+        return Path(self.checkpoints) if self.checkpoints is not None else self.out / "checkpoints"
+
     def checkpoint_dir(self, norm: str) -> Path:
         """Folder holding ``latest_net_G.pth`` and ``generator.json`` of one method."""
-        root = self.checkpoints if self.checkpoints is not None else self.out / "checkpoints"
-        return Path(root) / norm
+        return self.checkpoint_root / norm
 
     def meta(self, **extra) -> dict:
         return provenance(self.device, seed=self.seed, preset=self.preset, quick=self.quick,

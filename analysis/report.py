@@ -7,6 +7,12 @@ A stage record is ``{"stage", "seconds", ...summary}``; the report reads from th
 ``notes`` (list of sentences shown under the stage) and ``proxy`` (sentences saying which
 numbers are proxies, collected into the provenance section). Any subset of stages works: the
 missing ones are listed with the command that produces them.
+
+A table entry may also name the ``columns`` the report shows (the CSV keeps all of them):
+``{"file": "tables/costs.csv", "caption": "...", "columns": ["preset", "norm", "params"]}``.
+Without ``columns``, a table wider than ``MAX_TABLE_COLUMNS`` / ``MAX_TABLE_WIDTH`` is shown
+transposed when it has few rows, else with its leading columns; either way the report says
+which columns only the CSV holds.
 """
 from __future__ import annotations
 
@@ -27,6 +33,10 @@ STAGE_TITLES = {
     "eval": "Evaluation and return on investment",
 }
 MAX_TABLE_ROWS = 20
+# A GitHub page shows about this much of a Markdown table before it scrolls sideways.
+MAX_TABLE_COLUMNS = 10
+MAX_TABLE_WIDTH = 200        # characters of the widest Markdown line
+MAX_TRANSPOSED_ROWS = 6      # a wide table with at most this many rows is shown transposed
 PROVENANCE_KEYS = (("created", "created"), ("command", "command"), ("git_commit", "git commit"),
                    ("python", "python"), ("torch", "torch"), ("numpy", "numpy"),
                    ("device", "device"), ("device_name", "device name"),
@@ -52,23 +62,71 @@ def _entry(entry) -> dict:
     return entry
 
 
+def _fits(df: pd.DataFrame) -> bool:
+    width = max(len(line) for line in to_markdown(df).splitlines())
+    return df.shape[1] <= MAX_TABLE_COLUMNS and width <= MAX_TABLE_WIDTH
+
+
+def _leading_columns(df: pd.DataFrame) -> list[str]:
+    """Columns in CSV order while the table still fits (one too wide on its own is skipped)."""
+    kept = []
+    for column in df:
+        if _fits(df[kept + [column]]):
+            kept.append(column)
+    return kept
+
+
+def _transposed(df: pd.DataFrame) -> pd.DataFrame | None:
+    """One column per CSV row, headed by the first column's values; None when those repeat."""
+    key = df.columns[0]
+    text = df.map(format_value)
+    if text[key].duplicated().any():
+        return None
+    flipped = text.set_index(key).T.reset_index()
+    flipped.columns = [key, *text[key]]
+    return flipped
+
+
 def render_table(out: Path, entry, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Caption, Markdown table (rounded) and a link to the CSV of one table entry."""
+    """Caption, Markdown table (rounded, at a readable width) and a link to the CSV of one entry.
+
+    Shows the entry's ``columns`` if it names them, else every column, narrowed as the module
+    docstring says when too wide. Columns with one value in every row become a sentence under
+    the table, and a last sentence names the columns that only the CSV holds.
+    """
     entry = _entry(entry)
     path = Path(out) / entry["file"]
     caption = entry["caption"]
+    link = f"[{entry['file']}]({entry['file']})"
     if not path.is_file():
         return f"**{caption}** (`{entry['file']}` is missing; re-run the stage with --force)\n"
     df = pd.read_csv(path)
     if not len(df):
-        return f"**{caption}** ([{entry['file']}]({entry['file']}))\n\n(empty table)\n"
-    # Columns with one value in every row become a line under the table (narrower tables).
-    constant = [c for c in df if len(df) > 1 and df[c].nunique(dropna=False) == 1]
-    shown = df.drop(columns=constant).head(max_rows)
-    more = f"; first {max_rows} of {len(df)} rows shown" if len(df) > max_rows else ""
+        return f"**{caption}** ({link})\n\n(empty table)\n"
+    # Names the CSV lacks (a record older than its table) are skipped, not an error.
+    chosen = [c for c in entry.get("columns") or df.columns if c in df] or list(df.columns)
+    constant = [c for c in chosen if len(df) > 1 and df[c].nunique(dropna=False) == 1]
+    if len(constant) == len(chosen):
+        constant = []
+    varying = [c for c in chosen if c not in constant]
+    shown = df[varying].head(max_rows)
+    how = f"; first {max_rows} of {len(df)} rows shown" if len(df) > max_rows else ""
+    if not entry.get("columns") and not _fits(shown):
+        flipped = _transposed(df[varying]) if len(df) <= MAX_TRANSPOSED_ROWS else None
+        if flipped is not None and _fits(flipped):
+            shown, how = flipped, "; transposed: one column per CSV row"
+        else:
+            varying = _leading_columns(shown)
+            shown = shown[varying]
     same = "; ".join(f"`{c}` = {format_value(df[c].iloc[0])}" for c in constant)
-    return (f"**{caption}** ([{entry['file']}]({entry['file']}){more})\n\n{to_markdown(shown)}\n"
-            + (f"\nIn every row: {same}.\n" if same else ""))
+    hidden = [c for c in df if c not in varying and c not in constant]
+    text = f"**{caption}** ({link}{how})\n\n{to_markdown(shown)}\n"
+    if same:
+        text += f"\nIn every row: {same}.\n"
+    if hidden:
+        text += (f"\n{link} has {len(hidden)} more column{'s' if len(hidden) > 1 else ''}: "
+                 + ", ".join(f"`{c}`" for c in hidden) + ".\n")
+    return text
 
 
 def render_figure(out: Path, entry) -> str:

@@ -1,7 +1,7 @@
 """Return on investment: what each method's quality costs in GMACs, parameters and latency.
 
     table = roi_table(evaluation)                 # one row per method, Pareto flags per cost axis
-    fig = plot_quality_vs_cost(evaluation)        # quality x cost grid, Pareto front marked
+    fig = plot_quality_vs_cost(evaluation)        # quality x cost grid, Pareto front marked, points named
     mod = modulation_roi(evaluation)              # extra modulation cost vs quality it buys
 
 ``evaluation`` is the DataFrame of ``tables/evaluation.csv``: one row per method plus an
@@ -10,7 +10,10 @@ the direction of each quality column (lower or higher is better) is read from it
 """
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
+from matplotlib.transforms import Bbox
 import numpy as np
 import pandas as pd
 
@@ -26,6 +29,10 @@ COLUMN_LABELS = {
     "latency_ms": "latency (ms, batch 1)",
 }
 METHOD_COLORS = {"spade": "#d62728", "clade": "#1f77b4", "clade-icpe": "#2ca02c"}
+# Colours of any other method (a user's extra rows), in row order; none is grey, the colour of
+# the "dominated" and Pareto-front keys.
+EXTRA_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+MARKER_SIZE = 110            # points^2
 
 
 def column_label(column: str) -> str:
@@ -126,31 +133,92 @@ def modulation_roi(evaluation: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-# Marker sizes: later methods smaller, so that coinciding points (CLADE vs ICPE) stay visible.
-METHOD_SIZES = {"spade": 110, "clade": 130, "clade-icpe": 60}
+def method_colors(df: pd.DataFrame) -> dict[str, str]:
+    """{method: colour}: the first row of a known norm gets its METHOD_COLORS entry, every other
+    method the next EXTRA_COLORS one (cycling), so that each method has its own legend entry."""
+    colors, extra = {}, itertools.cycle(EXTRA_COLORS)
+    for method, norm in zip(df["method"], df["norm"]):
+        known = METHOD_COLORS.get(norm)
+        colors[method] = known if known and known not in colors.values() else next(extra)
+    return colors
 
 
-def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, reference: float | None):
+def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, colors: dict, reference: float | None) -> list:
+    """Plot one panel; returns ``[(marker, method)]`` for :func:`_declutter`."""
     front = pareto_front(df[cost], df[quality], quality in HIGHER_IS_BETTER)
     ordered = df[front].sort_values(cost)
     if len(ordered) > 1:
         ax.step(ordered[cost], ordered[quality], where="post", color="0.55", lw=1.2, ls="--", zorder=1)
+    points = []
     for (_, row), on_front in zip(df.iterrows(), front):
-        ax.scatter(row[cost], row[quality], s=METHOD_SIZES.get(row["norm"], 80), zorder=3,
-                   color=METHOD_COLORS.get(row["norm"], "0.3"), marker="o" if on_front else "X",
-                   edgecolor="black" if on_front else "none", linewidth=1.2)
+        if not (np.isfinite(row[cost]) and np.isfinite(row[quality])):
+            continue
+        marker = ax.scatter(row[cost], row[quality], s=MARKER_SIZE, zorder=3, color=colors[row["method"]],
+                            marker="o" if on_front else "X", edgecolor="black" if on_front else "white",
+                            linewidth=1.2)
+        points.append((marker, row["method"]))
     if reference is not None and np.isfinite(reference):
         ax.axhline(reference, color="0.4", lw=1, ls=":")
     ax.set_xlabel(column_label(cost), fontsize=9)
     ax.set_ylabel(column_label(quality), fontsize=9)
     ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3)
+    return points
 
 
-def _legend(fig, df: pd.DataFrame, ncol: int = 4, reference: bool = True):
+def _label_offsets(gap: float) -> list[tuple[float, float]]:
+    """Label positions around a marker (points), tried in this order: beside it, stacked above or
+    below a label already there, then over or under it, then further away."""
+    beside = [(sign * gap, dy) for sign in (1, -1) for dy in (0, 9, -9)]
+    far = [(sign * gap, dy) for dy in (18, -18, 27, -27) for sign in (1, -1)]
+    return beside + [(0, gap), (0, -gap)] + far
+
+
+def _declutter(ax, points: list) -> None:
+    """Keep coinciding points visible and name every point beside it.
+
+    Call after the figure's layout is final. A marker whose centre lies inside an earlier one is
+    drawn smaller (on top, so both show); each point then gets its method's name at the first
+    offset where the label stays inside the panel and overlaps no marker or earlier label.
+    """
+    px_per_pt = ax.figure.dpi / 72
+    centres = [ax.transData.transform(marker.get_offsets()[0]) for marker, _ in points]
+    radii = []                                     # display pixels
+    for i, (marker, _) in enumerate(points):
+        size = MARKER_SIZE
+        for j in range(i):
+            if np.hypot(*(centres[i] - centres[j])) < radii[j]:
+                size = min(size, 0.35 * (2 * radii[j] / px_per_pt) ** 2)   # 0.6 of its diameter
+        marker.set_sizes([size])
+        marker.set_linewidth(1.2 * np.sqrt(size / MARKER_SIZE))
+        radii.append(np.sqrt(size) / 2 * px_per_pt)
+    taken = [Bbox.from_extents(*(c - r), *(c + r)) for c, r in zip(centres, radii)]
+    panel = ax.get_window_extent()
+    for (marker, method), radius in zip(points, radii):
+        best = None
+        for dx, dy in _label_offsets(radius / px_per_pt + 3):
+            label = ax.annotate(method, marker.get_offsets()[0], xytext=(dx, dy), textcoords="offset points",
+                                fontsize=7, color=marker.get_facecolor()[0], zorder=4,
+                                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                                va="center" if dx or not dy else "bottom" if dy > 0 else "top")
+            box = label.get_window_extent()
+            inside = panel.x0 <= box.x0 and box.x1 <= panel.x1 and panel.y0 <= box.y0 and box.y1 <= panel.y1
+            badness = (not inside, sum(box.overlaps(other) for other in taken))
+            if best is None or badness < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (badness, label, box)
+            else:
+                label.remove()
+            if badness == (False, 0):
+                break
+        taken.append(best[2])
+
+
+def _legend(fig, df: pd.DataFrame, colors: dict, ncol: int = 4, reference: bool = True):
     line = plt.Line2D
-    handles = [line([], [], marker="o", ls="", markersize=8, color=METHOD_COLORS.get(norm, "0.3"), label=method)
-               for method, norm in zip(df["method"], df["norm"])]
+    handles = [line([], [], marker="o", ls="", markersize=8, color=colors[method], label=method)
+               for method in df["method"]]
     handles += [line([], [], marker="o", ls="", color="white", markeredgecolor="black", label="on the Pareto front"),
                 line([], [], marker="X", ls="", color="0.5", label="dominated"),
                 line([], [], ls="--", color="0.55", label="Pareto front")]
@@ -164,15 +232,20 @@ def plot_quality_vs_cost(evaluation: pd.DataFrame):
     df = _methods(evaluation)
     real = evaluation[evaluation["norm"] == "real"]
     quality, costs = plotted_quality_columns(df), cost_columns(df)
+    colors = method_colors(df)
     fig, axes = plt.subplots(len(quality), len(costs), figsize=(3.7 * len(costs), 2.9 * len(quality) + 0.6),
                              squeeze=False)
+    panels = []
     for i, q in enumerate(quality):
         ref = float(real[q].iloc[0]) if len(real) and q in real and pd.notna(real[q].iloc[0]) else None
         for j, c in enumerate(costs):
-            _scatter(axes[i, j], df, c, q, ref)
-    _legend(fig, df, ncol=7)
+            panels.append((axes[i, j], _scatter(axes[i, j], df, c, q, colors, ref)))
+    _legend(fig, df, colors, ncol=7)
     fig.suptitle("Quality against cost per method (dotted: real images scored the same way)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    legend_rows = -(-(len(df) + 4) // 7)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * legend_rows, 1, 0.97))
+    for ax, points in panels:
+        _declutter(ax, points)
     return fig
 
 
@@ -181,14 +254,19 @@ def plot_modulation_roi(evaluation: pd.DataFrame):
     df = _methods(evaluation)
     gmacs = next(c for c in df if c.startswith("modulation_gmacs"))
     quality = plotted_quality_columns(df)
+    colors = method_colors(df)
     fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.8), squeeze=False)
+    panels = []
     for ax, q in zip(axes[0], quality):
-        _scatter(ax, df, gmacs, q, None)
+        panels.append((ax, _scatter(ax, df, gmacs, q, colors, None)))
         if (df[gmacs] > 0).all() and df[gmacs].max() / df[gmacs].min() > 20:
             ax.set_xscale("log")
-    _legend(fig, df, ncol=3, reference=False)
+    _legend(fig, df, colors, ncol=3, reference=False)
     fig.suptitle("What the modulation layers cost (log scale) and the quality they buy", fontsize=10)
-    fig.tight_layout(rect=(0, 0.14, 1, 0.94))
+    legend_rows = -(-(len(df) + 3) // 3)
+    fig.tight_layout(rect=(0, 0.02 + 0.06 * legend_rows, 1, 0.94))
+    for ax, points in panels:
+        _declutter(ax, points)
     return fig
 
 

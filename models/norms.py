@@ -72,7 +72,10 @@ class Conditioning:
             # argmax commutes with nearest resizing (both pick pixels), so take it once.
             # max(1) returns the first maximal index like argmax, at about half its cost.
             self._max, self._label = self.semantic[:, : self.class_nc].max(1, keepdim=True)
-        return self._memo(("label", size), lambda: self._resize(self._label, size)[:, 0])
+        if self.fast:
+            return self._memo(("label", size), lambda: _nearest_gather(self._label, size)[:, 0])
+        # float32 holds class ids exactly; interpolate has no integer kernel on every device.
+        return self._memo(("label", size), lambda: _nearest(self._label.float(), size).long()[:, 0])
 
     def edge_at(self, size) -> torch.Tensor:
         """Instance-edge channel [N, 1, H, W] at ``size``."""
@@ -110,17 +113,13 @@ class Conditioning:
 
 
 def _nearest(t: torch.Tensor, size) -> torch.Tensor:
-    """``F.interpolate(t, size, mode="nearest")`` for any dtype (integer maps included)."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t
-    if t.is_floating_point():
-        return F.interpolate(t, size=size, mode="nearest")
-    # float32 holds class ids exactly; interpolate has no integer kernel on every device.
-    return F.interpolate(t.float(), size=size, mode="nearest").to(t.dtype)
+    return F.interpolate(t, size=size, mode="nearest")
 
 
 def _nearest_gather(t: torch.Tensor, size) -> torch.Tensor:
-    """The same pixels as :func:`_nearest`, picked by index: any dtype, reads only the rows
+    """The pixels :func:`_nearest` picks, by index: any dtype, reads only the rows
     and columns kept (interpolate copies a whole 151-channel map to shrink it to 8x8)."""
     if tuple(t.shape[-2:]) == tuple(size):
         return t

@@ -2,8 +2,9 @@
 
 Each notebook runs in a fresh kernel of *this* interpreter (a kernelspec written to tmp_path,
 nothing installed), with cwd = notebooks/ as in Jupyter, and writes only under tmp_path
-(``NOTEBOOK_OUT``). Notebook 03 also runs without a report folder (``NOTEBOOK_REPORT_DIR``), the
-path where it computes a stand-in report itself, when the committed example would hide it.
+(``NOTEBOOK_OUT``), at test size (``NOTEBOOK_QUICK``: a few training steps and images). Notebook 03
+also runs without a report folder (``NOTEBOOK_REPORT_DIR``), the path where it computes a stand-in
+report itself, when the committed example would hide it.
 """
 import json
 import sys
@@ -75,6 +76,7 @@ def test_kernel_runs_this_interpreter(kernel_manager):
 @pytest.mark.parametrize("path, report", list(cases()))
 def test_notebook_runs(path, report, kernel_manager, tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("NOTEBOOK_QUICK", "1")
     if report is not None:
         monkeypatch.setenv("NOTEBOOK_REPORT_DIR", str(tmp_path / report))
     notebook = nbformat.read(path, as_version=4)

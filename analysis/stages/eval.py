@@ -4,10 +4,14 @@
     python run_analysis.py eval --checkpoints ckpts --preset ade20k --dataroot ADEChallengeData2016 \\
         --inception-weights pt_inception-2015-12-05-6726825d.pth --segmenter upernet101_ade20k.pt
 
-For every method with ``<checkpoints>/<norm>/latest_net_G.pth``: generate the val split's
-images from its label maps, score them with a segmenter (yours, or a proxy trained here on the
-real training images) and a Frechet distance (FID with the Inception weights, else on the
-proxy segmenter's features), count params / GMACs and time a forward pass side by side.
+For every generator folder (``latest_net_G.pth`` + ``generator.json``) under the checkpoints
+root (--checkpoints, default ``<out>/checkpoints``): the three methods' ``<norm>/`` first, then
+any other subfolder, named after it (e.g. ``spade-1x1/``), then each ``--eval-generator DIR``.
+All must read the same label layout and draw images of one size. For each: generate the val
+split's images from its label maps, score them with a segmenter (yours, or a proxy trained here
+on the real training images) and a Frechet distance (FID with the Inception weights, else on the
+proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
+others.
 Writes ``tables/evaluation.csv`` (+ .md), ``tables/roi.csv``, ``tables/roi_modulation.csv``
 (+ .md) and the figures ``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``.
 """
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 from data.labels import make_semantic
 from models import NORMS, load_generator_dir
 from models.checkpoint import GENERATOR_WEIGHTS
+from models.presets import label_config
 
 from .. import metrics, roi, segmenters
 from ..context import RunContext
@@ -34,6 +39,9 @@ METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
 
 
 def add_arguments(group) -> None:
+    group.add_argument("--eval-generator", action="append", default=None, metavar="[NAME=]DIR",
+                       help=f"also score this generator folder ({GENERATOR_WEIGHTS} + generator.json) as "
+                            f"method NAME (default: the folder's name); repeatable")
     group.add_argument("--eval-images", type=int, default=None,
                        help="val images generated per method (default 128; --quick 32)")
     group.add_argument("--eval-proxy-steps", type=int, default=None,
@@ -67,6 +75,7 @@ class EvalOptions:
     segmenter: Path | None = None
     segmenter_class_map: str | None = None
     segmenter_input: str | None = None
+    generators: tuple[str, ...] = ()  # --eval-generator [NAME=]DIR, scored after the checkpoints root's
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> "EvalOptions":
@@ -81,7 +90,54 @@ class EvalOptions:
                    latency_repeats=5 if ctx.quick else 10,
                    inception_weights=extra.get("inception_weights"), segmenter=extra.get("segmenter"),
                    segmenter_class_map=extra.get("segmenter_class_map"),
-                   segmenter_input=extra.get("segmenter_input"))
+                   segmenter_input=extra.get("segmenter_input"),
+                   generators=tuple(str(p) for p in extra.get("eval_generator") or ()))
+
+
+# --- generators ---------------------------------------------------------------------------
+
+def generator_folders(ctx: RunContext, extra_folders=()) -> dict[str, Path]:
+    """{name: folder} of the generators to score, in table order: ``<checkpoints>/<norm>/`` of
+    the three methods (METHOD_NAMES order), the root's other subfolders holding
+    ``latest_net_G.pth`` (sorted, named after the folder), then ``extra_folders``
+    (``"DIR"`` or ``"NAME=DIR"``, as --eval-generator)."""
+    root = ctx.checkpoint_root
+    folders = {n: ctx.checkpoint_dir(n) for n in NORMS if (ctx.checkpoint_dir(n) / GENERATOR_WEIGHTS).is_file()}
+    others = sorted(p for p in root.iterdir() if p.name not in NORMS and (p / GENERATOR_WEIGHTS).is_file()) \
+        if root.is_dir() else []
+    named = [(p.name, p) for p in others]
+    for text in map(str, extra_folders):
+        name, sep, path = text.partition("=")
+        if not sep or "/" in name:   # a plain DIR, maybe with "=" inside
+            name, path = "", text
+        named.append((name or Path(path).name, Path(path)))
+    for name, folder in named:
+        if not (folder / GENERATOR_WEIGHTS).is_file():
+            raise FileNotFoundError(f"--eval-generator {folder}: no {GENERATOR_WEIGHTS} there; expected a folder "
+                                    f"written by models.save_generator_dir or train.py ({GENERATOR_WEIGHTS} + "
+                                    f"generator.json)")
+        if name in folders and folders[name].resolve() == folder.resolve():
+            continue
+        if name == "real" or name in folders:
+            taken = "the real-images row" if name == "real" else str(folders[name])
+            raise ValueError(f"generator folder {folder}: its name {name!r} names its table row and is taken by "
+                             f"{taken}; pass it as --eval-generator OTHER_NAME={folder} or rename the folder")
+        folders[name] = folder
+    return folders
+
+
+def check_compatible(generators: dict, folders: dict[str, Path]) -> None:
+    """Raise unless every generator reads the first one's label layout and draws its image size
+    (they are all scored on the same val label maps)."""
+    first_name, first = next(iter(generators.items()))
+    for name, generator in generators.items():
+        for what, found, expected in (
+                ("label layout", label_config(generator.config), label_config(first.config)),
+                ("output size (height, width)", generator.config.output_size, first.config.output_size)):
+            if found != expected:
+                raise ValueError(f"generator folder {folders[name]}: {what} is {found}, expected {expected} like "
+                                 f"{folders[first_name]} (the first generator of this run); every generator is "
+                                 f"scored on the same val label maps, so evaluate this one in a run of its own")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -228,16 +284,19 @@ def frechet_columns(stats: dict, reference: dict, extractors: dict) -> dict:
 def run(ctx: RunContext) -> dict:
     opts = EvalOptions.from_context(ctx)
     device = torch.device(ctx.device)
-    norms = [n for n in NORMS if (ctx.checkpoint_dir(n) / GENERATOR_WEIGHTS).is_file()]
-    if not norms:
-        raise FileNotFoundError(f"no generator under {ctx.checkpoint_dir('<norm>')} for norm in {list(NORMS)}; "
-                                f"run the train stage first or pass --checkpoints DIR with <norm>/{GENERATOR_WEIGHTS}")
-    generators = {n: load_generator_dir(ctx.checkpoint_dir(n), device).eval() for n in norms}
-    cfg = generators[norms[0]].config
+    folders = generator_folders(ctx, opts.generators)
+    if not folders:
+        raise FileNotFoundError(f"no generator folder under {ctx.checkpoint_root} (<norm>/{GENERATOR_WEIGHTS} for "
+                                f"norm in {list(NORMS)}, or any <name>/{GENERATOR_WEIGHTS}); run the train stage "
+                                f"first, or pass --checkpoints DIR or --eval-generator DIR")
+    generators = {name: load_generator_dir(folder, device).eval() for name, folder in folders.items()}
+    check_compatible(generators, folders)
+    cfg = next(iter(generators.values())).config
     size = cfg.output_size[0]
-    log.info("evaluating %s on %d val images of %dx%d", norms, opts.images, *cfg.output_size)
+    log.info("evaluating %s on %d val images of %dx%d", list(generators), opts.images, *cfg.output_size)
 
-    val = load_samples(ctx, "val", opts.images, size, with_dist="clade-icpe" in norms)
+    with_dist = any(g.config.norm == "clade-icpe" for g in generators.values())
+    val = load_samples(ctx, "val", opts.images, size, with_dist=with_dist)
     floor = load_samples(ctx, "val", opts.images, size, with_dist=False, skip=opts.images)
     needs_proxy = opts.segmenter is None or not _inception_present(opts)
     proxy = None
@@ -249,12 +308,13 @@ def run(ctx: RunContext) -> dict:
     reference = reference_statistics(ctx, extractors, opts, val, device)
     suffix = "_proxy" if segmenter.is_proxy else ""
 
-    rows, samples = [], {"real": val["image"][:4]}
-    for norm in tqdm(norms, desc="eval methods"):
-        images = generate(generators[norm], val, opts.batch_size, device)
-        samples[norm] = images[:4]
+    rows, samples = [], {"real image": val["image"][:4]}
+    for name, generator in tqdm(generators.items(), desc="eval methods"):
+        method = METHOD_NAMES.get(name, name)
+        images = generate(generator, val, opts.batch_size, device)
+        samples[method] = images[:4]
         seg, stats = score_images(images, val["label"], segmenter, extractors, opts.batch_size, device)
-        rows.append({"method": METHOD_NAMES[norm], "norm": norm, **frechet_columns(stats, reference, extractors),
+        rows.append({"method": method, "norm": name, **frechet_columns(stats, reference, extractors),
                      f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]})
     seg, _ = score_images(val["image"], val["label"], segmenter, {}, opts.batch_size, device)
     real = {"method": "real images", "norm": "real", f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]}
@@ -342,21 +402,20 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
 
 
 def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
-    """Figure: one row per val sample; columns label map, real image, each method."""
+    """Figure: one row per val sample; columns label map, then ``samples`` ({title: images})."""
     from models.trainer import colorize_labels
 
-    columns = ["label"] + list(samples)
+    columns = ["label map"] + list(samples)
     label_rgb = colorize_labels(labels, class_nc)
     fig, axes = plt.subplots(len(labels), len(columns), figsize=(1.6 * len(columns), 1.6 * len(labels)),
                              squeeze=False)
     for i in range(len(labels)):
         for j, name in enumerate(columns):
-            image = label_rgb[i] if name == "label" else (samples[name][i].float().clamp(-1, 1) + 1) / 2
+            image = label_rgb[i] if j == 0 else (samples[name][i].float().clamp(-1, 1) + 1) / 2
             axes[i, j].imshow(image.permute(1, 2, 0).numpy())
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
             if i == 0:
-                axes[i, j].set_title(METHOD_NAMES.get(name, "real image" if name == "real" else "label map"),
-                                     fontsize=9)
+                axes[i, j].set_title(name, fontsize=9)
     fig.tight_layout()
     return fig

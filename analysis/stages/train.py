@@ -90,16 +90,24 @@ def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int]):
                          with_dist=with_dist, seed=ctx.seed)
 
 
-def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path) -> dict:
-    """Train (or resume) one method, export it, and return its training.csv row + log."""
+def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | None = None,
+              overrides: dict | None = None) -> dict:
+    """Train (or resume) one method, export it, and return its training.csv row + log.
+
+    A variant of ``norm`` trains under the same recipe with ``overrides`` (generator options,
+    official names, e.g. ``{"spade_kernel_size": 1}``) and its own ``name`` for its folders
+    (``checkpoints/<name>/``, ``train/<name>/``) and tables (default: ``norm``).
+    """
     from models.presets import generator_config
     from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 
-    g_config = generator_config(ctx.preset, norm, ngf=s["ngf"], crop_size=s["crop_size"])
+    name = name or norm
+    g_config = generator_config(ctx.preset, norm, **{"ngf": s["ngf"], "crop_size": s["crop_size"],
+                                                     **(overrides or {})})
     recipe = TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=ctx.seed)
     trainer = Trainer(g_config=g_config, d_config=discriminator_config_for(g_config, ndf=s["ndf"]),
                       recipe=recipe, device=ctx.device, vgg_weights=vgg_path)
-    work = ctx.out / "train" / norm
+    work = ctx.out / "train" / name
     if ctx.force and work.exists():
         shutil.rmtree(work)
     if (work / "checkpoint.pt").exists() or (work / "checkpoint.prev.pt").exists():
@@ -109,19 +117,19 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path) -> dict:
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
                           num_workers=0)
-    trainer.export_generator(ctx.checkpoint_dir(norm))
+    trainer.export_generator(ctx.checkpoint_dir(name))
     df = pd.DataFrame(history)
-    ctx.write_table(df, f"train_log_{norm}", norm=norm, generator=asdict(g_config), recipe=asdict(recipe))
+    ctx.write_table(df, f"train_log_{name}", norm=norm, generator=asdict(g_config), recipe=asdict(recipe))
     tail = df.tail(max(1, len(df) // 10))  # last ~10% of the logged rows
     head = df.head(max(1, len(df) // 10))
     losses = [c for c in ("GAN", "GAN_Feat", "VGG", "D_Fake", "D_real", "img_L1") if c in df]
-    row = {"norm": norm, "steps": trainer.step, "planned_steps": s["planned_steps"],
+    row = {"norm": name, "steps": trainer.step, "planned_steps": s["planned_steps"],
            "stopped_by_time_cap": trainer.stopped_early, "seconds": round(trainer.train_seconds, 1),
            "images_per_s": round(trainer.step * s["batch_size"] / max(trainer.train_seconds, 1e-9), 2),
            "g_params": sum(p.numel() for p in trainer.G.parameters()),
            **{f"{c}_start": round(float(head[c].mean()), 4) for c in losses},
            **{f"{c}_end": round(float(tail[c].mean()), 4) for c in losses}}
-    log.info("[train] %s: %d steps in %.0f s (this call %.0f s)", norm, trainer.step,
+    log.info("[train] %s: %d steps in %.0f s (this call %.0f s)", name, trainer.step,
              trainer.train_seconds, time.perf_counter() - start)
     return {"row": row, "log": df}
 

@@ -230,3 +230,20 @@ def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     for item in summary["figures"] + summary["tables"]:
         assert (tmp_path / item["file"]).exists() and item["caption"]
     assert summary["crosschecks_failed"] == 0
+    # the report shows a compact choice of columns, all of them in the CSV
+    assert summary["tables"][0]["columns"] == stage.REPORT_COLUMNS and set(stage.REPORT_COLUMNS) <= set(table)
+    assert table.set_index("norm").loc["spade", "gmacs_fvcore_vs_spade"] == 1
+
+
+def test_compare_with_spade_per_preset():
+    import pandas as pd
+
+    from analysis.stages.costs import compare_with_spade
+    summary = pd.DataFrame({"preset": ["a", "a", "b"], "norm": ["spade", "clade", "clade"],
+                            "params": [100, 25, 30], "gmacs_fvcore": [8.0, 2.0, 1.0], "gmacs_complete": [9.0, 3.0, 1.0]})
+    crosscheck = pd.DataFrame({"preset": ["a", "a", "a", "a"], "norm": ["spade", "clade", "clade", "discriminator"],
+                               "ok": [True, True, False, True]})
+    out = compare_with_spade(summary, crosscheck)
+    assert out["params_vs_spade"].tolist()[:2] == [1.0, 0.25] and out["gmacs_complete_vs_spade"][1] == pytest.approx(1 / 3)
+    assert pd.isna(out["gmacs_fvcore_vs_spade"][2])          # preset b has no SPADE row
+    assert out["crosschecks_passed"].tolist() == ["1/1", "1/2", "none run"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import roi
+from analysis import report, roi
 from analysis.context import RunContext
 from analysis.provenance import write_json_atomic
 from analysis.report import build_report, write_report
@@ -76,6 +76,34 @@ def test_plots_have_one_panel_per_quality_and_cost():
     plt.close(fig)
 
 
+def test_coinciding_points_both_show_and_are_named():
+    df = evaluation_table()
+    df.loc[2, "miou_proxy"] = 0.401                      # CLADE-ICPE now on CLADE in the params panel
+    fig = roi.plot_quality_vs_cost(df)
+    ax = next(ax for ax in fig.axes if ax.get_xlabel().startswith("parameters") and "mIoU" in ax.get_ylabel())
+    sizes = [c.get_sizes()[0] for c in ax.collections]
+    assert sizes[0] == sizes[1] == roi.MARKER_SIZE and sizes[2] < roi.MARKER_SIZE   # ICPE drawn inside CLADE
+    labels = {t.get_text(): t.get_window_extent() for t in ax.texts}
+    assert set(labels) == {"SPADE", "CLADE", "CLADE-ICPE"}
+    assert not labels["CLADE"].overlaps(labels["CLADE-ICPE"])
+    plt.close(fig)
+
+
+def test_an_extra_method_gets_its_own_colour_and_legend_entry():
+    df = evaluation_table()
+    extra = df.iloc[[1]].assign(method="My model (1x1 SPADE)", norm="mine", latency_ms=8.5)
+    another = df.iloc[[0]].assign(method="Another clade", norm="clade", miou_proxy=0.3)  # a known norm, again
+    df = pd.concat([df, extra, another], ignore_index=True)
+    colors = roi.method_colors(roi._methods(df))
+    assert len(set(colors.values())) == 5 and colors["CLADE"] == roi.METHOD_COLORS["clade"]
+    for plot in (roi.plot_quality_vs_cost, roi.plot_modulation_roi):
+        fig = plot(df)
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {"My model (1x1 SPADE)", "Another clade"} <= set(legend)
+        assert all("My model (1x1 SPADE)" in [t.get_text() for t in ax.texts] for ax in fig.axes)
+        plt.close(fig)
+
+
 @pytest.mark.parametrize("value, text", [(93048003, "93,048,003"), (0.123456, "0.1235"), (12.3456, "12.346"),
                                          (281.408, "281.4"), (np.nan, "n/a"), (True, "yes"), (2.0, "2"),
                                          (3.1e-05, "3.1e-05"), ("clade", "clade")])
@@ -121,6 +149,41 @@ def test_report_from_stage_records(run_folder):
     assert "## Provenance" in text and "- seed: `7`" in text and "- torch: `" in text
     assert "git commit" in text or ctx.meta()["git_commit"] is None
     assert "- miou_proxy comes from a proxy segmenter." in text
+
+
+def write_record(out, tables):
+    write_json_atomic({"stage": "costs", "seconds": 1.0, "tables": tables}, out / "stages" / "costs.json")
+    return build_report(out, {}, stages=("costs",))
+
+
+def test_report_table_shows_the_chosen_columns_and_names_the_rest(tmp_path):
+    ctx = RunContext(out=tmp_path)
+    wide = pd.DataFrame({"preset": ["x", "x", "y"], "norm": ["spade", "clade", "clade"], "params": [9, 3, 4],
+                         **{f"long_column_name_number_{i}": [0.5 * i, 1.0, 2.0] for i in range(20)}})
+    ctx.write_table(wide, "costs")
+    text = write_record(tmp_path, [{"file": "tables/costs.csv", "caption": "Costs.",
+                                    "columns": ["preset", "norm", "params", "not_in_the_csv"]}])
+    assert "| preset   | norm   | params   |" in text and "long_column_name_number_0" not in text.split("\n\n")[-3]
+    assert "[tables/costs.csv](tables/costs.csv) has 20 more columns: `long_column_name_number_0`, " in text
+    assert pd.read_csv(tmp_path / "tables" / "costs.csv").shape == (3, 23)     # the CSV keeps everything
+
+
+def test_report_narrows_wide_tables_without_a_column_choice(tmp_path):
+    ctx = RunContext(out=tmp_path)
+    columns = {f"some_long_quality_column_{i}": [0.1 * i, 0.2, 0.3] for i in range(14)}
+    ctx.write_table(pd.DataFrame({"method": ["SPADE", "CLADE", "CLADE-ICPE"], **columns}), "short")
+    ctx.write_table(pd.DataFrame({"layer": [f"up_{i}" for i in range(30)],
+                                  **{k: v * 10 for k, v in columns.items()}}), "long")
+    text = write_record(tmp_path, [{"file": "tables/short.csv", "caption": "Short."},
+                                   {"file": "tables/long.csv", "caption": "Long."}])
+    rows = [line for line in text.splitlines() if line.startswith("|") and "wall time" not in line]
+    assert max(len(line) for line in rows) <= report.MAX_TABLE_WIDTH
+    assert all(line.count("|") - 1 <= report.MAX_TABLE_COLUMNS for line in rows)
+    # few rows: transposed, nothing left out; many rows: leading columns, the rest named
+    assert "transposed: one column per CSV row" in text and "| method" in text
+    assert "| some_long_quality_column_13 | 1.300" in text
+    assert "[tables/short.csv](tables/short.csv) has" not in text
+    assert "| layer" in text and "[tables/long.csv](tables/long.csv) has " in text
 
 
 def test_report_stage_records_what_it_included(run_folder):
@@ -202,3 +265,62 @@ def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights)
     assert table["segmenter"].iloc[0] == "seg.pt (user segmenter, imagenet input)"
     # no Inception weights here, so a proxy is still trained for the Frechet distance
     assert "fd_proxy_features" in summary["proxy"][0]
+
+
+def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights):
+    from analysis.stages import eval as eval_stage
+    from models import build_generator, save_generator_dir
+
+    tiny_checkpoints(tmp_path)
+    save_generator_dir(build_generator("synthetic", "spade", ngf=4, spade_kernel_size=1),
+                       tmp_path / "checkpoints" / "spade-1x1")
+    (tmp_path / "checkpoints" / "notes").mkdir()   # a folder without weights is not a generator
+    save_generator_dir(build_generator("synthetic", "clade-icpe", ngf=4), tmp_path / "elsewhere" / "generator")
+    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4,
+                                                      "eval_generator": [f"mine={tmp_path / 'elsewhere' / 'generator'}"]})
+    summary = eval_stage.run(ctx)
+    table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
+    assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
+    assert table["method"].tolist() == ["SPADE", "CLADE", "spade-1x1", "mine", "real images"]
+    assert summary["methods"] == ["spade", "clade", "spade-1x1", "mine"]
+    methods = table.set_index("norm").drop("real")
+    assert methods[["fd_proxy_features", "miou_proxy", "params", "gmacs_fvcore", "latency_ms"]].notna().all().all()
+    assert methods.loc["spade-1x1", "gmacs_fvcore"] < methods.loc["spade", "gmacs_fvcore"]  # 1x1 vs 3x3 convs
+    assert pd.read_csv(tmp_path / "tables" / "roi.csv")["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine"]
+    assert (tmp_path / "figures" / "roi_quality_vs_cost.png").is_file()
+
+
+def test_generator_folders_default_root_names_and_clashes(tmp_path):
+    from analysis.stages.eval import generator_folders
+    from models import build_generator, save_generator_dir
+
+    tiny_checkpoints(tmp_path, norms=("clade",))
+    ours = save_generator_dir(build_generator("synthetic", "clade", ngf=4), tmp_path / "runs" / "x=1" / "generator")
+    ctx = RunContext(out=tmp_path)   # no --checkpoints: <out>/checkpoints
+    assert generator_folders(ctx, [str(ours)]) == {"clade": tmp_path / "checkpoints" / "clade", "generator": ours}
+    assert list(generator_folders(ctx, [f"clade-k1={ours}"])) == ["clade", "clade-k1"]
+    assert list(generator_folders(ctx, [str(tmp_path / "checkpoints" / "clade")])) == ["clade"]  # listed once
+    with pytest.raises(ValueError, match=r"'clade' names its table row and is taken by .*checkpoints/clade"):
+        generator_folders(ctx, [f"clade={ours}"])
+    with pytest.raises(ValueError, match="taken by the real-images row"):
+        generator_folders(ctx, [f"real={ours}"])
+    with pytest.raises(FileNotFoundError, match="no latest_net_G.pth there"):
+        generator_folders(ctx, [str(tmp_path / "runs")])
+    assert generator_folders(RunContext(out=tmp_path, checkpoints=tmp_path / "runs" / "x=1")) == {"generator": ours}
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(label_nc=5), r"label layout is LabelConfig\(label_nc=5, .*\), expected LabelConfig\(label_nc=8, "),
+    (dict(no_instance=True), r"label layout is .*no_instance=True\), expected .*no_instance=False\)"),
+    (dict(crop_size=32), r"output size \(height, width\) is \(32, 32\), expected \(64, 64\)"),
+], ids=["label_nc", "no_instance", "output_size"])
+def test_eval_stage_rejects_a_generator_that_differs_from_the_first(tmp_path, options, message):
+    from analysis.stages import eval as eval_stage
+    from models import build_generator, save_generator_dir
+
+    tiny_checkpoints(tmp_path, norms=("spade",))
+    odd = save_generator_dir(build_generator("synthetic", "clade", ngf=4, **options), tmp_path / "checkpoints" / "odd")
+    with pytest.raises(ValueError, match=message) as error:
+        eval_stage.run(RunContext(out=tmp_path, quick=True, extra={"eval_images": 8}))
+    assert f"generator folder {odd}:" in str(error.value)
+    assert f"like {tmp_path / 'checkpoints' / 'spade'} (the first generator" in str(error.value)

@@ -285,3 +285,18 @@ def test_stage_time_cap_gives_later_methods_the_same_steps(tmp_path):
     assert summary["steps"] == 1
     assert [r["steps"] for r in summary["results"]] == [1, 1]
     assert summary["results"][0]["stopped_by_time_cap"] and summary["results"][0]["planned_steps"] == 50
+
+
+def test_train_one_trains_a_named_variant_under_the_same_recipe(tmp_path):
+    from analysis.context import RunContext
+    from analysis.stages import train as stage
+
+    ctx = RunContext(out=tmp_path, quick=True, extra=dict(train_steps=2, train_ngf=4, train_ndf=8,
+                                                          train_batch_size=2, train_crop_size=SIZE))
+    result = stage.train_one(ctx, "spade", stage.settings(ctx), False, None, name="spade-1x1",
+                             overrides={"spade_kernel_size": 1})
+    G = load_generator_dir(ctx.checkpoint_dir("spade-1x1"))
+    assert (G.config.norm, G.config.spade_kernel_size, G.config.ngf) == ("spade", 1, 4)
+    assert result["row"]["norm"] == "spade-1x1" and result["row"]["steps"] == 2
+    assert (tmp_path / "tables" / "train_log_spade-1x1.csv").is_file() and (tmp_path / "train" / "spade-1x1").is_dir()
+    assert not ctx.checkpoint_dir("spade").exists()
