@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-weights", type=Path, default=None,
                    help="torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast on CUDA (default on; CPU always fp32)")
+                   help="bf16 autocast where bf16 is native: CUDA, CPUs with AMX / AVX512-BF16 (default on; "
+                        "--no-amp trains in fp32)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
-    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default on)")
     p.add_argument("--ema", action="store_true", default=None, help="keep (and export) an EMA of G")
     p.add_argument("--no_TTUR", action="store_true", default=None, help="same lr for G and D (official flag)")
     p.add_argument("--no_ganFeat_loss", action="store_true", default=None,

@@ -234,7 +234,7 @@ def bench_train_step(presets, norms, *, batch_sizes=(1,), device="cpu", repeats:
 
     Uses ``models.trainer.Trainer.train_step`` (the official iteration: hinge GAN, feature
     matching, VGG if ``use_vgg`` - it needs local VGG19 weights - then a D step); bf16
-    autocast on CUDA as the trainer does, fp32 on CPU. Norms are interleaved per preset
+    autocast where bf16 is native, as the trainer does (models.fast.native_bf16). Norms are interleaved per preset
     and batch size. ``overrides`` / ``d_overrides`` change the generator / discriminator
     options (official by default). Columns: preset, norm, batch, dtype, use_vgg, median_ms, p90_ms,
     images_per_s, peak_mem_mb and the environment.

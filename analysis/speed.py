@@ -16,6 +16,10 @@ For each preset, norm and batch size, these variants are timed round-robin in on
   on CUDA ``compiled-bf16``: bf16 with ``mode="reduce-overhead"``, i.e. CUDA graphs);
 - on CUDA also ``plain-bf16-autocast`` and ``fast-bf16-cudagraph`` (CUDA graph replay).
 
+``--train`` also times a full training iteration (G step with every loss, D step) under the
+recipes of :data:`TRAIN_VARIANTS`: fp32 eager, bf16 autocast and channels_last
+(:func:`compare_training`, ``tables/speed_train.csv``).
+
 On CPU the process's allocator is tuned first (``models.fast.tune_cpu_allocator``; it speeds
 up every variant by ~20%, the official-equivalent one included; ``--default-malloc`` skips it).
 
@@ -239,6 +243,86 @@ def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, war
     return pd.concat(tables, ignore_index=True)
 
 
+# ----------------------------------------------------------------------------- training
+# Trainer recipes compared by compare_training (models.trainer.TrainRecipe options).
+TRAIN_VARIANTS = {
+    "fp32-eager": dict(amp=False, channels_last=False),
+    "fp32-channels-last": dict(amp=False, channels_last=True),
+    "bf16-autocast": dict(amp=True, channels_last=False),
+    "bf16-channels-last": dict(amp=True, channels_last=True),   # the TrainRecipe default
+}
+# First-step losses of a variant vs fp32-eager from the same weights and batch (relative).
+TRAIN_LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
+TRAIN_COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "channels_last", "compiled", "use_vgg", "vgg_weights",
+                 "median_ms", "p90_ms", "images_per_s", "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff",
+                 "loss_tolerance", "within_tolerance", "device", "device_name", "threads", "torch"]
+
+
+def timing_vgg_weights(folder: Path) -> Path:
+    """A VGG19 weights file with random weights (torchvision layout) in ``folder``: the
+    perceptual loss then costs what it costs in training, but means nothing. Timing only."""
+    from models.vgg import SLICES, VGG19_FILE, VGG19Features
+    state = VGG19Features().state_dict()
+    mapped = {key.replace(f"slice{i}.", "features.", 1): value
+              for i in range(1, len(SLICES) + 1) for key, value in state.items() if key.startswith(f"slice{i}.")}
+    path = Path(folder) / VGG19_FILE
+    torch.save(mapped, path)
+    return path
+
+
+def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeats: int = 3, warmup: int = 1,
+                     use_vgg: bool = True, vgg_weights=None, compile: bool = False, seed: int = 0,
+                     **overrides) -> pd.DataFrame:
+    """Rows of :data:`TRAIN_COLUMNS`: one full training iteration (``Trainer.train_step``: G step
+    with every loss, then D step) under each recipe of :data:`TRAIN_VARIANTS` (+ compiled),
+    timed interleaved in one run. bf16 variants only where bf16 is native
+    (``models.fast.native_bf16``). Every trainer starts from the same weights (same seed), so
+    the first step's losses are compared with fp32-eager's against :data:`TRAIN_LOSS_TOLERANCE`.
+    ``vgg_weights``: the real file, or None for random weights (:func:`timing_vgg_weights`).
+    """
+    import tempfile
+
+    from models.fast import native_bf16
+    from models.presets import generator_config
+    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+    from .bench import synthetic_batch
+
+    recipes = {k: v for k, v in TRAIN_VARIANTS.items() if not v["amp"] or native_bf16(device)}
+    if compile:
+        recipes["bf16-channels-last-compiled" if native_bf16(device) else "fp32-channels-last-compiled"] = dict(
+            amp=native_bf16(device), channels_last=True, compile=True)
+    config = generator_config(preset, norm, **overrides)
+    data = synthetic_batch(config, batch, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        vgg_file = vgg_weights or (timing_vgg_weights(Path(tmp)) if use_vgg else None)
+        trainers = {name: Trainer(g_config=config, d_config=discriminator_config_for(config), device=device,
+                                  vgg_weights=vgg_file,
+                                  recipe=TrainRecipe(use_vgg=use_vgg, batch_size=batch, seed=seed, **options))
+                    for name, options in recipes.items()}
+    first = {name: trainer.train_step(data) for name, trainer in trainers.items()}  # also compiles
+    times = time_interleaved({name: (lambda t=trainer: t.train_step(data)) for name, trainer in trainers.items()},
+                             warmup=warmup, repeats=repeats, device=device)
+    env = environment(device)
+    summaries = {name: summarize_times(times[name]) for name in trainers}
+    reference = first["fp32-eager"]
+    rows = []
+    for name, trainer in trainers.items():
+        dtype = "bf16" if trainer.use_amp else "fp32"
+        diff = max(abs(first[name][k] - reference[k]) / max(1.0, abs(reference[k])) for k in reference)
+        s = summaries[name]
+        rows.append({"preset": preset, "norm": norm, "batch": batch, "variant": name,
+                     "dtype": "bf16-autocast" if trainer.use_amp else "fp32",
+                     "channels_last": trainer.recipe.channels_last, "compiled": trainer.recipe.compile,
+                     "use_vgg": use_vgg, "vgg_weights": "none" if not use_vgg else (
+                         str(vgg_weights) if vgg_weights else "random (timing only)"),
+                     "median_ms": s["median_ms"], "p90_ms": s["p90_ms"],
+                     "images_per_s": batch / (s["median_ms"] / 1e3),
+                     "speedup_vs_fp32_eager": summaries["fp32-eager"]["median_ms"] / s["median_ms"],
+                     "first_step_max_rel_loss_diff": diff, "loss_tolerance": TRAIN_LOSS_TOLERANCE[dtype],
+                     "within_tolerance": diff <= TRAIN_LOSS_TOLERANCE[dtype], **env})
+    return pd.DataFrame(rows)[TRAIN_COLUMNS]
+
+
 # ----------------------------------------------------------------------------- report
 def format_table(df: pd.DataFrame) -> str:
     """The comparison as a Markdown table (latency, ratios, differences)."""
@@ -283,6 +367,10 @@ def _settings(ctx) -> dict:
             "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
             "compile": bool(extra.get("compare_compile", False)),
             "tune_allocator": not extra.get("compare_default_malloc", False),
+            "train": bool(extra.get("compare_train", False)),
+            "train_batch_size": extra.get("compare_train_batch_size") or (16 if cuda and not ctx.quick else 1),
+            "train_repeats": extra.get("compare_train_repeats") or 3,
+            "vgg_weights": extra.get("vgg_weights"),
             "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
 
 
@@ -301,7 +389,7 @@ def run_compare(ctx) -> dict:
                     timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
     ctx.write_figure(speed_figure(df), "speed_compare")
     fast = df[df["variant"] == "fast"]
-    return {
+    summary = {
         "tables": [{"file": "tables/speed_compare.csv",
                     "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
                                "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
@@ -313,6 +401,145 @@ def run_compare(ctx) -> dict:
                                            for r in fast.itertuples()},
         "all_within_tolerance": bool(df["within_tolerance"].all()),
         "device": ctx.device,
+    }
+    if s["train"]:
+        train = run_compare_training(ctx, s)
+        summary["tables"] += train.pop("tables")
+        summary.update(train)
+    return summary
+
+
+def run_compare_training(ctx, s: dict) -> dict:
+    """:func:`compare_training` for the settings' presets and norms; tables/speed_train.csv."""
+    df = pd.concat([compare_training(preset, norm, s["train_batch_size"], device=ctx.device, repeats=s["train_repeats"],
+                                     warmup=1, vgg_weights=s["vgg_weights"], compile=s["compile"], seed=ctx.seed,
+                                     **s["overrides"])
+                    for preset in s["presets"] for norm in s["norms"]], ignore_index=True)
+    print(df[["preset", "norm", "batch", "variant", "median_ms", "images_per_s", "speedup_vs_fp32_eager",
+              "first_step_max_rel_loss_diff", "loss_tolerance"]].to_markdown(index=False, floatfmt=".3g"))
+    ctx.write_table(df, "speed_train", settings=s, loss_tolerance=TRAIN_LOSS_TOLERANCE,
+                    timing="recipes of one generator interleaved round-robin (analysis.bench.time_interleaved)")
+    best = df.loc[df.groupby("norm", sort=False)["images_per_s"].idxmax()]
+    return {
+        "tables": [{"file": "tables/speed_train.csv",
+                    "caption": "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
+                               "D step) per recipe: fp32 eager against bf16 autocast and channels_last, images/s "
+                               "and speedup from one interleaved run; first-step losses against fp32 eager's.",
+                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "images_per_s",
+                                "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff", "within_tolerance"]}],
+        "train_best_speedup_vs_fp32_eager": {f"{r.preset}/{r.norm}/b{r.batch}": f"{r.variant} {r.speedup_vs_fp32_eager:.2f}x"
+                                             for r in best.itertuples()},
+        "train_all_within_tolerance": bool(df["within_tolerance"].all()),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+def format_table(df: pd.DataFrame) -> str:
+    """The comparison as a Markdown table (latency, ratios, differences)."""
+    show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_plain",
+               "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
+               "max_abs_diff", "tolerance"]]
+    return show.to_markdown(index=False, floatfmt=".3g")
+
+
+def speed_figure(df: pd.DataFrame):
+    """Bars of median latency per norm and variant, one panel per (preset, batch)."""
+    import matplotlib.pyplot as plt
+    groups = list(df.groupby(["preset", "batch"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
+    for ax, ((preset, batch), part) in zip(axes[0], groups):
+        names = list(dict.fromkeys(part["variant"]))
+        norms = list(dict.fromkeys(part["norm"]))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            rows = part[part["variant"] == name].set_index("norm").reindex(norms)
+            xs = [j + i * width for j in range(len(norms))]
+            bars = ax.bar(xs, rows["median_ms"], width, label=name)
+            for bar, ratio in zip(bars, rows["speedup_vs_official_equiv"]):
+                ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(norms))], norms)
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{preset}, batch {batch}, {part['device'].iloc[0]}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _settings(ctx) -> dict:
+    extra = ctx.extra or {}
+    cuda = torch.device(ctx.device).type == "cuda"
+    presets = ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]
+    return {"presets": extra.get("compare_presets") or presets,
+            "norms": extra.get("compare_norms") or ["spade", "clade", "clade-icpe"],
+            "batch_sizes": extra.get("compare_batch_sizes") or ([1] if ctx.quick or not cuda else [1, 16]),
+            "repeats": extra.get("compare_repeats") or (3 if ctx.quick else 10),
+            "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
+            "compile": bool(extra.get("compare_compile", False)),
+            "tune_allocator": not extra.get("compare_default_malloc", False),
+            "train": bool(extra.get("compare_train", False)),
+            "train_batch_size": extra.get("compare_train_batch_size") or (16 if cuda and not ctx.quick else 1),
+            "train_repeats": extra.get("compare_train_repeats") or 3,
+            "vgg_weights": extra.get("vgg_weights"),
+            "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
+
+
+def run_compare(ctx) -> dict:
+    """Time plain vs fast generators on ``ctx.device``; write tables/speed_compare.csv and
+    figures/speed_compare.png; return a summary with their captions."""
+    s = _settings(ctx)
+    torch.manual_seed(ctx.seed)
+    df = compare(s["presets"], s["norms"], s["batch_sizes"], device=ctx.device, repeats=s["repeats"],
+                 warmup=s["warmup"], compile=s["compile"], tune_allocator=s["tune_allocator"], **s["overrides"])
+    print(format_table(df))
+    ctx.write_table(df, "speed_compare", settings=s, fp32_tolerance=FP32_TOLERANCE, bf16_tolerance=BF16_TOLERANCE,
+                    peak_tflops_source="NVIDIA datasheets, dense bf16 tensor-core peak (no sparsity): "
+                                       + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()),
+                    weights="official init; BatchNorm running statistics calibrated on one random label map",
+                    timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
+    ctx.write_figure(speed_figure(df), "speed_compare")
+    fast = df[df["variant"] == "fast"]
+    summary = {
+        "tables": [{"file": "tables/speed_compare.csv",
+                    "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
+                               "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
+                               "and the max abs output difference to the plain path against the stated tolerance."}],
+        "figures": [{"file": "figures/speed_compare.png",
+                     "caption": "Median latency per norm and path; labels give the speedup over the "
+                                "official-equivalent path measured in the same run."}],
+        "fast_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
+                                           for r in fast.itertuples()},
+        "all_within_tolerance": bool(df["within_tolerance"].all()),
+        "device": ctx.device,
+    }
+    if s["train"]:
+        train = run_compare_training(ctx, s)
+        summary["tables"] += train.pop("tables")
+        summary.update(train)
+    return summary
+
+
+def run_compare_training(ctx, s: dict) -> dict:
+    """:func:`compare_training` for the settings' presets and norms; tables/speed_train.csv."""
+    df = pd.concat([compare_training(preset, norm, s["train_batch_size"], device=ctx.device, repeats=s["train_repeats"],
+                                     warmup=1, vgg_weights=s["vgg_weights"], compile=s["compile"], seed=ctx.seed,
+                                     **s["overrides"])
+                    for preset in s["presets"] for norm in s["norms"]], ignore_index=True)
+    print(df[["preset", "norm", "batch", "variant", "median_ms", "images_per_s", "speedup_vs_fp32_eager",
+              "first_step_max_rel_loss_diff", "loss_tolerance"]].to_markdown(index=False, floatfmt=".3g"))
+    ctx.write_table(df, "speed_train", settings=s, loss_tolerance=TRAIN_LOSS_TOLERANCE,
+                    timing="recipes of one generator interleaved round-robin (analysis.bench.time_interleaved)")
+    best = df.loc[df.groupby("norm", sort=False)["images_per_s"].idxmax()]
+    return {
+        "tables": [{"file": "tables/speed_train.csv",
+                    "caption": "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
+                               "D step) per recipe: fp32 eager against bf16 autocast and channels_last, images/s "
+                               "and speedup from one interleaved run; first-step losses against fp32 eager's.",
+                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "images_per_s",
+                                "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff", "within_tolerance"]}],
+        "train_best_speedup_vs_fp32_eager": {f"{r.preset}/{r.norm}/b{r.batch}": f"{r.variant} {r.speedup_vs_fp32_eager:.2f}x"
+                                             for r in best.itertuples()},
+        "train_all_within_tolerance": bool(df["within_tolerance"].all()),
     }
 
 
@@ -329,6 +556,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, dest="compare_warmup")
     parser.add_argument("--compile", action="store_true", dest="compare_compile",
                         help="also time accelerate(G, compile=True) (minutes to compile on CPU)")
+    parser.add_argument("--train", action="store_true", dest="compare_train",
+                        help="also time a full training iteration under each recipe (fp32 eager, bf16, channels_last)")
+    parser.add_argument("--train-batch-size", type=int, dest="compare_train_batch_size",
+                        help="training batch (default 1; 16 on CUDA)")
+    parser.add_argument("--train-repeats", type=int, dest="compare_train_repeats", help="timed iterations (default 3)")
+    parser.add_argument("--vgg-weights", type=Path, default=None,
+                        help="VGG19 weights for the perceptual loss (default: random weights, timing only)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--default-malloc", action="store_true", dest="compare_default_malloc",
                         help="keep glibc's default allocator settings (see models.fast.tune_cpu_allocator)")

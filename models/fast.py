@@ -67,6 +67,15 @@ def data_dependent_choices() -> bool:
     return not _graph_safe and syncs_allowed()
 
 
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16, or a CPU with
+    AMX / AVX512-BF16 (oneDNN's check); elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(_MKLDNN._is_mkldnn_bf16_supported())
+
+
 # ----------------------------------------------------------------------------- caches
 def tensor_key(*tensors) -> tuple | None:
     """Identity of tensors' current contents: storage pointer, version counter, dtype, device.
@@ -157,7 +166,7 @@ def _can_prepack(x: torch.Tensor, dtype: torch.dtype) -> bool:
     return (_PREPACK_OPS and not _prepack_broken and x.device.type == "cpu" and x.dim() == 4
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not torch.compiler.is_compiling() and x.dtype == dtype
-            and (dtype == torch.float32 or (dtype == torch.bfloat16 and _MKLDNN._is_mkldnn_bf16_supported()))
+            and (dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16("cpu")))
             and x.is_contiguous(memory_format=torch.channels_last))
 
 

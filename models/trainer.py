@@ -35,6 +35,7 @@ from data.labels import check_label_range, make_semantic
 from . import build_encoder, build_generator_from_config
 from .checkpoint import save_generator_dir
 from .discriminator import MultiscaleDiscriminator
+from .fast import native_bf16
 from .init import init_official
 from .losses import GAN_MODES, VGGLoss, feature_matching_loss, gan_loss, kld_loss
 from .presets import DiscriminatorConfig, GeneratorConfig
@@ -68,8 +69,8 @@ class TrainRecipe:
     ema_decay: float = 0.999         # EMA weight of the old average per generator step
     batch_size: int = 1              # images per process per step (official --batchSize 1)
     seed: int = 0                    # weights, data order and noise all follow from it
-    amp: bool = True                 # bf16 autocast on CUDA; CPU always trains in fp32
-    channels_last: bool = False      # NHWC memory format (helps tensor cores on CUDA)
+    amp: bool = True                 # bf16 autocast where bf16 is native: CUDA, CPUs with AMX / AVX512-BF16
+    channels_last: bool = True       # NHWC memory format (what cuDNN tensor cores and oneDNN prefer)
     compile: bool = False            # torch.compile G and D
 
     def __post_init__(self):
@@ -317,7 +318,7 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
-        self.use_amp = recipe.amp and self.device.type == "cuda"
+        self.use_amp = recipe.amp and native_bf16(self.device)
         self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
 
         seed_everything(recipe.seed)
@@ -337,8 +338,10 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if recipe.ema else None
 
         g_params = list(self.G.parameters()) + (list(self.E.parameters()) if self.E else [])
-        self.opt_G = torch.optim.Adam(g_params, lr=recipe.lr_G, betas=recipe.betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=recipe.lr_D, betas=recipe.betas)
+        # One fused kernel per step instead of a loop over ~100 tensors (CPU and CUDA).
+        fused = self.device.type in ("cpu", "cuda")
+        self.opt_G = torch.optim.Adam(g_params, lr=recipe.lr_G, betas=recipe.betas, fused=fused)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=recipe.lr_D, betas=recipe.betas, fused=fused)
         self.vgg_loss = None
         if recipe.use_vgg:
             from .vgg import VGG19Features

@@ -38,6 +38,9 @@ def add_arguments(group) -> None:
                        help="time a full training iteration (default: on CUDA, off on CPU and in quick mode)")
     group.add_argument("--compare", action="store_true",
                        help="also run the plain-vs-fast comparison of analysis/speed.py")
+    group.add_argument("--compare-train", action="store_true",
+                       help="with --compare: also time training iterations per recipe (fp32 eager vs bf16 / "
+                            "channels_last; minutes on a CPU)")
 
 
 def _option(ctx, name, default):

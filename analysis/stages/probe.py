@@ -261,11 +261,18 @@ def run(ctx: RunContext) -> dict:
                           "by their per-class means (all layers, then one layer at a time) or ICPE's positional "
                           "input is removed.",
     }
+    ratios = ["semantic_ratio", "positional_ratio", "residual_ratio"]
+    shown = {  # what report.md shows of each table (the CSV keeps every column)
+        "probe_layers": ["model", "layer", "resolution", "param", *ratios, "semantic_ratio_weighted"],
+        "probe_channels": ["model", "layer", "resolution", "param", "channel", *ratios],
+        "probe_resolutions": ["model", "resolution", "param", *ratios, "semantic_ratio_weighted", "layers"],
+    }
     tables = []
     for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
                       (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
         path = ctx.write_table(df, table, **meta).relative_to(ctx.out)
-        tables.append({"file": str(path), "caption": captions[table] + note})
+        tables.append({"file": str(path), "caption": captions[table] + note,
+                       **({"columns": shown[table]} if table in shown else {})})
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
     return {"models": list(generators), "images": opts.images, "stand_in": stand_in,
             "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},

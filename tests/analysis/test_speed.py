@@ -56,3 +56,27 @@ def test_official_data_path_is_restored(speed):
 
 def test_peak_is_unknown_on_cpu(speed):
     assert speed.peak_tflops("cpu") != speed.peak_tflops("cpu")  # NaN
+
+
+def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, speed):
+    from models.fast import native_bf16
+    ctx = RunContext(out=tmp_path, device="cpu", quick=True, seed=3,
+                     extra={"compare_presets": ["ade20k"], "compare_norms": ["clade-icpe"], "compare_train": True,
+                            "compare_train_repeats": 2, "compare_overrides": dict(ngf=4, crop_size=64)})
+    summary = speed.run_compare_training(ctx, speed._settings(ctx))
+    df = pd.read_csv(tmp_path / "tables" / "speed_train.csv")
+    assert list(df.columns) == speed.TRAIN_COLUMNS
+    expected = {k for k, v in speed.TRAIN_VARIANTS.items() if not v["amp"] or native_bf16("cpu")}
+    assert set(df["variant"]) == expected and (df["use_vgg"]).all()
+    assert (df["vgg_weights"] == "random (timing only)").all()
+    eager = df.set_index("variant").loc["fp32-eager"]
+    assert eager["speedup_vs_fp32_eager"] == 1 and eager["first_step_max_rel_loss_diff"] == 0
+    assert df["within_tolerance"].all(), df[["variant", "first_step_max_rel_loss_diff", "loss_tolerance"]]
+    assert df.loc[df["variant"] == "fp32-channels-last", "first_step_max_rel_loss_diff"].item() > 0  # really NHWC
+    assert summary["tables"][0]["file"] == "tables/speed_train.csv" and summary["train_all_within_tolerance"]
+
+
+def test_timing_vgg_weights_load_strictly(tmp_path, speed):
+    from models.vgg import VGG19Features
+    vgg = VGG19Features.from_pretrained(speed.timing_vgg_weights(tmp_path))
+    assert sum(p.numel() for p in vgg.parameters()) == 12_944_960   # VGG19 conv1_1 .. conv5_1

@@ -10,6 +10,7 @@ from models import build_generator_from_config, load_generator_dir, load_officia
 from models.presets import generator_config
 from models.trainer import (NonFiniteLossError, Trainer, TrainRecipe, discriminator_config_for,
                             previous_checkpoint)
+from models.fast import native_bf16
 from models.vgg import VGG19_FILE, VGGWeightsMissingError
 
 LABEL_NC, SIZE = 3, 32
@@ -40,7 +41,8 @@ class TinyScenes(Dataset):
 def tiny_trainer(norm="clade", **recipe):
     cfg = generator_config("custom", norm, label_nc=LABEL_NC, contain_dontcare_label=True, ngf=4,
                            crop_size=SIZE, **recipe.pop("g", {}))
-    recipe = TrainRecipe(**{"use_vgg": False, "batch_size": 2, **recipe})
+    # fp32 unless a test asks for bf16: the exactness tests below compare fp32 arithmetic.
+    recipe = TrainRecipe(**{"use_vgg": False, "batch_size": 2, "amp": False, **recipe})
     return Trainer(g_config=cfg, d_config=discriminator_config_for(cfg, ndf=8, n_layers_D=3),
                    recipe=recipe, device="cpu")
 
@@ -241,7 +243,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 
 def test_channels_last_trains_like_contiguous():
     batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
-    plain = tiny_trainer("spade").train_step(batch)
+    plain = tiny_trainer("spade", channels_last=False).train_step(batch)
     nhwc = tiny_trainer("spade", channels_last=True).train_step(batch)
     assert plain.keys() == nhwc.keys()
     assert all(abs(plain[k] - nhwc[k]) < 1e-3 * max(1.0, abs(plain[k])) for k in plain), (plain, nhwc)
@@ -300,3 +302,16 @@ def test_train_one_trains_a_named_variant_under_the_same_recipe(tmp_path):
     assert result["row"]["norm"] == "spade-1x1" and result["row"]["steps"] == 2
     assert (tmp_path / "tables" / "train_log_spade-1x1.csv").is_file() and (tmp_path / "train" / "spade-1x1").is_dir()
     assert not ctx.checkpoint_dir("spade").exists()
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
+def test_bf16_autocast_on_cpu_trains_close_to_fp32():
+    batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
+    fp32, bf16 = tiny_trainer("clade-icpe"), tiny_trainer("clade-icpe", amp=True)
+    assert not fp32.use_amp and bf16.use_amp
+    first = fp32.train_step(batch), bf16.train_step(batch)   # same weights and batch: same losses, rounded
+    assert all(abs(first[0][k] - first[1][k]) < 5e-2 * max(1.0, abs(first[0][k])) for k in first[0]), first
+    before = {k: v.clone() for k, v in bf16.G.named_parameters()}
+    bf16.train_step(batch)
+    assert all(p.dtype == torch.float32 for p in bf16.G.parameters())   # master weights stay fp32
+    assert not torch.equal(bf16.G.up_3.conv_1.weight_orig, before["up_3.conv_1.weight_orig"])
