@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .bench import summarize_times, time_interleaved
+from .costs import generator_inputs
 from .provenance import device_description
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100"
 COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "min_ms", "n",
            "speedup_vs_plain", "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
            "max_abs_diff", "tolerance", "within_tolerance",
-           "gmacs", "achieved_tflops", "peak_tflops", "device", "device_name", "threads", "torch",
+           "gmacs", "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak", "device", "device_name", "threads", "torch",
            "cpu_allocator_tuned", "loadavg_start", "loadavg_end"]
 
 
@@ -96,21 +98,6 @@ def official_data_path():
         generator_module.Conditioning = original
 
 
-def generator_inputs(config, batch: int, *, device="cpu", seed: int = 0) -> dict:
-    """Keyword inputs of ``G``: a blocky random one-hot label map (+ instance edges) and,
-    for CLADE-ICPE, a random ICPE map in (-1, 1). Latency depends on shapes only."""
-    from data.labels import make_semantic
-    gen = torch.Generator().manual_seed(seed)
-    h, w = config.output_size
-    coarse = (batch, 1, max(1, h // 16), max(1, w // 16))
-    label = F.interpolate(torch.randint(0, config.class_nc, coarse, generator=gen).float(), size=(h, w)).long()
-    instance = F.interpolate(torch.randint(0, 1000, coarse, generator=gen).float(), size=(h, w)).long()
-    inputs = {"semantic": make_semantic(label, instance, config).to(device)}
-    if config.norm == "clade-icpe":
-        inputs["dist"] = (torch.rand(batch, 2, h, w, generator=gen) * 2 - 1).to(device)
-    return inputs
-
-
 @torch.no_grad()
 def calibrate_batchnorm(G: torch.nn.Module, inputs: dict) -> torch.nn.Module:
     """Set every BatchNorm's running statistics to those of one train-mode forward of ``inputs``
@@ -141,6 +128,26 @@ def peak_tflops(device) -> float:
         if key in name:
             return value
     return float("nan")
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_tflops(device: str, dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """TFLOP/s of one n x n x n matmul in ``dtype`` ("fp32" / "bf16") on ``device``, median of
+    ``repeats`` after a warm-up: the practical dense peak where no datasheet value applies."""
+    torch_dtype = torch.bfloat16 if dtype.startswith("bf16") else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=torch_dtype) for _ in range(2))
+    times = time_interleaved({"mm": lambda: torch.mm(a, b)}, warmup=1, repeats=repeats, device=device)["mm"]
+    return 2 * n ** 3 / (summarize_times(times)["median_ms"] / 1e3) / 1e12
+
+
+def peak_for(device, dtype: str) -> tuple[float, str]:
+    """(peak TFLOP/s, where it comes from) for rows computing in ``dtype`` on ``device``: the
+    datasheet for bf16 on a known GPU, else :func:`measured_matmul_tflops`."""
+    datasheet = peak_tflops(device)
+    if dtype.startswith("bf16") and datasheet == datasheet:
+        return datasheet, "NVIDIA datasheet, dense bf16"
+    kind = "bf16" if dtype.startswith("bf16") else "fp32"
+    return measured_matmul_tflops(str(device), kind), f"measured 2048^3 {kind} matmul on this device"
 
 
 def _gmacs(config) -> float:
@@ -188,7 +195,8 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
     """Rows of :data:`COLUMNS` for one generator: every variant timed in one interleaved run."""
     from models import build_generator
     G = build_generator(preset, norm, device=device, **overrides)
-    inputs = generator_inputs(G.config, batch, device=device, seed=seed)
+    (semantic,), kwargs = generator_inputs(G.config, batch, device=device, seed=seed)
+    inputs = {"semantic": semantic, **kwargs}
     calibrate_batchnorm(G, inputs)
     fns = variants(G, inputs, device, compile=compile)
     outputs = {name: fn() for name, (_, fn) in fns.items()}  # also compiles / captures
@@ -204,21 +212,22 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
     reference = outputs["plain"].float()
     env = environment(device)
     gmacs = _gmacs(G.config) * batch
-    peak = peak_tflops(device)
     summaries = {name: summarize_times(times[name]) for name in fns}
     rows = []
     for name, (dtype, _) in fns.items():
         s = summaries[name]
         diff = float((outputs[name].float() - reference).abs().max())
         tolerance = FP32_TOLERANCE if dtype == "fp32" else BF16_TOLERANCE
+        peak, peak_source = peak_for(device, dtype)
+        achieved = 2 * gmacs / s["median_ms"]  # GMAC/ms = TMAC/s
         rows.append({"preset": preset, "norm": norm, "batch": batch, "variant": name, "dtype": dtype, **s,
                      "speedup_vs_plain": summaries["plain"]["median_ms"] / s["median_ms"],
                      "speedup_vs_official_equiv": summaries["official-equiv"]["median_ms"] / s["median_ms"],
                      "alone_median_ms": alone[name]["median_ms"],
                      "alone_speedup_vs_official_equiv": alone["official-equiv"]["median_ms"] / alone[name]["median_ms"],
                      "max_abs_diff": diff, "tolerance": tolerance, "within_tolerance": diff <= tolerance,
-                     "gmacs": gmacs, "achieved_tflops": 2 * gmacs / s["median_ms"],  # GMAC/ms = TMAC/s
-                     "peak_tflops": peak, **env, "cpu_allocator_tuned": allocator_tuned,
+                     "gmacs": gmacs, "achieved_tflops": achieved, "peak_tflops": peak, "peak_source": peak_source,
+                     "fraction_of_peak": achieved / peak, **env, "cpu_allocator_tuned": allocator_tuned,
                      "loadavg_start": load_start, "loadavg_end": load_end})
     return pd.DataFrame(rows)[COLUMNS]
 
@@ -328,7 +337,7 @@ def format_table(df: pd.DataFrame) -> str:
     """The comparison as a Markdown table (latency, ratios, differences)."""
     show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_plain",
                "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
-               "max_abs_diff", "tolerance"]]
+               "max_abs_diff", "tolerance", "achieved_tflops", "fraction_of_peak"]]
     return show.to_markdown(index=False, floatfmt=".3g")
 
 
@@ -383,8 +392,9 @@ def run_compare(ctx) -> dict:
                  warmup=s["warmup"], compile=s["compile"], tune_allocator=s["tune_allocator"], **s["overrides"])
     print(format_table(df))
     ctx.write_table(df, "speed_compare", settings=s, fp32_tolerance=FP32_TOLERANCE, bf16_tolerance=BF16_TOLERANCE,
-                    peak_tflops_source="NVIDIA datasheets, dense bf16 tensor-core peak (no sparsity): "
-                                       + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()),
+                    peak_tflops_source="bf16 on a known GPU: NVIDIA datasheets, dense tensor-core peak (no "
+                                       "sparsity): " + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items())
+                                       + "; otherwise a 2048^3 matmul measured in the same dtype on this device",
                     weights="official init; BatchNorm running statistics calibrated on one random label map",
                     timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
     ctx.write_figure(speed_figure(df), "speed_compare")
@@ -393,117 +403,11 @@ def run_compare(ctx) -> dict:
         "tables": [{"file": "tables/speed_compare.csv",
                     "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
                                "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
-                               "and the max abs output difference to the plain path against the stated tolerance."}],
-        "figures": [{"file": "figures/speed_compare.png",
-                     "caption": "Median latency per norm and path; labels give the speedup over the "
-                                "official-equivalent path measured in the same run."}],
-        "fast_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
-                                           for r in fast.itertuples()},
-        "all_within_tolerance": bool(df["within_tolerance"].all()),
-        "device": ctx.device,
-    }
-    if s["train"]:
-        train = run_compare_training(ctx, s)
-        summary["tables"] += train.pop("tables")
-        summary.update(train)
-    return summary
-
-
-def run_compare_training(ctx, s: dict) -> dict:
-    """:func:`compare_training` for the settings' presets and norms; tables/speed_train.csv."""
-    df = pd.concat([compare_training(preset, norm, s["train_batch_size"], device=ctx.device, repeats=s["train_repeats"],
-                                     warmup=1, vgg_weights=s["vgg_weights"], compile=s["compile"], seed=ctx.seed,
-                                     **s["overrides"])
-                    for preset in s["presets"] for norm in s["norms"]], ignore_index=True)
-    print(df[["preset", "norm", "batch", "variant", "median_ms", "images_per_s", "speedup_vs_fp32_eager",
-              "first_step_max_rel_loss_diff", "loss_tolerance"]].to_markdown(index=False, floatfmt=".3g"))
-    ctx.write_table(df, "speed_train", settings=s, loss_tolerance=TRAIN_LOSS_TOLERANCE,
-                    timing="recipes of one generator interleaved round-robin (analysis.bench.time_interleaved)")
-    best = df.loc[df.groupby("norm", sort=False)["images_per_s"].idxmax()]
-    return {
-        "tables": [{"file": "tables/speed_train.csv",
-                    "caption": "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
-                               "D step) per recipe: fp32 eager against bf16 autocast and channels_last, images/s "
-                               "and speedup from one interleaved run; first-step losses against fp32 eager's.",
-                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "images_per_s",
-                                "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff", "within_tolerance"]}],
-        "train_best_speedup_vs_fp32_eager": {f"{r.preset}/{r.norm}/b{r.batch}": f"{r.variant} {r.speedup_vs_fp32_eager:.2f}x"
-                                             for r in best.itertuples()},
-        "train_all_within_tolerance": bool(df["within_tolerance"].all()),
-    }
-
-
-# ----------------------------------------------------------------------------- report
-def format_table(df: pd.DataFrame) -> str:
-    """The comparison as a Markdown table (latency, ratios, differences)."""
-    show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_plain",
-               "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
-               "max_abs_diff", "tolerance"]]
-    return show.to_markdown(index=False, floatfmt=".3g")
-
-
-def speed_figure(df: pd.DataFrame):
-    """Bars of median latency per norm and variant, one panel per (preset, batch)."""
-    import matplotlib.pyplot as plt
-    groups = list(df.groupby(["preset", "batch"], sort=False))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
-    for ax, ((preset, batch), part) in zip(axes[0], groups):
-        names = list(dict.fromkeys(part["variant"]))
-        norms = list(dict.fromkeys(part["norm"]))
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            rows = part[part["variant"] == name].set_index("norm").reindex(norms)
-            xs = [j + i * width for j in range(len(norms))]
-            bars = ax.bar(xs, rows["median_ms"], width, label=name)
-            for bar, ratio in zip(bars, rows["speedup_vs_official_equiv"]):
-                ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(norms))], norms)
-        ax.set_ylabel("median latency (ms)")
-        ax.set_title(f"{preset}, batch {batch}, {part['device'].iloc[0]}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _settings(ctx) -> dict:
-    extra = ctx.extra or {}
-    cuda = torch.device(ctx.device).type == "cuda"
-    presets = ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]
-    return {"presets": extra.get("compare_presets") or presets,
-            "norms": extra.get("compare_norms") or ["spade", "clade", "clade-icpe"],
-            "batch_sizes": extra.get("compare_batch_sizes") or ([1] if ctx.quick or not cuda else [1, 16]),
-            "repeats": extra.get("compare_repeats") or (3 if ctx.quick else 10),
-            "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
-            "compile": bool(extra.get("compare_compile", False)),
-            "tune_allocator": not extra.get("compare_default_malloc", False),
-            "train": bool(extra.get("compare_train", False)),
-            "train_batch_size": extra.get("compare_train_batch_size") or (16 if cuda and not ctx.quick else 1),
-            "train_repeats": extra.get("compare_train_repeats") or 3,
-            "vgg_weights": extra.get("vgg_weights"),
-            "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
-
-
-def run_compare(ctx) -> dict:
-    """Time plain vs fast generators on ``ctx.device``; write tables/speed_compare.csv and
-    figures/speed_compare.png; return a summary with their captions."""
-    s = _settings(ctx)
-    torch.manual_seed(ctx.seed)
-    df = compare(s["presets"], s["norms"], s["batch_sizes"], device=ctx.device, repeats=s["repeats"],
-                 warmup=s["warmup"], compile=s["compile"], tune_allocator=s["tune_allocator"], **s["overrides"])
-    print(format_table(df))
-    ctx.write_table(df, "speed_compare", settings=s, fp32_tolerance=FP32_TOLERANCE, bf16_tolerance=BF16_TOLERANCE,
-                    peak_tflops_source="NVIDIA datasheets, dense bf16 tensor-core peak (no sparsity): "
-                                       + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()),
-                    weights="official init; BatchNorm running statistics calibrated on one random label map",
-                    timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
-    ctx.write_figure(speed_figure(df), "speed_compare")
-    fast = df[df["variant"] == "fast"]
-    summary = {
-        "tables": [{"file": "tables/speed_compare.csv",
-                    "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
-                               "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
-                               "and the max abs output difference to the plain path against the stated tolerance."}],
+                               "and the max abs output difference to the plain path against the stated tolerance; "
+                               "fraction_of_peak: achieved TFLOP/s over the peak named in peak_source.",
+                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "speedup_vs_official_equiv",
+                                "alone_median_ms", "alone_speedup_vs_official_equiv", "max_abs_diff",
+                                "fraction_of_peak"]}],
         "figures": [{"file": "figures/speed_compare.png",
                      "caption": "Median latency per norm and path; labels give the speedup over the "
                                 "official-equivalent path measured in the same run."}],

@@ -44,6 +44,9 @@ def test_run_compare_writes_table_and_figure(tmp_path, speed):
     assert summary["figures"][0]["file"] == "figures/speed_compare.png" and summary["figures"][0]["caption"]
     assert summary["all_within_tolerance"]
     assert not df["cpu_allocator_tuned"].any()
+    # No datasheet for a CPU: the peak is a matmul measured here, in the row's dtype.
+    assert df["peak_source"].str.startswith("measured").all() and (df["fraction_of_peak"] > 0).all()
+    assert (df.loc[df["dtype"] == "bf16", "peak_source"].str.contains("bf16")).all()
 
 
 def test_official_data_path_is_restored(speed):
