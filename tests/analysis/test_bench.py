@@ -85,7 +85,8 @@ def test_bench_train_step_reports_images_per_second(monkeypatch):
                              d_overrides=dict(ndf=8, n_layers_D=3))
     row = table.iloc[0]
     assert row.images_per_s == pytest.approx(1e3 / row.median_ms)
-    assert row["dtype"] == "fp32" and not row.use_vgg
+    from models.fast import native_bf16
+    assert row["dtype"] == ("bf16-autocast" if native_bf16("cpu") else "fp32") and not row.use_vgg
 
 
 def test_profile_ops_finds_the_convolutions():
