@@ -404,7 +404,9 @@ def run_compare(ctx) -> dict:
                     "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
                                "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
                                "and the max abs output difference to the plain path against the stated tolerance; "
-                               "fraction_of_peak: achieved TFLOP/s over the peak named in peak_source.",
+                               "fraction_of_peak: achieved TFLOP/s (the generator's nominal fvcore MACs over the "
+                               "time; the fast path skips some, e.g. one-hot convs, so it can pass 1) over the "
+                               "peak named in peak_source.",
                     "columns": ["preset", "norm", "batch", "variant", "median_ms", "speedup_vs_official_equiv",
                                 "alone_median_ms", "alone_speedup_vs_official_equiv", "max_abs_diff",
                                 "fraction_of_peak"]}],
