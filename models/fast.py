@@ -165,9 +165,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _can_prepack(x: torch.Tensor, dtype: torch.dtype) -> bool:
-    return (_PREPACK_OPS and not _prepack_broken and x.device.type == "cpu" and x.dim() == 4
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.compiler.is_compiling() and x.dtype == dtype
+    return (_PREPACK_OPS and not _prepack_broken and not torch.compiler.is_compiling()
+            and x.device.type == "cpu" and x.dim() == 4
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and x.dtype == dtype
             and (dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16("cpu")))
             and x.is_contiguous(memory_format=torch.channels_last))
 
@@ -292,30 +292,37 @@ TILE_BYTES = 1 << 20
 
 
 def class_affine(x: torch.Tensor, label: torch.Tensor, table: torch.Tensor, *,
-                 scales: torch.Tensor | None = None, negative_slope: float | None = None,
-                 extra_channels: int = 0, tile_bytes: int | None = None) -> torch.Tensor:
+                 scales: torch.Tensor | None = None, extra: torch.Tensor | None = None,
+                 negative_slope: float | None = None, tile_bytes: int | None = None) -> torch.Tensor:
     """Per-class affine modulation of ``x`` [N, C, H, W] by class map ``label`` [N, H, W].
 
     ``table`` [classes, 2C] (or [classes, 3C] with ``scales``) in x's dtype; with rows
     ``A, B(, D) = table[label]`` split in C-channel parts the output is ``x * A + B``, or
-    ``(x * A + B) * scales[..., :1] + D * scales[..., 1:]`` for ICPE scales [N, H, W, 2],
-    then ``leaky_relu(., negative_slope)`` if given. Output channels_last with
-    ``extra_channels`` more channels after the C computed ones, left for the caller to fill.
+    ``(x * A + B) * scales[..., :1] + D * scales[..., 1:]`` for ICPE scales [N, H, W, 2];
+    ``extra`` [N, E, H, W] channels are appended (CLADE's edge feature), then
+    ``leaky_relu(., negative_slope)`` if given. Output channels_last, [N, C + E, H, W].
 
     On CPU the rows are gathered tile by tile (``tile_bytes``, default :data:`TILE_BYTES`) so
-    they are consumed while in cache; elsewhere in one pass over the whole map.
+    they are consumed while in cache; elsewhere in one pass over the whole map, and under
+    ``torch.compile`` as one functional expression (no ``out=``: no graph break).
     """
     n, c, h, w = x.shape
     x = x.contiguous(memory_format=torch.channels_last)
-    out = torch.empty((n, c + extra_channels, h, w), dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last)
+    if torch.compiler.is_compiling():   # one functional expression: the compiler fuses it
+        return _class_affine_expression(x, label, table, scales, extra, negative_slope)
+    e = 0 if extra is None else extra.shape[1]
+    out = torch.empty((n, c + e, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if extra is not None:
+        out[:, c:] = extra
+        if negative_slope is not None:
+            F.leaky_relu_(out[:, c:], negative_slope)
     rows_total = n * h
     rows_per_tile = rows_total
     if x.device.type == "cpu":
         tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
         rows_per_tile = max(1, tile_bytes // (w * table.shape[1] * table.element_size()))
     x_rows = x.permute(0, 2, 3, 1).view(rows_total, w, c)   # views: NHWC memory
-    out_rows = out.permute(0, 2, 3, 1).view(rows_total, w, c + extra_channels)[..., :c]
+    out_rows = out.permute(0, 2, 3, 1).view(rows_total, w, c + e)[..., :c]
     label_rows = label.reshape(rows_total, w)
     scale_rows = None if scales is None else scales.to(x.dtype).reshape(rows_total, w, 2)
     for start in range(0, rows_total, rows_per_tile):
@@ -327,6 +334,20 @@ def class_affine(x: torch.Tensor, label: torch.Tensor, table: torch.Tensor, *,
         if negative_slope is not None:
             F.leaky_relu_(o, negative_slope)
     return out
+
+
+def _class_affine_expression(x, label, table, scales, extra, negative_slope):
+    c = x.shape[1]
+    rows = F.embedding(label, table).permute(0, 3, 1, 2)
+    out = torch.addcmul(rows[:, c:2 * c], x, rows[:, :c])
+    if scales is not None:
+        s = scales.to(x.dtype).permute(0, 3, 1, 2)
+        out = out * s[:, :1] + rows[:, 2 * c:] * s[:, 1:]
+    if extra is not None:
+        out = torch.cat([out, extra.to(out.dtype)], 1)
+    if negative_slope is not None:
+        out = F.leaky_relu(out, negative_slope)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------- CPU allocator

@@ -368,13 +368,9 @@ class CLADE(ModulatedNorm):
         table, center = eval_cache(self, "tables", key, tables)
         x = _normalise_input(norm, x, fold, center)
         scales = affine_module.icpe_scales(cond.dist_at(size)) if icpe else None
-        out = class_affine(x, cond.label_at(size), table, scales=scales, negative_slope=negative_slope,
-                           extra_channels=int(self.edge))
-        if self.edge:
-            out[:, -1:] = self._edge_feature(cond.edge_at(size))
-            if negative_slope is not None:
-                F.leaky_relu_(out[:, -1:], negative_slope)
-        return out
+        edge = self._edge_feature(cond.edge_at(size)) if self.edge else None
+        return class_affine(x, cond.label_at(size), table, scales=scales, extra=edge,
+                            negative_slope=negative_slope)
 
     def _edge_feature(self, edge: torch.Tensor) -> torch.Tensor:
         # inst_conv is a 1x1 conv from one channel to one: w * edge + b, without a conv call.

@@ -8,7 +8,7 @@ from torch import nn
 
 from data.labels import make_semantic
 from models import build_generator
-from models.fast import accelerate, class_affine, clear_eval_caches, graph_safe, onehot_conv, tap_indices
+from models.fast import _class_affine_expression, accelerate, class_affine, clear_eval_caches, graph_safe, onehot_conv, tap_indices
 from models.norms import Conditioning
 
 FP32_TOL = 1e-4
@@ -258,13 +258,14 @@ def test_compiled_equals_plain():
     assert (accelerate(G, compile=True)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
 
 
-def _class_affine_reference(x, label, table, scales, negative_slope):
+def _class_affine_reference(x, label, table, scales, extra, negative_slope):
     c = x.shape[1]
     rows = table[label].permute(0, 3, 1, 2)
     out = x * rows[:, :c] + rows[:, c:2 * c]
     if scales is not None:
         s = scales.permute(0, 3, 1, 2)
         out = out * s[:, :1] + rows[:, 2 * c:] * s[:, 1:]
+    out = torch.cat([out, extra], 1)
     return out if negative_slope is None else F.leaky_relu(out, negative_slope)
 
 
@@ -277,12 +278,15 @@ def test_class_affine_tiles_equal_one_pass(icpe, tile_bytes):
     label = torch.randint(0, classes, (n, h, w), generator=gen)
     table = torch.randn(classes, (3 if icpe else 2) * c, generator=gen)
     scales = torch.rand(n, h, w, 2, generator=gen) + 0.5 if icpe else None
+    extra = torch.randn(n, 1, h, w, generator=gen)
     for negative_slope in (None, 0.2):
-        out = class_affine(x, label, table, scales=scales, negative_slope=negative_slope,
-                           extra_channels=1, tile_bytes=tile_bytes)
+        out = class_affine(x, label, table, scales=scales, extra=extra, negative_slope=negative_slope,
+                           tile_bytes=tile_bytes)
         assert out.shape == (n, c + 1, h, w) and out.is_contiguous(memory_format=torch.channels_last)
-        expected = _class_affine_reference(x, label, table, scales, negative_slope)
-        assert torch.allclose(out[:, :c], expected, atol=1e-6)
+        expected = _class_affine_reference(x, label, table, scales, extra, negative_slope)
+        assert torch.allclose(out, expected, atol=1e-6)
+        traced = _class_affine_expression(x, label, table, scales, extra, negative_slope)   # what compile sees
+        assert torch.allclose(traced, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["clade", "clade-icpe"])
