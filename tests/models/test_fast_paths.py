@@ -297,3 +297,14 @@ def test_tiled_generator_equals_plain(norm, monkeypatch):
     semantic, dist = inputs(G)
     plain = run(G, semantic, dist, fast=False)
     assert (run(G, semantic, dist, fast=True) - plain).abs().max() < FP32_TOL
+
+
+@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
+def test_fast_path_traces_as_one_graph(norm):
+    """torch.compile sees the whole eval fast path as one graph (graph breaks cost recompiles
+    per layer and rule out CUDA graphs); no C++ compiler needed to check it."""
+    G = calibrated(norm, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(lambda s, d: G(s, dist=d))(semantic, dist)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
