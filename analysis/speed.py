@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -146,7 +147,7 @@ def peak_for(device, dtype: str) -> tuple[float, str]:
     """(peak TFLOP/s, where it comes from) for rows computing in ``dtype`` on ``device``: the
     datasheet for bf16 on a known GPU, else :func:`measured_matmul_tflops`."""
     datasheet = peak_tflops(device)
-    if dtype.startswith("bf16") and datasheet == datasheet:
+    if dtype.startswith("bf16") and not math.isnan(datasheet):
         return datasheet, "NVIDIA datasheet, dense bf16"
     kind = "bf16" if dtype.startswith("bf16") else "fp32"
     return measured_matmul_tflops(str(device), kind), f"measured 2048^3 {kind} matmul on this device"
@@ -304,10 +305,10 @@ def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeat
     from models.trainer import Trainer, TrainRecipe, discriminator_config_for
     from .bench import synthetic_batch
 
-    recipes = {k: v for k, v in TRAIN_VARIANTS.items() if not v["amp"] or native_bf16(device)}
+    bf16 = native_bf16(device)
+    recipes = {k: v for k, v in TRAIN_VARIANTS.items() if not v["amp"] or bf16}
     if compile:
-        recipes["bf16-channels-last-compiled" if native_bf16(device) else "fp32-channels-last-compiled"] = dict(
-            amp=native_bf16(device), channels_last=True, compile=True)
+        recipes[f"{'bf16' if bf16 else 'fp32'}-channels-last-compiled"] = dict(amp=bf16, channels_last=True, compile=True)
     config = generator_config(preset, norm, **overrides)
     data = synthetic_batch(config, batch, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

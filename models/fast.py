@@ -32,6 +32,7 @@ call signature.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -72,10 +73,15 @@ def data_dependent_choices() -> bool:
 def native_bf16(device) -> bool:
     """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16, or a CPU with
     AMX / AVX512-BF16 (oneDNN's check); elsewhere bf16 is emulated and slower than fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    return _native_bf16(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16(device_type: str) -> bool:
+    # Asked per conv call by the eval fast path: a hardware fact, looked up once.
+    if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(_MKLDNN._is_mkldnn_bf16_supported())
+    return device_type == "cpu" and torch.backends.mkldnn.is_available() and bool(_MKLDNN._is_mkldnn_bf16_supported())
 
 
 # ----------------------------------------------------------------------------- caches
