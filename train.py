@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default on)")
+    p.add_argument("--spectral-input-scaling", action=argparse.BooleanOptionalAction, default=None,
+                   help="spectral norm as conv(x / sigma, W) where the input is smaller than the weight, "
+                        "same result (default on; --no-spectral-input-scaling divides the weights, as the "
+                        "official code)")
     p.add_argument("--ema", action="store_true", default=None, help="keep (and export) an EMA of G")
     p.add_argument("--no_TTUR", action="store_true", default=None, help="same lr for G and D (official flag)")
     p.add_argument("--no_ganFeat_loss", action="store_true", default=None,
@@ -155,7 +159,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
         if key in r_fields:
             r_over[key] = value
     flags = dict(batch_size=args.batch_size, seed=args.seed, amp=args.amp, compile=args.compile,
-                 channels_last=args.channels_last, ema=args.ema)
+                 channels_last=args.channels_last, spectral_input_scaling=args.spectral_input_scaling, ema=args.ema)
     r_over.update({k: v for k, v in flags.items() if v is not None})
     if args.no_vgg:
         r_over["use_vgg"] = False
@@ -221,7 +225,7 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     if args.epochs is not None:
         options["run"]["steps"] = None
     ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, "batch_size",
-                           "seed", "ema", "amp", "compile", "channels_last", "dataroot")
+                           "seed", "ema", "amp", "compile", "channels_last", "spectral_input_scaling", "dataroot")
                if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
     if ignored:
         log.warning("resuming %s: its options.json decides %s; the command line values are ignored",

@@ -17,8 +17,9 @@ For each preset, norm and batch size, these variants are timed round-robin in on
 - on CUDA also ``plain-bf16-autocast`` and ``fast-bf16-cudagraph`` (CUDA graph replay).
 
 ``--train`` also times a full training iteration (G step with every loss, D step) under the
-recipes of :data:`TRAIN_VARIANTS`: fp32 eager, bf16 autocast and channels_last
-(:func:`compare_training`, ``tables/speed_train.csv``).
+recipes of :data:`TRAIN_VARIANTS`: fp32 eager with the official spectral norm (weights divided
+by sigma), then one change at a time: spectral norm on the inputs (``models.spectral``),
+channels_last, bf16 autocast (:func:`compare_training`, ``tables/speed_train.csv``).
 
 On CPU the process's allocator is tuned first (``models.fast.tune_cpu_allocator``; it speeds
 up every variant by ~20%, the official-equivalent one included; ``--default-malloc`` skips it).
@@ -263,15 +264,19 @@ def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, war
 
 # ----------------------------------------------------------------------------- training
 # Trainer recipes compared by compare_training (models.trainer.TrainRecipe options).
+# fp32-eager is the official computation (spectral norm divides the weights); each later
+# variant adds one change, the last is the TrainRecipe default.
 TRAIN_VARIANTS = {
-    "fp32-eager": dict(amp=False, channels_last=False),
+    "fp32-eager": dict(amp=False, channels_last=False, spectral_input_scaling=False),
+    "fp32-sn-input-scaling": dict(amp=False, channels_last=False),
     "fp32-channels-last": dict(amp=False, channels_last=True),
     "bf16-autocast": dict(amp=True, channels_last=False),
-    "bf16-channels-last": dict(amp=True, channels_last=True),   # the TrainRecipe default
+    "bf16-channels-last": dict(amp=True, channels_last=True),
 }
 # First-step losses of a variant vs fp32-eager from the same weights and batch (relative).
 TRAIN_LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
-TRAIN_COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "channels_last", "compiled", "use_vgg", "vgg_weights",
+TRAIN_COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "spectral_input_scaling", "channels_last", "compiled",
+                 "use_vgg", "vgg_weights",
                  "median_ms", "p90_ms", "images_per_s", "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff",
                  "loss_tolerance", "within_tolerance", "device", "device_name", "threads", "torch"]
 
@@ -330,6 +335,7 @@ def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeat
         s = summaries[name]
         rows.append({"preset": preset, "norm": norm, "batch": batch, "variant": name,
                      "dtype": "bf16-autocast" if trainer.use_amp else "fp32",
+                     "spectral_input_scaling": trainer.recipe.spectral_input_scaling,
                      "channels_last": trainer.recipe.channels_last, "compiled": trainer.recipe.compile,
                      "use_vgg": use_vgg, "vgg_weights": "none" if not use_vgg else (
                          str(vgg_weights) if vgg_weights else "random (timing only)"),
@@ -448,7 +454,8 @@ def run_compare_training(ctx, s: dict) -> dict:
     return {
         "tables": [{"file": "tables/speed_train.csv",
                     "caption": "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
-                               "D step) per recipe: fp32 eager against bf16 autocast and channels_last, images/s "
+                               "D step) per recipe: fp32 eager (official spectral norm) against spectral norm on the "
+                               "inputs, bf16 autocast and channels_last, images/s "
                                "and speedup from one interleaved run; first-step losses against fp32 eager's.",
                     "columns": ["preset", "norm", "batch", "variant", "median_ms", "images_per_s",
                                 "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff", "within_tolerance"]}],
@@ -472,7 +479,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", dest="compare_compile",
                         help="also time accelerate(G, compile=True) (minutes to compile on CPU)")
     parser.add_argument("--train", action="store_true", dest="compare_train",
-                        help="also time a full training iteration under each recipe (fp32 eager, bf16, channels_last)")
+                        help="also time a full training iteration under each recipe of TRAIN_VARIANTS "
+                             "(official fp32 eager, spectral norm on inputs, channels_last, bf16)")
     parser.add_argument("--train-batch-size", type=int, dest="compare_train_batch_size",
                         help="training batch (default 1; 16 on CUDA)")
     parser.add_argument("--train-repeats", type=int, dest="compare_train_repeats", help="timed iterations (default 3)")

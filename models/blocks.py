@@ -4,15 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import spectral_norm
 
 from .fast import conv_eval
 from .norms import Conditioning, build_norm, extra_channels
-
-
-def maybe_spectral(module: nn.Module, enabled: bool) -> nn.Module:
-    """Hook-based spectral norm (keys ``weight_orig/_u/_v``, as in official checkpoints)."""
-    return spectral_norm(module) if enabled else module
+from .spectral import maybe_spectral
 
 
 class ResnetBlock(nn.Module):

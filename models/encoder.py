@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import maybe_spectral
+from .spectral import maybe_spectral
 
 
 def _layer(cin: int, cout: int) -> nn.Sequential:

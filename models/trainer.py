@@ -39,6 +39,7 @@ from .fast import native_bf16
 from .init import init_official
 from .losses import GAN_MODES, VGGLoss, feature_matching_loss, gan_loss, kld_loss
 from .presets import DiscriminatorConfig, GeneratorConfig
+from .spectral import set_input_scaling
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class TrainRecipe:
     seed: int = 0                    # weights, data order and noise all follow from it
     amp: bool = True                 # bf16 autocast where bf16 is native: CUDA, CPUs with AMX / AVX512-BF16
     channels_last: bool = True       # NHWC memory format (what cuDNN tensor cores and oneDNN prefer)
+    spectral_input_scaling: bool = True  # conv(x / sigma, W) where x is smaller than W (models.spectral)
     compile: bool = False            # torch.compile G and D
 
     def __post_init__(self):
@@ -335,6 +337,7 @@ class Trainer:
                      "statistics (rank 0's are broadcast at every forward and saved)")
         for net in self.networks().values():
             net.to(memory_format=self.memory_format)
+            set_input_scaling(net, recipe.spectral_input_scaling)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if recipe.ema else None
 
         g_params = list(self.G.parameters()) + (list(self.E.parameters()) if self.E else [])

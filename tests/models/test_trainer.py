@@ -171,9 +171,11 @@ def test_missing_vgg_weights_fail_naming_the_file(tmp_path):
 def test_train_cli_dry_run_prints_options(capsys, tmp_path):
     import train
     code = train.main(["--preset", "synthetic", "--norm", "spade", "--spade_kernel_size", "1", "--ngf", "8",
-                       "--steps", "5", "--no-vgg", "--set", "lambda_feat=5", "--out", str(tmp_path), "--dry-run"])
+                       "--steps", "5", "--no-vgg", "--set", "lambda_feat=5", "--out", str(tmp_path), "--dry-run",
+                       "--no-spectral-input-scaling"])
     assert code == 0
     options = json.loads(capsys.readouterr().out)
+    assert options["recipe"]["spectral_input_scaling"] is False
     assert options["generator"]["spade_kernel_size"] == 1 and options["generator"]["ngf"] == 8
     assert options["recipe"]["lambda_feat"] == 5 and options["recipe"]["use_vgg"] is False
     assert options["run"]["steps"] == 5 and not list(tmp_path.iterdir())  # nothing written
@@ -247,6 +249,19 @@ def test_channels_last_trains_like_contiguous():
     nhwc = tiny_trainer("spade", channels_last=True).train_step(batch)
     assert plain.keys() == nhwc.keys()
     assert all(abs(plain[k] - nhwc[k]) < 1e-3 * max(1.0, abs(plain[k])) for k in plain), (plain, nhwc)
+
+
+def test_spectral_input_scaling_trains_like_the_official_division():
+    from models.spectral import InputScaledSpectralNorm
+    batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
+    official, scaled = tiny_trainer("clade", spectral_input_scaling=False), tiny_trainer("clade")
+    for trainer, enabled in ((official, False), (scaled, True)):
+        hooks = [h for net in trainer.networks().values() for m in net.modules()
+                 for h in m._forward_pre_hooks.values() if isinstance(h, InputScaledSpectralNorm)]
+        assert hooks and {h.input_scaling for h in hooks} == {enabled}
+    for _ in range(3):
+        a, b = official.train_step(batch), scaled.train_step(batch)
+        assert all(abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(a[k])) for k in a), (a, b)
 
 
 @pytest.mark.slow
