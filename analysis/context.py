@@ -9,6 +9,9 @@ import pandas as pd
 
 from .provenance import provenance, write_json_atomic
 
+# What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.
+SYNTHETIC_DATAROOT = "built-in synthetic scenes"
+
 
 @dataclass
 class RunContext:
@@ -32,6 +35,15 @@ class RunContext:
     def __post_init__(self):
         self.out = Path(self.out)
 
+    @classmethod
+    def from_meta(cls, meta: dict, out, **options) -> RunContext:
+        """A context on the same data as the run that wrote ``meta`` (a table's
+        ``*.meta.json``: preset, seed, quick, dataroot), writing under ``out``."""
+        dataroot = meta.get("dataroot")
+        settings = dict(preset=meta["preset"], seed=meta["seed"], quick=meta["quick"],
+                        dataroot=None if dataroot in (None, SYNTHETIC_DATAROOT) else Path(dataroot))
+        return cls(out=out, **{**settings, **options})
+
     @property
     def tables_dir(self) -> Path:
         return self.out / "tables"
@@ -51,7 +63,7 @@ class RunContext:
 
     def meta(self, **extra) -> dict:
         return provenance(self.device, seed=self.seed, preset=self.preset, quick=self.quick,
-                          dataroot=str(self.dataroot) if self.dataroot else "built-in synthetic scenes",
+                          dataroot=str(self.dataroot) if self.dataroot else SYNTHETIC_DATAROOT,
                           **extra)
 
     def write_table(self, df: pd.DataFrame, name: str, **meta) -> Path:

@@ -264,13 +264,15 @@ def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, war
 
 # ----------------------------------------------------------------------------- training
 # Trainer recipes compared by compare_training (models.trainer.TrainRecipe options).
-# fp32-eager is the official computation (spectral norm divides the weights); each later
-# variant adds one change, the last is the TrainRecipe default.
+# fp32-eager is the official computation (spectral norm divides the weights); the next three
+# add one change each; the last is the TrainRecipe default, the one before it the default
+# with the official spectral norm.
 TRAIN_VARIANTS = {
     "fp32-eager": dict(amp=False, channels_last=False, spectral_input_scaling=False),
     "fp32-sn-input-scaling": dict(amp=False, channels_last=False),
     "fp32-channels-last": dict(amp=False, channels_last=True),
     "bf16-autocast": dict(amp=True, channels_last=False),
+    "bf16-channels-last-official-sn": dict(amp=True, channels_last=True, spectral_input_scaling=False),
     "bf16-channels-last": dict(amp=True, channels_last=True),
 }
 # First-step losses of a variant vs fp32-eager from the same weights and batch (relative).

@@ -432,8 +432,12 @@ class Trainer:
 
     def _d_input(self, semantic, fake, real):
         # Fake and real in one batch (official): same instance-norm / batch statistics path.
-        fake_and_real = torch.cat([torch.cat([semantic, fake.to(semantic.dtype)], 1),
-                                   torch.cat([semantic, real], 1)], 0)
+        # Built in the compute dtype, which D's first conv casts to anyway (labels are exact in
+        # bf16): half the bytes to concatenate and pool, no cast copy (~7% of a CPU iteration).
+        dtype = torch.bfloat16 if self.use_amp else semantic.dtype
+        semantic = semantic.to(dtype)
+        fake_and_real = torch.cat([torch.cat([semantic, semantic], 0),
+                                   torch.cat([fake.to(dtype), real.to(dtype)], 0)], 1)
         return fake_and_real.contiguous(memory_format=self.memory_format)
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:

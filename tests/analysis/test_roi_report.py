@@ -1,5 +1,6 @@
 """Pareto fronts, ROI tables and plots, and report assembly from stage records."""
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -324,3 +325,14 @@ def test_eval_stage_rejects_a_generator_that_differs_from_the_first(tmp_path, op
         eval_stage.run(RunContext(out=tmp_path, quick=True, extra={"eval_images": 8}))
     assert f"generator folder {odd}:" in str(error.value)
     assert f"like {tmp_path / 'checkpoints' / 'spade'} (the first generator" in str(error.value)
+
+
+@pytest.mark.parametrize("dataroot", [None, "datasets/ade20k"], ids=["synthetic", "real"])
+def test_context_from_a_tables_meta_reads_the_same_data(tmp_path, dataroot):
+    ctx = RunContext(out=tmp_path / "a", preset="ade20k", seed=3, quick=True,
+                     dataroot=None if dataroot is None else Path(dataroot))
+    table = ctx.write_table(pd.DataFrame({"x": [1]}), "t")
+    meta = json.loads(table.with_suffix(".meta.json").read_text())
+    again = RunContext.from_meta(meta, out=tmp_path / "b", device="cpu")
+    assert (again.preset, again.seed, again.quick, again.dataroot) == ("ade20k", 3, True, ctx.dataroot)
+    assert again.out == tmp_path / "b"

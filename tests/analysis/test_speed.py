@@ -79,6 +79,7 @@ def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, spe
     for name, options in speed.TRAIN_VARIANTS.items():
         if name in ran.index:
             assert ran.loc[name, "channels_last"] == options["channels_last"]
+            assert ran.loc[name, "spectral_input_scaling"] == options.get("spectral_input_scaling", True)
             assert ran.loc[name, "dtype"] == ("bf16-autocast" if options["amp"] else "fp32")
     assert summary["tables"][0]["file"] == "tables/speed_train.csv" and summary["train_all_within_tolerance"]
 
