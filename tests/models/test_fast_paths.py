@@ -250,6 +250,26 @@ def test_graph_safe_mode_equals_plain(norm):
     assert (fast - plain).abs().max() < FP32_TOL
 
 
+@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
+def test_warm_graph_safe_path_reads_no_tensor_values(norm, monkeypatch):
+    """CUDA graph capture fails on a host read of a device value (a synchronisation). After
+    the warm-up calls ``Accelerated._graphed`` makes, the graph-safe fast path must convert
+    no tensor to a Python value: checked here on CPU, where a GPU is not at hand."""
+    G = calibrated(norm, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    plain = run(G, semantic, dist, fast=False)
+    with graph_safe():
+        run(G, semantic, dist, fast=True)   # warm-up: weight and table caches filled
+
+        def host_read(*args, **kwargs):
+            raise AssertionError("host read of a tensor value inside the graph-safe fast path")
+        with monkeypatch.context() as patch:
+            for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
+                patch.setattr(torch.Tensor, name, host_read)
+            captured = run(G, semantic, dist, fast=True)
+    assert (captured - plain).abs().max() < FP32_TOL
+
+
 @pytest.mark.slow
 def test_compiled_equals_plain():
     G = calibrated("clade", **CONFIGS["edge"])
