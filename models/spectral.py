@@ -11,7 +11,8 @@ passes backward, per conv and step, whatever the batch. A conv is linear in its 
 and :class:`InputScaledSpectralNorm` divides the input instead whenever the input has fewer
 elements than the weight (the low-resolution, wide layers). sigma, the power iteration and
 the updates of ``weight_u`` / ``weight_v`` are the official ones; results agree up to
-rounding (tests/models/test_spectral.py). Eval-mode forwards keep the official computation.
+rounding (tests/models/test_spectral.py; under autocast a bf16 input is rounded after the
+division, where the official path rounds W / sigma). Eval-mode forwards keep the official computation.
 :func:`set_input_scaling` (``TrainRecipe.spectral_input_scaling``) switches it off.
 """
 from __future__ import annotations
