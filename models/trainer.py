@@ -286,6 +286,21 @@ def save_sample_grid(path, label: torch.Tensor, real: torch.Tensor, fake: torch.
 # ----------------------------------------------------------------------------------------------
 # The trainer
 
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every optimizer state tensor its parameter's memory layout.
+
+    Fused Adam walks a parameter, its gradient and its state as flat memory: state saved in a
+    channels_last run and loaded for a contiguous parameter (or the reverse) would silently
+    pair the wrong elements (measured: updates off by ~lr per element).
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _split_pred(pred):
     """D outputs on cat(fake, real) -> (fake part, real part), per scale and feature."""
     fake = [[t[: t.shape[0] // 2] for t in scale] for scale in pred]
@@ -571,8 +586,9 @@ class Trainer:
                 self.G_ema.load_state_dict(state["G"])
             else:
                 self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        for optimizer, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            optimizer.load_state_dict(state[key])
+            match_state_layouts(optimizer)
         self.step, self.epoch, self.epoch_batch = state["step"], state["epoch"], state["epoch_batch"]
         self.train_seconds = state.get("train_seconds", 0.0)
         self._apply_lr()

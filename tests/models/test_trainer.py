@@ -1,4 +1,5 @@
 """The GAN trainer on tiny networks: it learns, resumes exactly, refuses bad data, stops on NaN."""
+import copy
 import json
 import math
 
@@ -249,6 +250,33 @@ def test_channels_last_trains_like_contiguous():
     nhwc = tiny_trainer("spade", channels_last=True).train_step(batch)
     assert plain.keys() == nhwc.keys()
     assert all(abs(plain[k] - nhwc[k]) < 1e-3 * max(1.0, abs(plain[k])) for k in plain), (plain, nhwc)
+
+
+def test_resuming_in_another_memory_layout_keeps_adam_exact():
+    from models.trainer import match_state_layouts
+    batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
+    nhwc = tiny_trainer("spade", channels_last=True)
+    nhwc.train_step(batch)
+    plain = tiny_trainer("spade", channels_last=False)
+    plain.load_state_dict(copy.deepcopy(nhwc.state_dict()))
+    for optimizer in (plain.opt_G, plain.opt_D):
+        for param, state in optimizer.state.items():
+            assert state["exp_avg"].stride() == param.stride() and state["exp_avg_sq"].stride() == param.stride()
+    # What the layouts decide: one fused Adam step from channels_last state on a contiguous parameter.
+    gen = torch.Generator().manual_seed(0)
+    start, grad = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)
+    to_nhwc = dict(memory_format=torch.channels_last)
+    saved = torch.nn.Parameter(start.contiguous(**to_nhwc))
+    saved_opt = torch.optim.Adam([saved], lr=0.1, fused=True)
+    saved.grad = grad.contiguous(**to_nhwc)
+    saved_opt.step()
+    resumed = torch.nn.Parameter(saved.detach().contiguous())
+    resumed_opt = torch.optim.Adam([resumed], lr=0.1, fused=True)
+    resumed_opt.load_state_dict(copy.deepcopy(saved_opt.state_dict()))   # as from a file: no shared state
+    match_state_layouts(resumed_opt)
+    resumed.grad, saved.grad = grad.clone(), grad.contiguous(**to_nhwc)
+    resumed_opt.step(), saved_opt.step()
+    assert torch.allclose(resumed.detach(), saved.detach(), atol=1e-6)
 
 
 def test_spectral_input_scaling_trains_like_the_official_division():
