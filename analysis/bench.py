@@ -257,7 +257,7 @@ def bench_train_step(presets, norms, *, batch_sizes=(1,), device="cpu", repeats:
             table = bench_callables(fns, device=device, repeats=repeats, warmup=warmup)
             for norm, row in zip(fns, table.to_dict("records")):
                 rows.append({"preset": preset, "norm": norm, "batch": batch,
-                             "dtype": "bf16-autocast" if trainers[norm].use_amp else "fp32", "use_vgg": use_vgg,
+                             "dtype": trainers[norm].precision, "use_vgg": use_vgg,
                              **{k: v for k, v in row.items() if k != "name"},
                              "images_per_s": batch / (row["median_ms"] / 1e3)})
     return pd.DataFrame(rows)

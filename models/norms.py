@@ -301,7 +301,6 @@ class ClassAffine(nn.Module):
             beta = beta * (1 + self.dist_conv_b(dist))
         return gamma, beta
 
-
     def icpe_scales(self, dist: torch.Tensor) -> torch.Tensor:
         """[N, H, W, 2]: ``1 + dist_conv_w(dist)`` and ``1 + dist_conv_b(dist)`` as one small matmul
         (channels last, as :func:`models.fast.class_affine` reads them)."""

@@ -40,9 +40,10 @@ class InputScaledSpectralNorm(SpectralNorm):
         return (self.input_scaling and module.training and isinstance(module, nn.modules.conv._ConvNd)
                 and isinstance(x, torch.Tensor) and x.numel() < getattr(module, self.name + "_orig").numel())
 
-    def sigma(self, module: nn.Module, do_power_iteration: bool) -> torch.Tensor:
-        """The largest singular value as ``SpectralNorm.compute_weight`` estimates it (same
-        in-place ``u`` / ``v`` updates and clones), without dividing the weight by it.
+    def sigma(self, module: nn.Module) -> torch.Tensor:
+        """The largest singular value as ``SpectralNorm.compute_weight`` estimates it in training
+        (same power iteration, in-place ``u`` / ``v`` updates and clones), without dividing the
+        weight by it.
 
         A channels_last weight is read in its stored order (columns kh, kw, in; ``v`` permuted
         to match): reshaping it to the official [out, in*kh*kw] matrix would copy it each call.
@@ -64,21 +65,20 @@ class InputScaledSpectralNorm(SpectralNorm):
         else:
             weight_mat = self.reshape_weight_to_matrix(weight)
             to_mat = from_mat = _identity
-        if do_power_iteration:
-            with torch.no_grad():
-                for _ in range(self.n_power_iterations):
-                    v.copy_(from_mat(F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=self.eps)))
-                    u = F.normalize(torch.mv(weight_mat, to_mat(v)), dim=0, eps=self.eps, out=u)
-                if self.n_power_iterations > 0:  # the buffers change again at the next forward
-                    u = u.clone(memory_format=torch.contiguous_format)
-                    v = v.clone(memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            for _ in range(self.n_power_iterations):
+                v.copy_(from_mat(F.normalize(torch.mv(weight_mat.t(), u), dim=0, eps=self.eps)))
+                u = F.normalize(torch.mv(weight_mat, to_mat(v)), dim=0, eps=self.eps, out=u)
+            if self.n_power_iterations > 0:  # the buffers change again at the next forward
+                u = u.clone(memory_format=torch.contiguous_format)
+                v = v.clone(memory_format=torch.contiguous_format)
         return torch.dot(u, torch.mv(weight_mat, to_mat(v)))
 
     def __call__(self, module: nn.Module, inputs):
         x = inputs[0] if inputs else None
         if not self.applies(module, x):
             return super().__call__(module, inputs)
-        sigma = self.sigma(module, do_power_iteration=True)
+        sigma = self.sigma(module)
         weight = getattr(module, self.name + "_orig")
         # A view, not the Parameter itself: setattr of a Parameter would register a new one.
         setattr(module, self.name, weight.view_as(weight))

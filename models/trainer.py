@@ -408,6 +408,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=AMP_DTYPE, enabled=self.use_amp)
 
     @property
+    def precision(self) -> str:
+        """What the steps compute in, as tables record it: "bf16-autocast" or "fp32"."""
+        return "bf16-autocast" if self.use_amp else "fp32"
+
+    @property
     def lr_factor(self) -> float:
         return self.recipe.lr_factor(step=self.step, epoch=self.epoch)
 

@@ -125,7 +125,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     losses = [c for c in ("GAN", "GAN_Feat", "VGG", "D_Fake", "D_real", "img_L1") if c in df]
     row = {"norm": name, "steps": trainer.step, "planned_steps": s["planned_steps"],
            "stopped_by_time_cap": trainer.stopped_early, "seconds": round(trainer.train_seconds, 1),
-           "precision": "bf16-autocast" if trainer.use_amp else "fp32",
+           "precision": trainer.precision,
            "images_per_s": round(trainer.step * s["batch_size"] / max(trainer.train_seconds, 1e-9), 2),
            "g_params": sum(p.numel() for p in trainer.G.parameters()),
            **{f"{c}_start": round(float(head[c].mean()), 4) for c in losses},
