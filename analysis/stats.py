@@ -228,7 +228,6 @@ class Comparison:
     difference: Interval
     verdict: str          # "lower" / "higher": a is below / above b; "tie"; "undetermined" (1 seed)
     reason: str
-    equivalent: bool      # the whole interval of the difference lies within +-noise_floor
 
 
 def compare(a: Sequence[float], b: Sequence[float], *, noise_floor: float = 0.0, level: float = LEVEL,
@@ -259,15 +258,14 @@ def compare(a: Sequence[float], b: Sequence[float], *, noise_floor: float = 0.0,
         low, high = _t_interval(float(x.mean() - y.mean()), se, df, level)
         difference = Interval(float(x.mean() - y.mean()), low, high, min(x.size, y.size), "welch t over seeds", level)
     d = difference.estimate
-    equivalent = difference.has_interval and -noise_floor <= difference.low and difference.high <= noise_floor
     if abs(d) <= noise_floor:
-        return Comparison(difference, "tie", f"|difference| {abs(d):.3g} <= noise floor {noise_floor:.3g}", equivalent)
+        return Comparison(difference, "tie", f"|difference| {abs(d):.3g} <= noise floor {noise_floor:.3g}")
     if not difference.has_interval:
-        return Comparison(difference, "undetermined", difference.note, False)
+        return Comparison(difference, "undetermined", difference.note)
     if difference.contains(0.0):
-        return Comparison(difference, "tie", f"the {level:.0%} interval of the difference contains 0", equivalent)
+        return Comparison(difference, "tie", f"the {level:.0%} interval of the difference contains 0")
     return Comparison(difference, "lower" if d < 0 else "higher",
-                      f"the {level:.0%} interval of the difference excludes 0 and the noise floor", False)
+                      f"the {level:.0%} interval of the difference excludes 0 and the noise floor")
 
 
 def seed_summary(per_seed: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str] = ("method",),
