@@ -179,16 +179,17 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
             if len(group) >= 2:                   # one row per seed
                 result = stats.compare(semantic, positional, paired=True)
                 verdicts.append({"higher": SUPPORTED, "lower": NOT_SUPPORTED}.get(result.verdict, WITHIN_NOISE))
-                notes.append(f"{param} semantic - positional {result.difference.text('{:.2f}')} over {len(group)} seeds")
+                difference = result.difference.text("{:.2f}")
+                notes.append(f"{param} semantic - positional {difference} over {len(group)} seeds")
             else:
                 verdicts.append(NO_VERDICT)       # as stats.compare: one seed has no interval
                 if "semantic_ratio_q10" in group:
-                    spreads.append(f"{param} {group.semantic_ratio_q10.iloc[0]:.2f}-{group.semantic_ratio_q90.iloc[0]:.2f}")
+                    q10, q90 = group.semantic_ratio_q10.iloc[0], group.semantic_ratio_q90.iloc[0]
+                    spreads.append(f"{param} {q10:.2f}-{q90:.2f}")
             parts.append(f"{param} semantic {semantic.mean():.2f} vs positional {positional.mean():.2f}")
         if len(notes) < len(parts):
-            notes.append("1 seed: no interval over seeds (probe every seed's SPADE)" + (
-                f"; semantic share of channels, q10-q90: "
-                f"{', '.join(spreads)}" if spreads else ""))
+            spread = f"; semantic share of channels, q10-q90: {', '.join(spreads)}" if spreads else ""
+            notes.append(f"1 seed: no interval over seeds (probe every seed's SPADE){spread}")
         verdict = verdicts[0] if len(set(verdicts)) == 1 else NO_VERDICT if NO_VERDICT in verdicts else WITHIN_NOISE
         out.append(Finding("semantic_share", f"{claim} ({label})", "; ".join(parts), "; ".join(notes), verdict,
                            "tables/probe_resolutions.csv", float(rows.semantic_ratio.mean())))
@@ -262,10 +263,6 @@ def _quality_line(key: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, names:
     return Finding(key, claim, measured, "; ".join(parts), verdict, source, d.estimate, d.low, d.high)
 
 
-def _metrics(table: pd.DataFrame) -> list[str]:
-    return plotted_quality_columns(table)
-
-
 def quality_findings(tables: dict) -> list[Finding]:
     """CLADE vs SPADE, 1x1 vs 3x3 SPADE and what ICPE adds, per metric (and mask resolution)."""
     claims = {"clade_vs_spade": "CLADE matches SPADE's quality", "kernel": "a 1x1 SPADE (purely semantic) "
@@ -283,15 +280,15 @@ def quality_findings(tables: dict) -> list[Finding]:
         pick = lambda norm, k=3: table[here & (table.norm == norm) & ((kernel == k) | (norm != "spade"))]
         pairs = [("clade_vs_spade", pick("clade"), pick("spade"), ("CLADE", "SPADE")),
                  ("icpe", pick("clade-icpe"), pick("clade"), ("CLADE-ICPE", "CLADE"))]
-        if (kernel[here & (table.norm == "spade")] == 1).any():
-            pairs.insert(1, ("kernel", pick("spade", 1), pick("spade"), ("SPADE 1x1", "SPADE 3x3")))
+        pairs.insert(1, ("kernel", pick("spade", 1), pick("spade"), ("SPADE 1x1", "SPADE 3x3")))
         for key, a, b, names in pairs:
             if a.empty or b.empty:
-                out.append(Finding(key, claims[key] + suffix, f"not measured in this run (no {names[0] if a.empty else names[1]} rows)",
-                                   "", NOT_MEASURED, source))
+                absent = names[0] if a.empty else names[1]
+                out.append(Finding(key, claims[key] + suffix, f"not measured in this run (no {absent} rows)", "",
+                                   NOT_MEASURED, source))
                 continue
             out += [_quality_line(key, claims[key] + suffix, a, b, names, m, floors.get(m, 0.0), source)
-                    for m in _metrics(table)]
+                    for m in plotted_quality_columns(table)]
     return out
 
 
@@ -308,7 +305,7 @@ def class_mean_findings(tables: dict) -> list[Finding]:
             where = "all layers" if ablated == "all" else f"layers at {ablated}"
             out += [_quality_line("class_mean", f"{claim} ({model}, {where})", rows[rows.ablated == ablated], full,
                                   ("class means", "as trained"), m, floors.get(m, 0.0), source, paired=True)
-                    for m in _metrics(rows)]
+                    for m in plotted_quality_columns(rows)]
     return out
 
 

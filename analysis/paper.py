@@ -55,7 +55,6 @@ PUBLISHED_QUALITY = pd.DataFrame([
 EXTRAS = {"norm layers": "everything inside the norm layers",
           "norm layers minus BatchNorm": "the norm layers without their parameter-free BatchNorm"}
 DENOMINATORS = ("backbone", "whole generator")
-COUNTINGS = ("fvcore MACs", "complete MACs", "fvcore FLOPs", "complete FLOPs", "fvcore MACs, official resize")
 # Ops that are multiply-adds (2 FLOPs each) rather than one op per element.
 MATRIX_OPS = frozenset({"conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum", "mv", "dot"})
 _PER_LAYER_COLUMNS = ("preset", "norm", "role", "params", "gmacs_fvcore", "gmacs_complete", "ops")
@@ -72,8 +71,8 @@ def _flop_weight(ops) -> float:
 
 
 def _amounts(rows: pd.DataFrame) -> dict[str, float]:
-    """Params and computation of some per-layer rows under every counting of :data:`COUNTINGS`
-    (except the official-resize one, which needs the summary table)."""
+    """Params and computation of some per-layer rows under every counting (the official-resize
+    one needs the summary table: :func:`_definitions` adds it)."""
     weight = rows["ops"].fillna("").map(_flop_weight).astype(float)
     return {"params": float(rows.params.sum()),
             "fvcore MACs": float(rows.gmacs_fvcore.sum()), "complete MACs": float(rows.gmacs_complete.sum()),
@@ -82,12 +81,30 @@ def _amounts(rows: pd.DataFrame) -> dict[str, float]:
 
 
 def _official_resize_delta(summary: pd.DataFrame | None, preset: str, norm: str, ours: float) -> float | None:
-    if summary is None:
+    """Official minus our fvcore resize GMACs (both are modulation), from the summary table."""
+    if summary is None or "modulation_gmacs_fvcore_official_resize" not in summary:
         return None
     row = summary[(summary.preset == preset) & (summary.norm == norm)]
-    if row.empty or "modulation_gmacs_fvcore_official_resize" not in row:
-        return None
-    return float(row.modulation_gmacs_fvcore_official_resize.iloc[0]) - ours
+    return None if row.empty else float(row.modulation_gmacs_fvcore_official_resize.iloc[0]) - ours
+
+
+def _definitions(layers: pd.DataFrame, resize_delta: float | None) -> list[tuple[str, str, float, float]]:
+    """(extra, counting, extra amount, backbone amount) of one generator under every definition.
+    The backbone is everything outside the extra: a BatchNorm left out of the extra is work the
+    generator does anyway."""
+    modulation = layers.role.str.startswith("modulation")
+    out = []
+    for extra_name in EXTRAS:
+        in_extra = modulation & ((layers.role != "modulation_norm") | (extra_name == "norm layers"))
+        extra, backbone = _amounts(layers[in_extra]), _amounts(layers[~in_extra])
+        if resize_delta is not None:
+            extra["fvcore MACs, official resize"] = extra["fvcore MACs"] + resize_delta
+            backbone["fvcore MACs, official resize"] = backbone["fvcore MACs"]
+        for counting in extra:
+            # the BatchNorm has no parameters: "minus BatchNorm" would repeat the same figure
+            if counting != "params" or extra_name == "norm layers":
+                out.append((extra_name, counting, extra[counting], backbone[counting]))
+    return out
 
 
 def paper_comparison(cost_table: pd.DataFrame, summary: pd.DataFrame | None = None, *,
@@ -111,37 +128,22 @@ def paper_comparison(cost_table: pd.DataFrame, summary: pd.DataFrame | None = No
         if layers.empty:
             raise ValueError(f"paper_comparison: no per-layer rows for preset {fig.preset!r}, norm {fig.norm!r}; "
                              f"run the costs stage with that preset (found {sorted(set(cost_table.preset))})")
-        modulation = layers.role.str.startswith("modulation")
-        backbone = _amounts(layers[~modulation])
         tolerance = 0.5 * 10.0 ** -_published_decimals(fig.published_pct)
-        countings = ("params",) if fig.quantity == "params" else COUNTINGS
-        for extra_name in EXTRAS:
-            extra_rows = layers[modulation & ((layers.role != "modulation_norm") | (extra_name == "norm layers"))]
-            if fig.quantity == "params" and extra_name != "norm layers":
-                continue   # the BatchNorm has no parameters: the same figure twice
-            extra = _amounts(extra_rows)
-            # the BatchNorm left out of the extra is still work the generator does
-            left_out = _amounts(layers[modulation & ~layers.index.isin(extra_rows.index)])
-            base_extra = {k: backbone[k] + left_out[k] for k in backbone}
-            delta = _official_resize_delta(summary, fig.preset, fig.norm, _amounts(layers[modulation])["fvcore MACs"])
-            if delta is not None:
-                extra["fvcore MACs, official resize"] = extra["fvcore MACs"] + delta
-                base_extra["fvcore MACs, official resize"] = base_extra["fvcore MACs"]
-            for counting in countings:
-                if counting not in extra:
-                    continue
-                for denominator in DENOMINATORS:
-                    below = base_extra[counting] if denominator == "backbone" else base_extra[counting] + extra[counting]
-                    pct = 100.0 * extra[counting] / below
-                    rows.append({
-                        "preset": fig.preset, "norm": fig.norm, "quantity": fig.quantity,
-                        "published_pct": fig.published_pct, "extra": extra_name, "denominator": denominator,
-                        "counting": counting, "extra_amount": extra[counting], "denominator_amount": below,
-                        "unit": "parameters" if counting == "params" else ("GFLOPs" if "FLOPs" in counting else "GMACs"),
-                        "computed_pct": pct, "difference_pct_points": pct - fig.published_pct,
-                        "reproduces": bool(abs(pct - fig.published_pct) <= tolerance),
-                        "implied_denominator": extra[counting] / (fig.published_pct / 100.0),
-                        "source": fig.source})
+        ours = float(layers.loc[layers.role.str.startswith("modulation"), "gmacs_fvcore"].sum())
+        delta = _official_resize_delta(summary, fig.preset, fig.norm, ours)
+        for extra_name, counting, extra, backbone in _definitions(layers, delta):
+            if (counting == "params") != (fig.quantity == "params"):
+                continue
+            for denominator, below in (("backbone", backbone), ("whole generator", backbone + extra)):
+                pct = 100.0 * extra / below
+                rows.append({
+                    "preset": fig.preset, "norm": fig.norm, "quantity": fig.quantity,
+                    "published_pct": fig.published_pct, "extra": extra_name, "denominator": denominator,
+                    "counting": counting, "extra_amount": extra, "denominator_amount": below,
+                    "unit": "parameters" if counting == "params" else "GFLOPs" if "FLOPs" in counting else "GMACs",
+                    "computed_pct": pct, "difference_pct_points": pct - fig.published_pct,
+                    "reproduces": bool(abs(pct - fig.published_pct) <= tolerance),
+                    "implied_denominator": extra / (fig.published_pct / 100.0), "source": fig.source})
     return pd.DataFrame(rows)
 
 
@@ -164,11 +166,13 @@ def paper_verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
         else:
             implied = _amount_text(closest.implied_denominator, closest.unit)
             same = group[(group.extra == closest.extra) & (group.counting == closest.counting)]
-            bases = " and ".join(f"{r.denominator} {_amount_text(r.denominator_amount, r.unit)}" for r in same.itertuples())
+            bases = " and ".join(f"{r.denominator} {_amount_text(r.denominator_amount, r.unit)}"
+                                 for r in same.itertuples())
+            extra = _amount_text(closest.extra_amount, closest.unit)
             statement = (f"{name}: no stated definition reproduces the published {published:g} % "
                          f"(closest: {closest.computed_pct:.2f} % = {closest.extra} / {closest.denominator}, "
                          f"{closest.counting}); the figure implies a denominator of {implied}, "
-                         f"where this toolkit counts {bases} (extra: {_amount_text(closest.extra_amount, closest.unit)}).")
+                         f"where this toolkit counts {bases} (extra: {extra}).")
         rows.append({"preset": preset, "norm": norm, "quantity": quantity, "published_pct": published,
                      "reproduced": not hits.empty, "closest_pct": float(closest.computed_pct),
                      "closest_definition": f"{closest.extra} / {closest.denominator}, {closest.counting}",
