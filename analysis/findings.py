@@ -57,7 +57,6 @@ NO_VERDICT, NOT_MEASURED, CONTEXT = "no verdict", "not measured", "context"
 TABLE_STAGES = {"costs": "costs", "bench": "bench", "probe_resolutions": "probe", "probe_ablation": "probe",
                 "neighbourhood": "probe", "quality_seeds": "eval", "ablation_quality": "eval"}
 FRECHET_COLUMNS = ("fid", "fid_clean", "fd_proxy_features")
-METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,9 @@ def speed_findings(tables: dict) -> list[Finding]:
             continue
         low, high = s.p10_ms / c.p90_ms, s.p90_ms / c.p10_ms
         uncertainty = f"run-to-run band {low:.2f}x - {high:.2f}x (SPADE p10..p90 over CLADE p90..p10)"
-        reasons = [f"{n}: {r.unreliable_reason}" for n, r in (("SPADE", s), ("CLADE", c)) if not bool(r.reliable)]
+        # a missing flag (NaN) is not a reliable measurement
+        reasons = [f"{n}: {r.unreliable_reason if pd.notna(r.unreliable_reason) else 'reliability unknown'}"
+                   for n, r in (("SPADE", s), ("CLADE", c)) if pd.isna(r.reliable) or not bool(r.reliable)]
         if reasons:
             verdict, uncertainty = NO_VERDICT, f"unreliable timing, {'; '.join(reasons)}"
         else:

@@ -106,6 +106,8 @@ def test_speed_needs_reliable_timing_for_a_verdict():
     noisy = bench.assign(reliable=[True, False], unreliable_reason=["", "repeats spread by 60 %"])
     (line,) = F.speed_findings({"bench": noisy})
     assert line.verdict == F.NO_VERDICT and "CLADE: repeats spread by 60 %" in line.uncertainty
+    unknown = bench.assign(reliable=[True, np.nan], unreliable_reason=["", np.nan])
+    assert F.speed_findings({"bench": unknown})[0].verdict == F.NO_VERDICT
     overlapping = bench.assign(p10_ms=[600.0, 340.0], p90_ms=[1020.0, 700.0])
     assert F.speed_findings({"bench": overlapping})[0].verdict == F.WITHIN_NOISE
 
