@@ -107,10 +107,16 @@ def _resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
-def _percentile(estimate: float, boots: np.ndarray, n: int, n_boot: int, level: float, what: str) -> Interval:
+def _percentile(estimate: float, boots: np.ndarray, n: int, n_boot: int, level: float, what: str, *,
+                bias_corrected: bool = False) -> Interval:
+    """Percentile interval of ``boots``; ``bias_corrected`` shifts it by ``estimate - mean(boots)``
+    (the bootstrap's own bias estimate), for metrics that resampling itself inflates."""
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(estimate), float(low), float(high), n,
-                    f"percentile bootstrap over {what} ({n_boot} resamples)", level)
+    method = f"percentile bootstrap over {what} ({n_boot} resamples)"
+    if bias_corrected:
+        shift = float(estimate - boots.mean())
+        low, high, method = low + shift, high + shift, f"bias-shifted {method}"
+    return Interval(float(estimate), float(low), float(high), n, method, level)
 
 
 def _check_boot(n: int, n_boot: int, what: str) -> None:
@@ -160,60 +166,70 @@ def bootstrap_miou(intersection, union, *, n_boot: int = N_BOOT, level: float = 
 
 
 def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = N_BOOT,
-                        level: float = LEVEL, seed: int = 0) -> Interval:
+                        level: float = LEVEL, seed: int = 0, bias_corrected: bool = False) -> Interval:
     """Bootstrap of any set-level metric: ``statistic(indices)`` recomputes it on the images at
     ``indices`` (a resample with repeats). One call per resample: use the vectorised helpers
-    when one fits. The estimate is ``statistic(arange(n))``."""
+    when one fits. The estimate is ``statistic(arange(n))``; ``bias_corrected`` as in
+    :func:`bootstrap_frechet`, for metrics that repeated images inflate."""
     _check_boot(n, n_boot, "bootstrap_statistic")
     rng = np.random.default_rng(seed)
     boots = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=float)
-    return _percentile(statistic(np.arange(n)), boots, n, n_boot, level, "images")
+    return _percentile(statistic(np.arange(n)), boots, n, n_boot, level, "images", bias_corrected=bias_corrected)
 
 
-def _weighted_moments(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean [B, D] and unbiased covariance [B, D, D] of ``x`` [N, D] under integer weights [B, N]."""
-    n = weights.sum(1, keepdim=True)
-    mean = weights @ x / n
-    outer = torch.einsum("bn,ni,nj->bij", weights, x, x)
-    cov = (outer - n[:, :, None] * mean[:, :, None] * mean[:, None, :]) / (n[:, :, None] - 1)
-    return mean, cov
+def _frechet_resampled(xa: torch.Tensor, xb: torch.Tensor, cross: torch.Tensor, wa: torch.Tensor,
+                       wb: torch.Tensor) -> torch.Tensor:
+    """Frechet distances of the feature sets ``xa`` [Na, D], ``xb`` [Nb, D] under integer resample
+    weights ``wa`` [B, Na], ``wb`` [B, Nb] (unbiased covariances, as np.cov), ``cross = xa @ xb.T``.
 
-
-def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return vectors @ torch.diag_embed(values.clamp_min(0).sqrt()) @ vectors.transpose(-1, -2)
-
-
-def frechet_from_moments(mu1, sigma1, mu2, sigma2) -> torch.Tensor:
-    """Batched Frechet distance ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)``.
-
-    The symmetric form of ``tr sqrtm(S1 S2)`` (same eigenvalues), so ``eigh`` suffices and a
-    batch of resamples is one call; agrees with ``analysis.metrics.frechet_distance``."""
-    root1 = _psd_sqrt(sigma1)
-    middle = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp_min(0).sqrt().sum(-1)
-    trace = torch.diagonal(sigma1, dim1=-2, dim2=-1).sum(-1) + torch.diagonal(sigma2, dim1=-2, dim2=-1).sum(-1)
-    return ((mu1 - mu2) ** 2).sum(-1) + trace - 2 * middle
+    ``tr sqrtm(S_a S_b)`` is the nuclear norm of ``A B^T`` where ``S_a = A^T A`` (A: the weighted,
+    centred rows over sqrt(n - 1)), an [Na, Nb] matrix: no D x D matrix is formed, so the cost
+    is that of the images, not of the feature width (2048 for Inception).
+    """
+    na, nb = wa.sum(1), wb.sum(1)
+    mean_a, mean_b = wa @ xa / na[:, None], wb @ xb / nb[:, None]
+    row = wa @ cross / na[:, None]                 # mean_a . y_j        [B, Nb]
+    col = wb @ cross.T / nb[:, None]               # x_i . mean_b        [B, Na]
+    both = (mean_a * mean_b).sum(-1)               # mean_a . mean_b     [B]
+    centred = cross[None] - row[:, None, :] - col[:, :, None] + both[:, None, None]
+    scaled = wa.sqrt()[:, :, None] * centred * wb.sqrt()[:, None, :] / ((na - 1) * (nb - 1)).sqrt()[:, None, None]
+    trace_a = (wa @ (xa * xa).sum(1) - na * (mean_a * mean_a).sum(1)) / (na - 1)
+    trace_b = (wb @ (xb * xb).sum(1) - nb * (mean_b * mean_b).sum(1)) / (nb - 1)
+    nuclear = torch.linalg.svdvals(scaled).sum(-1)
+    return ((mean_a - mean_b) ** 2).sum(-1) + trace_a + trace_b - 2 * nuclear
 
 
 def bootstrap_frechet(features_a, features_b, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
-                      chunk: int = 16) -> Interval:
+                      device="cpu", memory_mb: int = 256) -> Interval:
     """Bootstrap of the Frechet distance between two feature sets ([N, D] each, e.g. generated
     and real images' Inception or proxy features): both sets are resampled independently and
-    the distance recomputed, ``chunk`` resamples at a time in float64 (memory ~ chunk * D^2)."""
-    a = torch.as_tensor(np.asarray(features_a), dtype=torch.float64)
-    b = torch.as_tensor(np.asarray(features_b), dtype=torch.float64)
+    the distance recomputed (float64 on ``device``, as many resamples at once as fit in about
+    ``memory_mb``; one Na x Nb singular-value decomposition per resample, whatever D is).
+    Measured on the shared 2-core CPU, 200 resamples: 128 images 5 s (D = 64 or 2048), 500
+    images 110 s (cost ~ N^3): use a GPU ``device`` or fewer resamples for large sets.
+
+    Resampling with replacement repeats images, which inflates a Frechet distance (fewer
+    distinct samples); the interval is therefore shifted by the bootstrap's bias estimate
+    (``Interval.method`` says so): it shows how far the distance moves with another draw of
+    as many images, around the value measured. The estimate equals
+    ``analysis.metrics.frechet_distance`` of the two sets.
+    """
+    a = torch.as_tensor(np.asarray(features_a), dtype=torch.float64, device=device)
+    b = torch.as_tensor(np.asarray(features_b), dtype=torch.float64, device=device)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"bootstrap_frechet: expected [N, D] feature arrays with equal D, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     _check_boot(min(len(a), len(b)), n_boot, "bootstrap_frechet")
-    weights_a = torch.as_tensor(_resample_counts(len(a), n_boot, seed))
-    weights_b = torch.as_tensor(_resample_counts(len(b), n_boot, seed + 1))
-    boots = torch.cat([frechet_from_moments(*_weighted_moments(a, weights_a[i:i + chunk]),
-                                            *_weighted_moments(b, weights_b[i:i + chunk]))
+    cross = a @ b.T
+    weights_a = torch.as_tensor(_resample_counts(len(a), n_boot, seed), device=device)
+    weights_b = torch.as_tensor(_resample_counts(len(b), n_boot, seed + 1), device=device)
+    chunk = max(1, memory_mb * 2 ** 20 // (8 * 3 * len(a) * len(b)))   # a few [Na, Nb] temporaries each
+    boots = torch.cat([_frechet_resampled(a, b, cross, weights_a[i:i + chunk], weights_b[i:i + chunk])
                        for i in range(0, n_boot, chunk)])
-    full = frechet_from_moments(*_weighted_moments(a, torch.ones(1, len(a), dtype=torch.float64)),
-                                *_weighted_moments(b, torch.ones(1, len(b), dtype=torch.float64)))
-    return _percentile(float(full[0]), boots.numpy(), min(len(a), len(b)), n_boot, level, "images")
+    ones = lambda x: torch.ones(1, len(x), dtype=torch.float64, device=device)
+    full = _frechet_resampled(a, b, cross, ones(a), ones(b))
+    return _percentile(float(full[0]), boots.cpu().numpy(), min(len(a), len(b)), n_boot, level, "images",
+                       bias_corrected=True)
 
 
 # ----------------------------------------------------------------------------------------

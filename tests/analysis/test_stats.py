@@ -61,12 +61,26 @@ def test_bootstrap_ratio_and_miou_point_estimates_are_the_pooled_scores():
     assert 0 <= miou.low <= miou.high <= 1
 
 
-def test_frechet_from_moments_agrees_with_the_metrics_module():
+def test_bootstrap_frechet_agrees_with_the_metrics_module_on_every_resample():
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(80, 6)), rng.normal(0.5, 1.3, size=(70, 6))
-    expected = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    interval = stats.bootstrap_frechet(a, b, n_boot=40)
-    assert interval.estimate == pytest.approx(expected, rel=1e-8)
+    a, b = rng.normal(size=(30, 40)), rng.normal(0.5, 1.3, size=(25, 40))   # fewer images than dims
+    fd = lambda x, y: frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    interval = stats.bootstrap_frechet(a, b, n_boot=20, memory_mb=1)       # several chunks
+    assert interval.estimate == pytest.approx(fd(a, b), rel=1e-6)
+    # the same resamples, recomputed one by one with scipy's sqrtm
+    ia = np.random.default_rng(0).integers(0, 30, size=(20, 30))
+    ib = np.random.default_rng(1).integers(0, 25, size=(20, 25))
+    boots = np.array([fd(a[i], b[j]) for i, j in zip(ia, ib)])
+    low, high = np.quantile(boots, [0.025, 0.975]) + (fd(a, b) - boots.mean())
+    assert (interval.low, interval.high) == pytest.approx((low, high), rel=1e-6)
+    assert "bias-shifted" in interval.method
+
+
+def test_bootstrap_frechet_is_centred_on_the_measured_distance():
+    # same distribution, few images: resampling inflates the distance, the shift undoes it
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(128, 64)), rng.normal(size=(128, 64))
+    interval = stats.bootstrap_frechet(a, b, n_boot=100)
     assert interval.low < interval.estimate < interval.high
 
 
