@@ -14,11 +14,12 @@ Two sources of noise, kept apart:
   choice for 3-10 seeds. One seed has no spread: its interval is NaN and flagged "1 seed",
   never a zero width.
 - **Evaluation images** (test-set noise): one model scored on another sample of images gives
-  another number. Percentile bootstrap: resample the images with replacement ``n_boot`` times
-  (default 200: enough for a 95 % interval's end points to about +-0.5 percentile of the
-  bootstrap distribution, and cheap), recompute the metric, take the ``(1 - level) / 2`` and
-  ``(1 + level) / 2`` quantiles. Seeded (``numpy.random.default_rng(seed)``), so a report
-  regenerates the same interval.
+  another number. Percentile bootstrap: resample the images with replacement ``n_boot`` times,
+  recompute the metric, take the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles.
+  Default 200 resamples: a 95 % end point then rests on about 5 resamples and moves by about
+  +-1 percentile of the bootstrap distribution with the bootstrap's seed, fine for an interval
+  in a report (not for a p-value), and cheap. Seeded (``numpy.random.default_rng(seed)``), so
+  a report regenerates the same interval.
 
 A difference is called "lower" or "higher" only when its interval excludes 0 *and* it exceeds
 the noise floor (e.g. the real-vs-real Frechet distance); anything else is a "tie".
@@ -37,11 +38,12 @@ from scipy.sparse.csgraph import connected_components
 N_BOOT = 200
 LEVEL = 0.95
 # Benchmark reliability thresholds: (p90 - p10) / median of the repeats, and the relative
-# change of a reference kernel's time between before and after the benchmark. A quiet 2-core
-# machine measured about 5 % spread; under contention it exceeded 50 % (CLADE timed 2.4x
-# *slower* than SPADE), so 20 % separates the two with margin.
+# change of a reference kernel's time between before and after the benchmark. On the quiet
+# 2-core machine the example report's repeats lay within 2 % of their median and repeated runs
+# within about 15 % of each other (README); under contention CLADE once timed 2.4x *slower*
+# than SPADE (quiet: 2.8x faster). Limits just above the quiet figures flag the latter.
 MAX_SPREAD = 0.20
-MAX_DRIFT = 0.10
+MAX_DRIFT = 0.15
 
 
 @dataclass(frozen=True)
