@@ -39,7 +39,7 @@ N_BOOT = 200
 LEVEL = 0.95
 # Benchmark reliability thresholds: (p90 - p10) / median of the repeats, and the relative
 # change of a reference kernel's time between before and after the benchmark. On the quiet
-# 2-core machine the example report's repeats lay within 2 % of their median and repeated runs
+# 2-core machine the example report's repeats lay within about 2 % of their median and repeated runs
 # within about 15 % of each other (README); under contention CLADE once timed 2.4x *slower*
 # than SPADE (quiet: 2.8x faster). Limits just above the quiet figures flag the latter.
 MAX_SPREAD = 0.20
