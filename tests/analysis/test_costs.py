@@ -168,7 +168,7 @@ def test_training_step_count_runs_the_trainers_loss_functions(monkeypatch):
 
         def wrapped(*args, **kwargs):
             result = original(*args, **kwargs)
-            calls.append((name, result.terms["GAN"].device.type, tuple(result.terms)))
+            calls.append((name, result.total.device.type, tuple(result.terms)))
             return result
         monkeypatch.setattr(models.losses, name, wrapped)
 
