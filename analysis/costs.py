@@ -560,13 +560,13 @@ def training_step_gmacs(config, *, recipe: TrainRecipe | None = None, batch: int
         vgg_loss = VGGLoss(VGG19Features()) if recipe.use_vgg else None
     (semantic,), kwargs = generator_inputs(config, batch, device="meta")
     real = torch.empty(batch, 3, *config.output_size, device="meta")
-    networks = dict(recipe=recipe, dist=kwargs.get("dist"))
+    shared = dict(recipe=recipe, dist=kwargs.get("dist"), encoder=E)
 
     def generator_step(vgg):
-        losses.generator_losses(G, D, semantic, real, encoder=E, vgg_loss=vgg, **networks).total.backward()
+        losses.generator_losses(G, D, semantic, real, vgg_loss=vgg, **shared).total.backward()
 
     def discriminator_step():
-        losses.discriminator_losses(G, D, semantic, real, encoder=E, **networks).total.backward()
+        losses.discriminator_losses(G, D, semantic, real, **shared).total.backward()
 
     G.eval()
     with torch.no_grad():
