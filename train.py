@@ -287,8 +287,9 @@ def main(argv=None) -> int:
 
     from analysis.provenance import provenance, write_json_atomic
     from models.presets import DiscriminatorConfig, GeneratorConfig
-    from models.trainer import (NonFiniteLossError, Trainer, cleanup_distributed, recipe_from_dict,
-                                setup_distributed)
+    from models.distributed import cleanup_distributed, setup_distributed
+    from models.train_recipe import recipe_from_dict
+    from models.trainer import NonFiniteLossError, Trainer
     from models.vgg import VGGWeightsMissingError
 
     info = setup_distributed(options["run"]["device"])

@@ -38,8 +38,14 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from data.labels import make_semantic
+from models import build_encoder, build_generator_from_config, losses
+from models.discriminator import MultiscaleDiscriminator
+from models.losses import VGGLoss
+from models.train_recipe import TrainRecipe, discriminator_config_for
+from models.vgg import VGG19Features
 
 log = logging.getLogger(__name__)
 
@@ -525,26 +531,22 @@ def load_reference_costs(reference_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True, d_config=None) -> dict:
-    """Matrix-op GMACs of one official training iteration, counted, not assumed.
+def training_step_gmacs(config, *, recipe: TrainRecipe | None = None, batch: int = 1, d_config=None) -> dict:
+    """Matrix-op GMACs of one official training iteration, counted by running it.
 
-    Runs, on the meta device (shapes only, no compute) under FlopCounterMode, the same
-    iteration as ``models.trainer.Trainer.train_step``: a generator step (G forward in
-    train mode; D, frozen, on ``cat(fake, real)`` in one batch; hinge + feature matching
-    [+ VGG19 perceptual loss on fake and real]; backward) and a discriminator step (G
-    forward without grad; D on ``cat(fake.detach(), real)``; hinge; backward). Counts
-    convolutions and matrix products only (FlopCounterMode flops / 2); elementwise work
-    and the optimizer updates are not included. ``d_config``: the discriminator (default:
-    the official one for ``config``'s labels). Returns GMACs for ``g_forward`` (eval),
-    ``g_step``, ``d_step``, ``vgg`` (its share of the G step) and ``train_step``.
+    Runs, on the meta device (shapes only, no compute) under FlopCounterMode, the trainer's
+    own loss functions (:func:`models.losses.generator_losses` and
+    :func:`models.losses.discriminator_losses`, as ``models.trainer.Trainer.train_step``
+    does) and their backward: a generator step (encoder when ``config.use_vae``, G in train
+    mode, D frozen on ``cat(fake, real)``, the recipe's loss terms) and a discriminator step
+    (G without grad, D on ``cat(fake.detach(), real)``). ``recipe`` (default: the official
+    :class:`TrainRecipe`) decides the loss terms, e.g. ``use_vgg``. Counts convolutions and
+    matrix products only (FlopCounterMode flops / 2); elementwise work and the optimizer
+    updates are not included. ``d_config``: the discriminator (default: the official one for
+    ``config``'s labels). Returns GMACs for ``g_forward`` (eval), ``g_step``, ``d_step``,
+    ``vgg`` (its share of the G step) and ``train_step``.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from models import build_generator_from_config
-    from models.discriminator import MultiscaleDiscriminator
-    from models.losses import VGGLoss, feature_matching_loss, gan_loss
-    from models.presets import DiscriminatorConfig, label_config
-    from models.vgg import VGG19Features
+    recipe = recipe or TrainRecipe()
 
     def count(fn) -> float:
         with FlopCounterMode(display=False) as counter:
@@ -552,40 +554,28 @@ def training_step_gmacs(config, *, batch: int = 1, vgg: bool = True, d_config=No
         return counter.get_total_flops() / 2e9
 
     G = build_generator_from_config(config, "meta")
+    E = build_encoder(config, "meta") if config.use_vae else None
     with torch.device("meta"):
-        D = MultiscaleDiscriminator(d_config or DiscriminatorConfig(**vars(label_config(config))))
-        vgg_loss = VGGLoss(VGG19Features())
+        D = MultiscaleDiscriminator(d_config or discriminator_config_for(config))
+        vgg_loss = VGGLoss(VGG19Features()) if recipe.use_vgg else None
     (semantic,), kwargs = generator_inputs(config, batch, device="meta")
     real = torch.empty(batch, 3, *config.output_size, device="meta")
+    shared = dict(recipe=recipe, dist=kwargs.get("dist"), encoder=E)
 
-    def d_input(fake):
-        return torch.cat([torch.cat([semantic, fake], 1), torch.cat([semantic, real], 1)], 0)
-
-    def split(preds):
-        return ([[f[:batch] for f in scale] for scale in preds], [[f[batch:] for f in scale] for scale in preds])
-
-    def generator_step(with_vgg: bool):
-        D.requires_grad_(False)
-        fake = G(semantic, **kwargs)
-        pred_fake, pred_real = split(D(d_input(fake)))
-        loss = gan_loss(pred_fake, True, for_discriminator=False) + feature_matching_loss(pred_fake, pred_real)
-        if with_vgg:
-            loss = loss + vgg_loss(fake, real) * 10.0
-        D.requires_grad_(True)
-        loss.backward()
+    def generator_step(vgg):
+        losses.generator_losses(G, D, semantic, real, vgg_loss=vgg, **shared).total.backward()
 
     def discriminator_step():
-        with torch.no_grad():
-            fake = G(semantic, **kwargs)
-        pred_fake, pred_real = split(D(d_input(fake.detach())))
-        (gan_loss(pred_fake, False) + gan_loss(pred_real, True)).backward()
+        losses.discriminator_losses(G, D, semantic, real, **shared).total.backward()
 
     G.eval()
     with torch.no_grad():
         g_forward = count(lambda: G(semantic, **kwargs))
-    G.train(), D.train()
-    g_step = count(lambda: generator_step(vgg))
-    vgg_part = g_step - count(lambda: generator_step(False)) if vgg else 0.0
+    for net in (G, D, E):
+        if net is not None:
+            net.train()
+    g_step = count(lambda: generator_step(vgg_loss))
+    vgg_part = g_step - count(lambda: generator_step(None)) if vgg_loss is not None else 0.0
     d_step = count(discriminator_step)
     return {"g_forward": g_forward, "g_step": g_step, "d_step": d_step, "vgg": vgg_part,
             "train_step": g_step + d_step}

@@ -403,7 +403,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
 
 def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
     """Figure: one row per val sample; columns label map, then ``samples`` ({title: images})."""
-    from models.trainer import colorize_labels
+    from models.sample_grid import colorize_labels
 
     columns = ["label map"] + list(samples)
     label_rgb = colorize_labels(labels, class_nc)

@@ -133,20 +133,62 @@ def test_complete_handles_count_skipped_ops_by_hand():
     assert set(table.attrs["fvcore_ops"]) == {"conv"}
 
 
-def test_training_step_count_matches_the_trainer():
+def _tiny_training_setup(norm, **overrides):
+    from models.presets import discriminator_config
+    from models.train_recipe import TrainRecipe
+    from models.trainer import Trainer
+    config = generator_config("synthetic", norm, ngf=4, crop_size=64, **overrides)
+    d_config = discriminator_config("synthetic", ndf=8, n_layers_D=3)
+    recipe = TrainRecipe(use_vgg=False, amp=False)
+    return config, d_config, recipe, Trainer(g_config=config, d_config=d_config, recipe=recipe)
+
+
+@pytest.mark.parametrize("norm,overrides", [("clade", {}), ("spade", {"use_vae": True, "z_dim": 8})])
+def test_training_step_count_matches_the_trainer(norm, overrides):
     from torch.utils.flop_counter import FlopCounterMode
 
     from analysis.bench import synthetic_batch
-    from models.presets import discriminator_config
-    from models.trainer import TrainRecipe, Trainer
-    config = generator_config("synthetic", "clade", ngf=4, crop_size=64)
-    d_config = discriminator_config("synthetic", ndf=8, n_layers_D=3)
-    trainer = Trainer(g_config=config, d_config=d_config, recipe=TrainRecipe(use_vgg=False))
+    config, d_config, recipe, trainer = _tiny_training_setup(norm, **overrides)
     with FlopCounterMode(display=False) as counter:
         trainer.train_step(synthetic_batch(config, 1))
-    counted = training_step_gmacs(config, vgg=False, d_config=d_config)
+    counted = training_step_gmacs(config, recipe=recipe, d_config=d_config)
     assert counted["train_step"] == pytest.approx(counter.get_total_flops() / 2e9, rel=1e-12)
     assert counted["vgg"] == 0.0 and counted["g_step"] > 2 * counted["g_forward"]
+
+
+def test_training_step_count_runs_the_trainers_loss_functions(monkeypatch):
+    """Counter and trainer both call models.losses.*_losses, and get the same loss terms."""
+    import models.losses
+    from analysis.bench import synthetic_batch
+    config, d_config, recipe, trainer = _tiny_training_setup("spade", use_vae=True, z_dim=8)
+    calls = []
+
+    def spy(name):
+        original = getattr(models.losses, name)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls.append((name, result.total.device.type, tuple(result.terms)))
+            return result
+        monkeypatch.setattr(models.losses, name, wrapped)
+
+    spy("generator_losses"), spy("discriminator_losses")
+    trainer.train_step(synthetic_batch(config, 1))
+    training_step_gmacs(config, recipe=recipe, d_config=d_config)
+    trained = [(name, terms) for name, device, terms in calls if device == "cpu"]
+    counted = [(name, terms) for name, device, terms in calls if device == "meta"]
+    assert trained == [("generator_losses", ("KLD", "GAN", "GAN_Feat")), ("discriminator_losses", ("D_Fake", "D_real"))]
+    assert counted == trained
+
+
+def test_training_step_count_follows_the_recipe():
+    from models.train_recipe import TrainRecipe
+    config = generator_config("synthetic", "clade", ngf=4, crop_size=64)
+    with_vgg = training_step_gmacs(config, recipe=TrainRecipe(use_vgg=True))
+    without = training_step_gmacs(config, recipe=TrainRecipe(use_vgg=False))
+    assert with_vgg["vgg"] > 0 and without["vgg"] == 0.0
+    assert with_vgg["g_step"] == pytest.approx(without["g_step"] + with_vgg["vgg"], rel=1e-12)
+    assert with_vgg["d_step"] == without["d_step"]
 
 
 def test_cost_tables_trace_identical_configs_once(monkeypatch):

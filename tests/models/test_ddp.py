@@ -25,7 +25,7 @@ def _snapshot(trainer) -> dict:
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD), GLOO_SOCKET_IFNAME="lo")
-    from models.trainer import cleanup_distributed, make_loader, setup_distributed
+    from models.distributed import cleanup_distributed, make_loader, setup_distributed
     from tests.models.test_trainer import TinyScenes, tiny_trainer
 
     info = setup_distributed("cpu")

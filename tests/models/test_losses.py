@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.losses import VGGLoss, feature_matching_loss, gan_loss, kld_loss
+from models.losses import (VGGLoss, discriminator_input, discriminator_losses, feature_matching_loss, gan_loss,
+                           generator_losses, kld_loss, split_predictions)
+from models.train_recipe import TrainRecipe
 from models.vgg import VGG19_FILE, VGG19_URL, VGG19Features, VGGWeightsMissingError, resolve_vgg_weights
 
 
@@ -100,3 +102,88 @@ def test_vgg_slices_load_torchvision_layout(tmp_path):
     outs = vgg(torch.randn(1, 3, 32, 32))
     assert [o.shape[1] for o in outs] == [64, 128, 256, 512, 512]
     assert [o.shape[-1] for o in outs] == [32, 16, 8, 4, 2]
+
+
+class _StubG(nn.Module):
+    """semantic (+ z) -> image; records what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+
+    def forward(self, semantic, z=None, dist=None):
+        self.seen = {"z": z, "dist": dist}
+        return torch.tanh(self.conv(semantic))
+
+
+class _StubD(nn.Module):
+    """Two scales of (feature, prediction) on cat(semantic, image)."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Conv2d(5, 4, 1)
+        self.pred = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        f = self.feat(x)
+        return [[f, self.pred(f)], [f[..., ::2, ::2], self.pred(f[..., ::2, ::2])]]
+
+
+class _StubE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, image):
+        h = self.fc(image.mean((2, 3)))
+        return h, h * 0.1
+
+
+def _step_inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(2, 2, 4, 4, generator=g), torch.rand(2, 3, 4, 4, generator=g) * 2 - 1
+
+
+def test_generator_losses_terms_follow_the_recipe_and_leave_d_untrained():
+    G, D, E = _StubG(), _StubD(), _StubE()
+    semantic, real = _step_inputs()
+    recipe = TrainRecipe(use_vgg=False, lambda_feat=3.0, lambda_kld=0.5)
+    torch.manual_seed(1)
+    step = generator_losses(G, D, semantic, real, recipe=recipe, encoder=E, vgg_loss=VGGLoss(_FakeVGG()))
+    assert list(step.terms) == ["KLD", "GAN", "GAN_Feat", "VGG"]
+    assert G.seen["z"].shape == (2, 4)
+    pred_fake, pred_real = split_predictions(D(discriminator_input(semantic, step.fake.detach(), real)))
+    assert torch.allclose(step.terms["GAN"], gan_loss(pred_fake, True, for_discriminator=False))
+    assert torch.allclose(step.terms["GAN_Feat"], feature_matching_loss(pred_fake, pred_real, 3.0))
+    assert torch.allclose(step.terms["VGG"], VGGLoss(_FakeVGG())(step.fake, real) * recipe.lambda_vgg)
+    mu, logvar = E(real)
+    assert torch.allclose(step.terms["KLD"], kld_loss(mu, logvar) * 0.5)
+    assert torch.equal(step.total, sum(step.terms.values()))
+    step.total.backward()
+    assert all(p.grad is None for p in D.parameters()) and all(p.requires_grad for p in D.parameters())
+    assert G.conv.weight.grad is not None and E.fc.weight.grad is not None
+    no_feat = generator_losses(G, D, semantic, real, recipe=TrainRecipe(use_vgg=False, use_feat_loss=False))
+    assert list(no_feat.terms) == ["GAN"] and G.seen["z"] is None
+
+
+def test_discriminator_losses_train_d_on_a_detached_fake():
+    G, D = _StubG(), _StubD()
+    semantic, real = _step_inputs()
+    dist = torch.zeros(2, 2, 4, 4)
+    step = discriminator_losses(G, D, semantic, real, recipe=TrainRecipe(use_vgg=False), dist=dist)
+    assert list(step.terms) == ["D_Fake", "D_real"] and G.seen["dist"] is dist
+    pred_fake, pred_real = split_predictions(D(discriminator_input(semantic, step.fake, real)))
+    assert torch.allclose(step.terms["D_Fake"], gan_loss(pred_fake, False))
+    assert torch.allclose(step.terms["D_real"], gan_loss(pred_real, True))
+    step.total.backward()
+    assert G.conv.weight.grad is None and D.feat.weight.grad is not None
+
+
+def test_discriminator_input_puts_fake_first_in_the_asked_dtype_and_layout():
+    semantic, real = _step_inputs()
+    fake = -real
+    x = discriminator_input(semantic, fake, real, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    assert x.shape == (4, 5, 4, 4) and x.dtype == torch.bfloat16
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x[:2, 2:], fake.bfloat16()) and torch.equal(x[2:, 2:], real.bfloat16())
+    assert torch.equal(x[:2, :2], x[2:, :2])

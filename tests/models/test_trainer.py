@@ -9,8 +9,9 @@ from torch.utils.data import Dataset
 
 from models import build_generator_from_config, load_generator_dir, load_official_checkpoint
 from models.presets import generator_config
-from models.trainer import (NonFiniteLossError, Trainer, TrainRecipe, discriminator_config_for,
-                            previous_checkpoint)
+from models.checkpoint_store import match_state_layouts, previous_checkpoint
+from models.train_recipe import TrainRecipe, discriminator_config_for
+from models.trainer import NonFiniteLossError, Trainer
 from models.fast import native_bf16
 from models.vgg import VGG19_FILE, VGGWeightsMissingError
 
@@ -253,7 +254,6 @@ def test_channels_last_trains_like_contiguous():
 
 
 def test_resuming_in_another_memory_layout_keeps_adam_exact():
-    from models.trainer import match_state_layouts
     batch = torch.utils.data.default_collate([TinyScenes()[i] for i in range(2)])
     nhwc = tiny_trainer("spade", channels_last=True)
     nhwc.train_step(batch)

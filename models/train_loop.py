@@ -1,0 +1,163 @@
+"""The training loop: iterations of a :class:`models.trainer.Trainer` until a step or epoch count.
+
+    history = fit(trainer, SyntheticScenes(1000), steps=300, out_dir="runs/demo")
+    # the same as trainer.fit(SyntheticScenes(1000), steps=300, out_dir="runs/demo")
+
+Position (step, epoch, batch within the epoch) lives on the trainer and in its checkpoint, so
+a resumed run continues the data order, the logs and the learning-rate schedule exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data.labels import check_label_range
+from data.synthetic import SYNTHETIC_LABEL_NC, SyntheticScenes
+
+from .checkpoint_store import CHECKPOINT_NAME
+from .distributed import any_rank, batches_per_epoch, epoch_batches, make_loader
+from .train_log import append_row, read_history, write_csv
+
+log = logging.getLogger(__name__)
+
+
+def dataset_class_nc(dataset) -> int | None:
+    """Number of class ids (label_nc + dontcare) a dataset can emit, when it declares it."""
+    preset = getattr(dataset, "preset", None)           # data.datasets.PairedDataset
+    if preset is not None and hasattr(preset, "label_nc"):
+        return preset.label_nc + int(preset.contain_dontcare_label)
+    return SYNTHETIC_LABEL_NC + 1 if isinstance(dataset, SyntheticScenes) else None
+
+
+def check_dataset_labels(dataset, config) -> None:
+    """Reject a dataset whose class ids do not fit ``config`` before training starts.
+
+    Runs the dataset's own file scan when it has one (``scan()``: unreadable files, unknown
+    raw values). If the dataset declares at most ``config.class_nc`` classes it fits;
+    otherwise every sample is read. Raises ValueError naming the file and the value.
+    """
+    if callable(getattr(dataset, "scan", None)):
+        dataset.scan()
+    declared = dataset_class_nc(dataset)
+    if declared is not None and declared <= config.class_nc:
+        return
+    for i in range(len(dataset)):
+        item = dataset[i]
+        check_label_range(item["label"], config.class_nc,
+                          source=f"label map of {item.get('path', f'sample #{i}')!r}")
+
+
+def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
+        out_dir: str | Path | None = None, num_workers: int = 0, log_every: int = 10,
+        save_every: int = 500, sample_every: int = 500, validate: bool = True,
+        progress: bool = True, max_seconds: float | None = None) -> list[dict]:
+    """Train ``trainer`` until ``steps`` iterations (or ``epochs`` epochs) in total, resumed ones included.
+
+    ``max_seconds``: a wall-clock cap for this call; training stops (checkpointed) at the
+    first step past it and ``trainer.stopped_early`` is set.
+    ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
+    With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
+    ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
+    ``save_every`` steps and at the end. Returns the logged rows.
+    """
+    main = trainer.rank == 0
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if isinstance(data, DataLoader):
+        loader, dataset = data, data.dataset
+    else:
+        dataset = data
+        loader = make_loader(dataset, batch_size=trainer.recipe.batch_size, seed=trainer.recipe.seed,
+                             rank=trainer.rank, world_size=trainer.world_size, num_workers=num_workers,
+                             pin_memory=trainer.device.type == "cuda")
+    if validate:
+        _validate(trainer, dataset)
+    per_epoch = batches_per_epoch(loader)
+    if (steps is None) == (epochs is None):
+        raise ValueError("give exactly one of steps= or epochs=")
+    total = steps if steps is not None else epochs * per_epoch
+    per_step = loader.batch_size * trainer.world_size
+    if main:
+        log.info("effective batch size %d (%d per process x %d processes); %d batches per epoch; "
+                 "training steps %d -> %d", per_step, loader.batch_size, trainer.world_size,
+                 per_epoch, trainer.step, total)
+    history = read_history(out_dir, trainer.step) if out_dir is not None and main else []
+    trainer.stopped_early = False
+    fit_start = time.perf_counter()
+    window: dict[str, list[float]] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    bar = tqdm(total=total, initial=trainer.step, disable=not (main and progress), dynamic_ncols=True,
+               desc=f"train {trainer.g_config.norm}", unit="step")
+    try:
+        while trainer.step < total and not trainer.stopped_early:
+            for batch in epoch_batches(loader, trainer.epoch, trainer.epoch_batch):
+                t0 = time.perf_counter()
+                values = trainer.train_step(batch)
+                trainer.advance_position(per_epoch)
+                trainer.train_seconds += time.perf_counter() - t0
+                for k, v in values.items():
+                    window.setdefault(k, []).append(v)
+                window_steps += 1
+                bar.update(1)
+                done = trainer.step >= total
+                if not done and max_seconds is not None and _time_is_up(trainer, fit_start, max_seconds):
+                    trainer.stopped_early = done = True
+                    if main:
+                        log.warning("time cap of %.0f s reached: stopping at step %d of %d",
+                                    max_seconds, trainer.step, total)
+                if trainer.step % log_every == 0 or done:
+                    row = _log_row(trainer, window, window_steps * per_step / (time.perf_counter() - window_start))
+                    history.append(row)
+                    bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window, "images_per_s")})
+                    if out_dir is not None and main:
+                        append_row(out_dir, row)
+                    window, window_start, window_steps = {}, time.perf_counter(), 0
+                if out_dir is not None:
+                    _save_outputs(trainer, out_dir, history, samples=trainer.step % sample_every == 0 or done,
+                                  checkpoint=trainer.step % save_every == 0 or done)
+                if done:
+                    break
+    finally:
+        bar.close()
+    trainer.sync_buffers()
+    return history
+
+
+def _time_is_up(trainer, fit_start: float, max_seconds: float) -> bool:
+    # Every rank must stop at the same step.
+    return any_rank(time.perf_counter() - fit_start > max_seconds, trainer.device)
+
+
+def _log_row(trainer, window: dict[str, list[float]], images_per_s: float) -> dict:
+    """One logged row: position, time, throughput, lr and the window's mean losses."""
+    return {"step": trainer.step, "epoch": trainer.epoch, "seconds": round(trainer.train_seconds, 3),
+            "images_per_s": round(images_per_s, 3),
+            "lr_G": trainer.opt_G.param_groups[0]["lr"], "lr_D": trainer.opt_D.param_groups[0]["lr"],
+            **{k: float(np.mean(v)) for k, v in window.items()}}
+
+
+def _save_outputs(trainer, out_dir: Path, history: list[dict], *, samples: bool, checkpoint: bool) -> None:
+    """Sample grid (rank 0) and checkpoint + log.csv (collective) when due."""
+    if samples and trainer.rank == 0:
+        trainer.save_samples(out_dir / "samples" / f"step_{trainer.step:07d}.png")
+    if checkpoint:
+        trainer.save_checkpoint(out_dir / CHECKPOINT_NAME)
+        if trainer.rank == 0:
+            write_csv(out_dir, history)
+
+
+def _validate(trainer, dataset) -> None:
+    """check_dataset_labels on every rank; all ranks stop if any rejects the data."""
+    error = None
+    try:
+        check_dataset_labels(dataset, trainer.g_config)
+    except (ValueError, FileNotFoundError) as exc:
+        error = exc
+    if any_rank(error is not None, trainer.device) and error is None:
+        raise RuntimeError("another process rejected the training data (see its error)")
+    if error is not None:
+        raise error
