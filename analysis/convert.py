@@ -35,9 +35,9 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from models import build_generator, build_generator_from_config, load_generator_dir, load_official_checkpoint
-from models import save_generator_dir
-from models.checkpoint import GENERATOR_CONFIG, read_state_dict
+from models import (build_generator, build_generator_from_config, load_generator_dir, load_official_checkpoint,
+                    save_generator_dir)
+from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
 from models.presets import with_options
 
 from .probe import PARAMS, ProbeStatistics, capture_modulation_statistics, modulation_layers
@@ -46,7 +46,6 @@ from .provenance import provenance, write_json_atomic
 log = logging.getLogger(__name__)
 
 CONVERSION_RECORD = "conversion.json"
-TABLE_KEYS = {"gamma": "class_specified_affine.weight", "beta": "class_specified_affine.bias"}
 
 
 def load_spade_generator(source, preset: str | None = None, device=None, **overrides) -> nn.Module:
@@ -54,7 +53,7 @@ def load_spade_generator(source, preset: str | None = None, device=None, **overr
     from an official ``latest_net_G.pth`` (architecture from ``preset`` and ``overrides``, e.g.
     ``ngf``; ngf is read from the file when not given)."""
     source = Path(source)
-    if source.is_dir() or (source.parent / GENERATOR_CONFIG).is_file():
+    if source.is_dir() or (source.name == GENERATOR_WEIGHTS and (source.parent / GENERATOR_CONFIG).is_file()):
         generator = load_generator_dir(source if source.is_dir() else source.parent, device)
     else:
         if preset is None:
@@ -65,7 +64,8 @@ def load_spade_generator(source, preset: str | None = None, device=None, **overr
         conv = state.get("head_0.conv_1.weight_orig", state.get("head_0.conv_1.weight"))
         if conv is not None:
             overrides.setdefault("ngf", conv.shape[0] // 16)
-        generator = load_official_checkpoint(build_generator(preset, "spade", **overrides), state).to(device or "cpu")
+        generator = build_generator(preset, "spade", device, **overrides)
+        load_official_checkpoint(generator, state)
     if generator.config.norm != "spade":
         raise ValueError(f"{str(source)!r} holds a {generator.config.norm!r} generator; the conversion "
                          f"expects a SPADE generator (norm='spade')")
@@ -162,6 +162,11 @@ def clade_from_statistics(spade: nn.Module, stats: ProbeStatistics) -> nn.Module
     return clade.train(spade.training)
 
 
+def _capture(spade: nn.Module, batches: Iterable[dict], images: int, progress: bool) -> ProbeStatistics:
+    # Class means need only the constant column of the probe's regression basis.
+    return capture_modulation_statistics(spade, first_images(batches, images), basis="linear", progress=progress)
+
+
 def spade_to_clade(spade: nn.Module, batches: Iterable[dict], *, images: int = 64,
                    progress: bool = False) -> nn.Module:
     """CLADE generator from a trained SPADE: per-class mean modulation over the first ``images``
@@ -169,9 +174,7 @@ def spade_to_clade(spade: nn.Module, batches: Iterable[dict], *, images: int = 6
 
         clade = spade_to_clade(spade, loader, images=64)
     """
-    stats = capture_modulation_statistics(spade, first_images(batches, images), basis="linear",
-                                          progress=progress)
-    return clade_from_statistics(spade, stats)
+    return clade_from_statistics(spade, _capture(spade, batches, images, progress))
 
 
 def write_clade_dir(spade: nn.Module, batches: Iterable[dict], out, *, images: int = 64,
@@ -179,8 +182,7 @@ def write_clade_dir(spade: nn.Module, batches: Iterable[dict], out, *, images: i
     """Convert ``spade`` and write a generator folder (``latest_net_G.pth`` in the official
     CLADE layout, ``generator.json``) plus ``conversion.json`` (label maps used, classes never
     seen, ``source``, provenance). Returns the folder; ``models.load_generator_dir`` loads it."""
-    stats = capture_modulation_statistics(spade, first_images(batches, images), basis="linear",
-                                          progress=progress)
+    stats = _capture(spade, batches, images, progress)
     clade = clade_from_statistics(spade, stats)
     out = save_generator_dir(clade, out)
     unseen = unseen_classes(stats)

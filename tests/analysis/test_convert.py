@@ -154,7 +154,8 @@ def test_spade_loads_from_a_folder_or_an_official_file(tmp_path):
     G = build_generator("synthetic", "spade", ngf=8)
     save_generator_dir(G, tmp_path / "run")
     save_state_dict_atomic({"module." + k: v for k, v in G.state_dict().items()}, tmp_path / "official.pth")
-    for loaded in (load_spade_generator(tmp_path / "run"), load_spade_generator(tmp_path / "run" / "latest_net_G.pth"),
+    for loaded in (load_spade_generator(tmp_path / "run"),
+                   load_spade_generator(tmp_path / "run" / "latest_net_G.pth"),
                    load_spade_generator(tmp_path / "official.pth", preset="synthetic")):  # ngf from the keys
         torch.testing.assert_close(loaded.state_dict(), G.state_dict())
     with pytest.raises(ValueError, match="preset="):
@@ -177,10 +178,11 @@ def test_bad_inputs_are_explained():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["ade20k", "coco-stuff"])
 def test_official_size_conversion_is_exact(preset):
-    """Full official networks (ngf 64, 256x256) at batch 1 on the CPU: about a minute each."""
+    """Full official networks (ngf 64, 256x256) at batch 1 on one CPU thread: about 80 s each."""
     G = trained_like_spade(preset, batch=1)
     stats = capture_modulation_statistics(G, label_batches(G.config, 1, batch=1, block=16), basis="linear",
                                           progress=False)
-    _, plain, ablated, converted = converted_and_ablated(G, stats, label_batches(G.config, 1, 1, seed=1, block=16)[0])
+    batch = label_batches(G.config, 1, batch=1, seed=1, block=16)[0]
+    _, plain, ablated, converted = converted_and_ablated(G, stats, batch)
     assert (converted - ablated).abs().max() <= 1e-5
     assert (plain - ablated).abs().mean() > 1e-3
