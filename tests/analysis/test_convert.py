@@ -175,14 +175,31 @@ def test_bad_inputs_are_explained():
         clade_from_statistics(build_generator("synthetic", "clade", ngf=4), stats)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["ade20k", "coco-stuff"])
-def test_official_size_conversion_is_exact(preset):
-    """Full official networks (ngf 64, 256x256) at batch 1 on one CPU thread: about 80 s each."""
-    G = trained_like_spade(preset, batch=1)
+REFERENCE_NAMES = {"ade20k": "ade20k", "coco-stuff": "coco"}  # ../shared/reference/state_dict_keys
+
+
+@pytest.fixture(scope="module", params=sorted(REFERENCE_NAMES))
+def official_size_conversion(request):
+    """(preset, converted CLADE, plain SPADE, SPADE under the class-mean ablation, converted output)
+    for the full official network (ngf 64, 256x256) at batch 1 on the CPU: about 80 s each."""
+    G = trained_like_spade(request.param, batch=1)
     stats = capture_modulation_statistics(G, label_batches(G.config, 1, batch=1, block=16), basis="linear",
                                           progress=False)
     batch = label_batches(G.config, 1, batch=1, seed=1, block=16)[0]
-    _, plain, ablated, converted = converted_and_ablated(G, stats, batch)
+    return (request.param, *converted_and_ablated(G, stats, batch))
+
+
+@pytest.mark.slow
+def test_official_size_conversion_is_exact(official_size_conversion):
+    _, _, plain, ablated, converted = official_size_conversion
     assert (converted - ablated).abs().max() <= 1e-5
     assert (plain - ablated).abs().mean() > 1e-3
+
+
+@pytest.mark.slow
+def test_official_size_conversion_has_the_official_clade_keys(official_size_conversion, reference_dir):
+    preset, clade, *_ = official_size_conversion
+    path = reference_dir / "state_dict_keys" / f"G_{REFERENCE_NAMES[preset]}_clade.json"
+    reference = json.loads(path.read_text())
+    assert {k: list(v.shape) for k, v in clade.state_dict().items()} == \
+        {k["key"]: k["shape"] for k in reference["keys"]}
