@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from .provenance import write_json_atomic
+from fileio import atomic_path, write_json_atomic
+
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,10 @@ class ActivationStats:
     def save(self, path: str | Path, **provenance) -> Path:
         """Write ``path`` (.npz: mu, sigma, count) and ``path.json`` (provenance + count)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         mu, sigma = self.mean_cov()
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, mu=mu, sigma=sigma, count=self.count)
-        os.replace(tmp, path)
-        write_json_atomic({"count": self.count, "dims": self.dims, **provenance}, path.with_suffix(".json"))
+        with atomic_path(path) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, count=self.count)
+        write_json_atomic(path.with_suffix(".json"), {"count": self.count, "dims": self.dims, **provenance})
         return path
 
     @classmethod

@@ -6,11 +6,12 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fileio import save_torch_atomic, write_json_atomic
 
 from .presets import NORMS, OFFICIAL_PRESETS
 
@@ -138,11 +139,7 @@ def _abbrev(items: list, limit: int = 8) -> str:
 
 def save_state_dict_atomic(state: dict, path) -> None:
     """torch.save to a temporary file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch_atomic(state, path)
 
 
 GENERATOR_WEIGHTS = "latest_net_G.pth"
@@ -151,13 +148,12 @@ GENERATOR_CONFIG = "generator.json"
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
     """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
-    from analysis.provenance import write_json_atomic
     from .presets import config_to_dict
 
     folder = Path(folder)
     save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
                            folder / GENERATOR_WEIGHTS)
-    write_json_atomic(config_to_dict(generator.config), folder / GENERATOR_CONFIG)
+    write_json_atomic(folder / GENERATOR_CONFIG, config_to_dict(generator.config))
     return folder
 
 

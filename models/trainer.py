@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.labels import check_label_range, make_semantic
+from fileio import append_line, atomic_path, write_text_atomic
 
 from . import build_encoder, build_generator_from_config
 from .checkpoint import save_generator_dir
@@ -608,12 +610,10 @@ class Trainer:
         state = self.state_dict()
         path = Path(path)
         if self.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            torch.save(state, tmp)
-            if path.exists():
-                _replace_with_link(path, previous_checkpoint(path))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+                if path.exists():
+                    _replace_with_link(path, previous_checkpoint(path))
         if self.distributed:
             dist.barrier()
         return path if self.rank == 0 else None
@@ -813,9 +813,7 @@ class Trainer:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         kept = [r for r in rows if r["step"] <= self.step]
         if len(kept) != len(rows):
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
 
@@ -826,28 +824,22 @@ def previous_checkpoint(path: Path) -> Path:
 
 def _replace_with_link(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically (a hard link when the filesystem allows)."""
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line(path, json.dumps(row))
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
     import pandas as pd
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def recipe_from_dict(d: dict) -> TrainRecipe:

@@ -9,8 +9,8 @@ import pytest
 
 from analysis import report, roi
 from analysis.context import RunContext
-from analysis.provenance import write_json_atomic
 from analysis.report import build_report, write_report
+from fileio import write_json_atomic
 
 
 def test_pareto_front_on_hand_made_points():
@@ -120,13 +120,13 @@ def run_folder(tmp_path):
     fig, ax = plt.subplots(figsize=(1, 1))
     ax.plot([0, 1])
     ctx.write_figure(fig, "costs_bars")
-    write_json_atomic({"stage": "costs", "seconds": 12.34, "notes": ["Counted with fvcore."],
+    write_json_atomic(tmp_path / "stages" / "costs.json",
+                      {"stage": "costs", "seconds": 12.34, "notes": ["Counted with fvcore."],
                        "tables": [{"file": "tables/costs.csv", "caption": "Params and GMACs per config."}],
-                       "figures": [{"file": "figures/costs_bars.png", "caption": "GMACs per config."}]},
-                      tmp_path / "stages" / "costs.json")
-    write_json_atomic({"stage": "eval", "seconds": 3.0, "proxy": ["miou_proxy comes from a proxy segmenter."],
-                       "tables": [{"file": "tables/evaluation.csv", "caption": "Quality per method."}]},
-                      tmp_path / "stages" / "eval.json")
+                       "figures": [{"file": "figures/costs_bars.png", "caption": "GMACs per config."}]})
+    write_json_atomic(tmp_path / "stages" / "eval.json",
+                      {"stage": "eval", "seconds": 3.0, "proxy": ["miou_proxy comes from a proxy segmenter."],
+                       "tables": [{"file": "tables/evaluation.csv", "caption": "Quality per method."}]})
     return ctx
 
 
@@ -153,7 +153,7 @@ def test_report_from_stage_records(run_folder):
 
 
 def write_record(out, tables):
-    write_json_atomic({"stage": "costs", "seconds": 1.0, "tables": tables}, out / "stages" / "costs.json")
+    write_json_atomic(out / "stages" / "costs.json", {"stage": "costs", "seconds": 1.0, "tables": tables})
     return build_report(out, {}, stages=("costs",))
 
 
