@@ -50,7 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from .bench import summarize_times, time_interleaved
+from .context import RunContext
 from .costs import generator_inputs
+from .options import CompareOptions, OptionParser, add_options, options_from_args
 from .provenance import device_description
 
 log = logging.getLogger(__name__)
@@ -383,21 +385,12 @@ def speed_figure(df: pd.DataFrame):
 
 
 def _settings(ctx) -> dict:
-    extra = ctx.extra or {}
-    cuda = torch.device(ctx.device).type == "cuda"
-    presets = ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]
-    return {"presets": extra.get("compare_presets") or presets,
-            "norms": extra.get("compare_norms") or ["spade", "clade", "clade-icpe"],
-            "batch_sizes": extra.get("compare_batch_sizes") or ([1] if ctx.quick or not cuda else [1, 16]),
-            "repeats": extra.get("compare_repeats") or (3 if ctx.quick else 10),
-            "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
-            "compile": bool(extra.get("compare_compile", False)),
-            "tune_allocator": not extra.get("compare_default_malloc", False),
-            "train": bool(extra.get("compare_train", False)),
-            "train_batch_size": extra.get("compare_train_batch_size") or (16 if cuda and not ctx.quick else 1),
-            "train_repeats": extra.get("compare_train_repeats") or 3,
-            "vgg_weights": extra.get("vgg_weights"),
-            "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
+    """The resolved ``ctx.compare`` options under the keys the tables' meta.json records."""
+    c = ctx.compare
+    return {"presets": list(c.presets), "norms": list(c.norms), "batch_sizes": list(c.batch_sizes),
+            "repeats": c.repeats, "warmup": c.warmup, "compile": c.compile, "tune_allocator": not c.default_malloc,
+            "train": c.train, "train_batch_size": c.train_batch_size, "train_repeats": c.train_repeats,
+            "vgg_weights": c.vgg_weights, "overrides": c.overrides or {}}
 
 
 def run_compare(ctx) -> dict:
@@ -468,34 +461,19 @@ def run_compare_training(ctx, s: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from .context import RunContext
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("reports/speed"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="ade20k, batch 1, 3 repeats")
-    parser.add_argument("--presets", nargs="+", dest="compare_presets")
-    parser.add_argument("--norms", nargs="+", dest="compare_norms")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, dest="compare_batch_sizes")
-    parser.add_argument("--repeats", type=int, dest="compare_repeats")
-    parser.add_argument("--warmup", type=int, dest="compare_warmup")
-    parser.add_argument("--compile", action="store_true", dest="compare_compile",
-                        help="also time accelerate(G, compile=True) (minutes to compile on CPU)")
-    parser.add_argument("--train", action="store_true", dest="compare_train",
-                        help="also time a full training iteration under each recipe of TRAIN_VARIANTS "
-                             "(official fp32 eager, spectral norm on inputs, channels_last, bf16)")
-    parser.add_argument("--train-batch-size", type=int, dest="compare_train_batch_size",
-                        help="training batch (default 1; 16 on CUDA)")
-    parser.add_argument("--train-repeats", type=int, dest="compare_train_repeats", help="timed iterations (default 3)")
-    parser.add_argument("--vgg-weights", type=Path, default=None,
-                        help="VGG19 weights for the perceptual loss (default: random weights, timing only)")
+    parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("reports/speed"), help="output folder (default %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu | cuda (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="the --quick defaults below")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--default-malloc", action="store_true", dest="compare_default_malloc",
-                        help="keep glibc's default allocator settings (see models.fast.tune_cpu_allocator)")
+    add_options(parser, CompareOptions)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ctx = RunContext(out=args.out, device=args.device, quick=args.quick, extra=vars(args))
+    ctx = RunContext(out=args.out, device=args.device, quick=args.quick,
+                     compare=options_from_args(args, CompareOptions))
     run_compare(ctx)
     return 0
 
