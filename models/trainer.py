@@ -667,7 +667,8 @@ class Trainer:
         ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
         With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
         ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
-        ``save_every`` steps and at the end. Returns the logged rows.
+        ``save_every`` steps and at the end (an interval of 0: only at the end). Returns the
+        logged rows.
         """
         from tqdm.auto import tqdm
 
@@ -715,7 +716,7 @@ class Trainer:
                         if main:
                             log.warning("time cap of %.0f s reached: stopping at step %d of %d",
                                         max_seconds, self.step, total)
-                    if self.step % log_every == 0 or done:
+                    if _due(self.step, log_every) or done:
                         row = self._log_row(window, window_steps * per_step / (time.perf_counter() - window_start))
                         history.append(row)
                         bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window, "images_per_s")})
@@ -723,8 +724,8 @@ class Trainer:
                             _append_jsonl(out_dir / "log.jsonl", row)
                         window, window_start, window_steps = {}, time.perf_counter(), 0
                     if out_dir is not None:
-                        self._save_outputs(out_dir, history, samples=self.step % sample_every == 0 or done,
-                                           checkpoint=self.step % save_every == 0 or done)
+                        self._save_outputs(out_dir, history, samples=_due(self.step, sample_every) or done,
+                                           checkpoint=_due(self.step, save_every) or done)
                     if done:
                         break
         finally:
@@ -815,6 +816,11 @@ class Trainer:
         if len(kept) != len(rows):
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
+
+
+def _due(step: int, every: int) -> bool:
+    """Whether a periodic action runs at ``step``; ``every`` 0 means never (only at the end)."""
+    return every > 0 and step % every == 0
 
 
 def previous_checkpoint(path: Path) -> Path:
