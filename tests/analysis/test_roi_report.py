@@ -9,6 +9,7 @@ import pytest
 
 from analysis import report, roi
 from analysis.context import RunContext
+from analysis.options import EvalOptions
 from analysis.report import build_report, write_report
 from fileio import write_json_atomic
 
@@ -233,7 +234,7 @@ def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
     from analysis.stages import eval as eval_stage
 
     tiny_checkpoints(tmp_path)
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4})
+    ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "real"]
@@ -259,7 +260,7 @@ def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights)
     path = tmp_path / "seg.pt"
     torch.jit.save(torch.jit.script(EightClasses()), str(path))
     tiny_checkpoints(tmp_path, norms=("clade",))
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4, "segmenter": path})
+    ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4, segmenter=path))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert {"miou", "accuracy"} <= set(table) and "miou_proxy" not in table
@@ -277,8 +278,9 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
                        tmp_path / "checkpoints" / "spade-1x1")
     (tmp_path / "checkpoints" / "notes").mkdir()   # a folder without weights is not a generator
     save_generator_dir(build_generator("synthetic", "clade-icpe", ngf=4), tmp_path / "elsewhere" / "generator")
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4,
-                                                      "eval_generator": [f"mine={tmp_path / 'elsewhere' / 'generator'}"]})
+    ctx = RunContext(out=tmp_path, quick=True,
+                     eval=EvalOptions(images=8, proxy_steps=4,
+                                      generator=(f"mine={tmp_path / 'elsewhere' / 'generator'}",)))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
@@ -322,7 +324,7 @@ def test_eval_stage_rejects_a_generator_that_differs_from_the_first(tmp_path, op
     tiny_checkpoints(tmp_path, norms=("spade",))
     odd = save_generator_dir(build_generator("synthetic", "clade", ngf=4, **options), tmp_path / "checkpoints" / "odd")
     with pytest.raises(ValueError, match=message) as error:
-        eval_stage.run(RunContext(out=tmp_path, quick=True, extra={"eval_images": 8}))
+        eval_stage.run(RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8)))
     assert f"generator folder {odd}:" in str(error.value)
     assert f"like {tmp_path / 'checkpoints' / 'spade'} (the first generator" in str(error.value)
 
