@@ -42,18 +42,27 @@ import functools
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .bench import summarize_times, time_interleaved
+import models.generator as generator_module
+from fileio import device_description
+from models import build_generator
+from models.fast import accelerate, native_bf16, tune_cpu_allocator
+from models.presets import generator_config
+from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+from models.vgg import SLICES, VGG19_FILE, VGG19Features
+
+from .bench import summarize_times, synthetic_batch, time_interleaved
 from .context import RunContext
-from .costs import generator_inputs
+from .costs import closed_form_generator_costs, generator_inputs
 from .options import CompareOptions, OptionParser, add_options, options_from_args
-from .provenance import device_description
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +104,6 @@ class OfficialConditioning:
 @contextlib.contextmanager
 def official_data_path():
     """Within the block, generators feed their norm layers like the official code."""
-    import models.generator as generator_module
     original = generator_module.Conditioning
     generator_module.Conditioning = type("OfficialConditioning", (OfficialConditioning, original), {})
     try:
@@ -158,7 +166,6 @@ def peak_for(device, dtype: str) -> tuple[float, str]:
 
 def _gmacs(config) -> float:
     try:
-        from .costs import closed_form_generator_costs
         return closed_form_generator_costs(config)["macs"] / 1e9
     except Exception:  # the cost model is optional here
         return float("nan")
@@ -167,7 +174,6 @@ def _gmacs(config) -> float:
 # ----------------------------------------------------------------------------- variants
 def variants(G, inputs: dict, device, *, compile: bool = False) -> dict:
     """name -> (dtype label, zero-argument call). Each call sets the path it needs."""
-    from models.fast import accelerate
     cuda = torch.device(device).type == "cuda"
 
     def call(fast: bool, dtype=None, autocast=None, official=False):
@@ -199,7 +205,6 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
                       compile: bool = False, seed: int = 0, allocator_tuned: bool = False,
                       **overrides) -> pd.DataFrame:
     """Rows of :data:`COLUMNS` for one generator: every variant timed in one interleaved run."""
-    from models import build_generator
     G = build_generator(preset, norm, device=device, **overrides)
     (semantic,), kwargs = generator_inputs(G.config, batch, device=device, seed=seed)
     inputs = {"semantic": semantic, **kwargs}
@@ -251,7 +256,6 @@ def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, war
     ``tune_allocator``: on CPU, first call ``models.fast.tune_cpu_allocator`` (process-wide:
     every variant, the official-equivalent one included, then runs with it).
     """
-    from models.fast import tune_cpu_allocator
     tuned = tune_allocator and torch.device(device).type == "cpu" and tune_cpu_allocator()
     tables = []
     for preset in presets:
@@ -288,7 +292,6 @@ TRAIN_COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "spectral_input_
 def timing_vgg_weights(folder: Path) -> Path:
     """A VGG19 weights file with random weights (torchvision layout) in ``folder``: the
     perceptual loss then costs what it costs in training, but means nothing. Timing only."""
-    from models.vgg import SLICES, VGG19_FILE, VGG19Features
     state = VGG19Features().state_dict()
     mapped = {key.replace(f"slice{i}.", "features.", 1): value
               for i in range(1, len(SLICES) + 1) for key, value in state.items() if key.startswith(f"slice{i}.")}
@@ -307,13 +310,6 @@ def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeat
     the first step's losses are compared with fp32-eager's against :data:`TRAIN_LOSS_TOLERANCE`.
     ``vgg_weights``: the real file, or None for random weights (:func:`timing_vgg_weights`).
     """
-    import tempfile
-
-    from models.fast import native_bf16
-    from models.presets import generator_config
-    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
-    from .bench import synthetic_batch
-
     bf16 = native_bf16(device)
     recipes = {k: v for k, v in TRAIN_VARIANTS.items() if not v["amp"] or bf16}
     if compile:
@@ -362,7 +358,6 @@ def format_table(df: pd.DataFrame) -> str:
 
 def speed_figure(df: pd.DataFrame):
     """Bars of median latency per norm and variant, one panel per (preset, batch)."""
-    import matplotlib.pyplot as plt
     groups = list(df.groupby(["preset", "batch"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     for ax, ((preset, batch), part) in zip(axes[0], groups):

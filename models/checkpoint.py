@@ -13,7 +13,8 @@ from torch import nn
 
 from fileio import save_torch_atomic, write_json_atomic
 
-from .presets import NORMS, OFFICIAL_PRESETS
+from .build import build_discriminator, build_generator, build_generator_from_config
+from .presets import NORMS, OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
 
 
 class CheckpointMismatchError(ValueError):
@@ -60,8 +61,6 @@ def _shapes(module: nn.Module) -> dict:
 
 def suggest_configs(state: dict) -> list[str]:
     """Official presets/options whose networks have exactly these keys and shapes."""
-    from . import build_discriminator, build_generator  # local: avoids an import cycle
-
     found = {k: torch.Size(v.shape) for k, v in _strip_wrapper_prefix(state).items()}
     if "conv_img.weight" in found:
         ngf = _infer_ngf(found)
@@ -148,8 +147,6 @@ GENERATOR_CONFIG = "generator.json"
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
     """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
-    from .presets import config_to_dict
-
     folder = Path(folder)
     save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
                            folder / GENERATOR_WEIGHTS)
@@ -160,9 +157,6 @@ def save_generator_dir(generator: nn.Module, folder) -> Path:
 def load_generator_dir(folder, device=None) -> nn.Module:
     """Generator from a folder written by ``save_generator_dir`` (or an official
     ``latest_net_G.pth`` beside a ``generator.json`` you wrote for it)."""
-    from . import build_generator_from_config
-    from .presets import GeneratorConfig
-
     folder = Path(folder)
     config_path = folder / GENERATOR_CONFIG
     if not config_path.is_file():

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.labels import check_label_range, make_semantic
+from data.synthetic import SYNTHETIC_LABEL_NC, SyntheticScenes
 from fileio import append_line, atomic_path, write_text_atomic
 
 from . import build_encoder, build_generator_from_config
@@ -42,6 +43,7 @@ from .init import init_official
 from .losses import GAN_MODES, VGGLoss, feature_matching_loss, gan_loss, kld_loss
 from .presets import DiscriminatorConfig, GeneratorConfig
 from .spectral import set_input_scaling
+from .vgg import VGG19Features
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +206,6 @@ def dataset_class_nc(dataset) -> int | None:
     preset = getattr(dataset, "preset", None)           # data.datasets.PairedDataset
     if preset is not None and hasattr(preset, "label_nc"):
         return preset.label_nc + int(preset.contain_dontcare_label)
-    try:
-        from data.synthetic import SYNTHETIC_LABEL_NC, SyntheticScenes
-    except ImportError:
-        return None
     return SYNTHETIC_LABEL_NC + 1 if isinstance(dataset, SyntheticScenes) else None
 
 
@@ -365,7 +363,6 @@ class Trainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=recipe.lr_D, betas=recipe.betas, fused=fused)
         self.vgg_loss = None
         if recipe.use_vgg:
-            from .vgg import VGG19Features
             self.vgg_loss = VGGLoss(VGG19Features.from_pretrained(vgg_weights)).to(self.device)
             self.vgg_loss.to(memory_format=self.memory_format)
         self._wrap()
