@@ -45,9 +45,8 @@ GENERATOR_OPTIONS = ("label_nc", "contain_dontcare_label", "no_instance", "ngf",
 DISCRIMINATOR_OPTIONS = ("ndf", "n_layers_D", "num_D")
 RECIPE_OPTIONS = ("lr", "beta1", "beta2", "gan_mode", "lambda_feat", "lambda_vgg", "lambda_kld",
                   "niter", "niter_decay", "decay_start_step", "decay_steps", "D_steps_per_G", "ema_decay")
-# TrainRecipe fields with a command-line spelling of their own (train.py flag -> recipe field).
-RECIPE_FLAGS = {"batch_size": "batch_size", "seed": "seed", "amp": "amp", "compile": "compile",
-                "channels_last": "channels_last", "spectral_input_scaling": "spectral_input_scaling", "ema": "ema"}
+# TrainRecipe fields with a dashed flag of their own (--batch-size, --channels-last, ...).
+RECIPE_FLAGS = ("batch_size", "seed", "amp", "compile", "channels_last", "spectral_input_scaling", "ema")
 SYNTHETIC_TRAIN_SCENES = 2000   # synthetic scenes in the training set when --num-samples is not given
 DEFAULT_EPOCHS = 50             # official niter (+ niter_decay 0), when neither --steps nor --epochs is given
 
@@ -206,8 +205,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
             d_over[key] = value
         if key in r_fields:
             r_over[key] = value
-    r_over.update({field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items()
-                   if getattr(args, flag) is not None})
+    r_over.update({name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None})
     if args.no_vgg:
         r_over["use_vgg"] = False
     if args.no_TTUR:
@@ -267,8 +265,7 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
         options["run"]["epochs"] = None
     if args.epochs is not None:
         options["run"]["steps"] = None
-    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, "batch_size",
-                           "seed", "ema", "amp", "compile", "channels_last", "spectral_input_scaling", "dataroot")
+    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, *RECIPE_FLAGS, "dataroot")
                if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
     if ignored:
         log.warning("resuming %s: its options.json decides %s; the command line values are ignored",

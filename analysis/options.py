@@ -71,13 +71,19 @@ class CostsOptions:
 
 
 @dataclass
-class BenchOptions:
-    """Stage 'bench': latency and memory of the generators, a training step, an op profile."""
+class TimedGenerators:
+    """Which generators a timing stage runs (shared by the bench stage and the comparison)."""
 
     presets: tuple[str, ...] = option(("ade20k", "cityscapes", "coco-stuff"), "presets to time",
                                       quick=("ade20k",), metavar="PRESET")
     norms: tuple[str, ...] = option(_all_norms, "norms to time (default: every registered norm)", metavar="NORM")
     batch_sizes: tuple[int, ...] = option((1, 16), "batch sizes", cpu=(1,), quick=(1,), minimum=1, metavar="N")
+
+
+@dataclass
+class BenchOptions(TimedGenerators):
+    """Stage 'bench': latency and memory of the generators, a training step, an op profile."""
+
     dtypes: tuple[str, ...] = option(("fp32", "bf16"), "autocast dtypes", cpu=("fp32",), quick=("fp32",),
                                      choices=("fp32", "bf16", "fp16"))
     repeats: int = option(10, "timed calls per model", cpu=3, minimum=1)
@@ -89,13 +95,9 @@ class BenchOptions:
 
 
 @dataclass
-class CompareOptions:
+class CompareOptions(TimedGenerators):
     """The plain-vs-fast comparison of ``analysis/speed.py`` (``bench --compare``, ``python -m analysis.speed``)."""
 
-    presets: tuple[str, ...] = option(("ade20k", "cityscapes", "coco-stuff"), "presets to time",
-                                      quick=("ade20k",), metavar="PRESET")
-    norms: tuple[str, ...] = option(_all_norms, "norms to time (default: every registered norm)", metavar="NORM")
-    batch_sizes: tuple[int, ...] = option((1, 16), "batch sizes", cpu=(1,), quick=(1,), minimum=1, metavar="N")
     repeats: int = option(10, "timed calls per model", quick=3, minimum=1)
     warmup: int = option(2, "untimed calls per model before timing", quick=1, minimum=0)
     compile: bool = option(False, "also time the compiled fast generator (minutes to compile on CPU)")
