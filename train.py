@@ -21,8 +21,21 @@ import logging
 import os
 import re
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import torch.distributed as dist
+
+from analysis.options import OptionParser, add_options, option, options_dict, options_from_args, resolve
+from data.datasets import build_dataset as build_real_dataset
+from data.synthetic import SyntheticScenes
+from fileio import provenance, write_json_atomic
+from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
+                            generator_config)
+from models.distributed import cleanup_distributed, setup_distributed
+from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
+from models.trainer import NonFiniteLossError, Trainer
+from models.vgg import VGGWeightsMissingError
 
 log = logging.getLogger("train")
 
@@ -33,6 +46,38 @@ GENERATOR_OPTIONS = ("label_nc", "contain_dontcare_label", "no_instance", "ngf",
 DISCRIMINATOR_OPTIONS = ("ndf", "n_layers_D", "num_D")
 RECIPE_OPTIONS = ("lr", "beta1", "beta2", "gan_mode", "lambda_feat", "lambda_vgg", "lambda_kld",
                   "niter", "niter_decay", "decay_start_step", "decay_steps", "D_steps_per_G", "ema_decay")
+# TrainRecipe fields with a dashed flag of their own (--batch-size, --channels-last, ...).
+RECIPE_FLAGS = ("batch_size", "seed", "amp", "compile", "channels_last", "spectral_input_scaling", "ema")
+SYNTHETIC_TRAIN_SCENES = 2000   # synthetic scenes in the training set when --num-samples is not given
+DEFAULT_EPOCHS = 50             # official niter (+ niter_decay 0), when neither --steps nor --epochs is given
+
+
+@dataclass
+class RunOptions:
+    """What to train on, for how long, and where the run folder goes (the network and recipe
+    options are those of GeneratorConfig, DiscriminatorConfig and TrainRecipe)."""
+
+    preset: str = option("synthetic", f"dataset preset {sorted(PRESETS)}")
+    norm: str = option("clade", f"generator {list(NORMS)}")
+    dataroot: Path | None = option(None, "dataset root for the preset (default: the built-in synthetic scenes)")
+    num_samples: int | None = option(None, f"synthetic scenes in the training set (default "
+                                     f"{SYNTHETIC_TRAIN_SCENES}), or a cap on a real dataset (default: all)",
+                                     minimum=1)
+    data_seed: int = option(0, "seed of the synthetic scenes and of the crops / flips")
+    icpe_mode: str = option("corrected", "ICPE map computation for clade-icpe", choices=("corrected", "official"))
+    steps: int | None = option(None, "total iterations, resumed ones included (default: --epochs)", minimum=1)
+    epochs: int | None = option(None, f"total epochs (default {DEFAULT_EPOCHS}, official niter, when --steps is "
+                                "not given)", minimum=1)
+    out: Path = option(Path("runs"), "parent of the numbered run folders")
+    log_every: int = option(10, "steps per logged loss row; 0 = only at the end", minimum=0)
+    save_every: int = option(500, "steps per checkpoint; 0 = only at the end", minimum=0)
+    sample_every: int = option(500, "steps per image grid; 0 = only at the end", minimum=0)
+    num_workers: int = option(2, "data loader workers per process; 0 = load in the training process", minimum=0)
+    device: str | None = option(None, "cuda | cpu (default: cuda if available)")
+    vgg_weights: Path | None = option(None, "torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)")
+    progress: bool = option(True, "progress bar")
+
+
 # Options a resumed run may change; everything else comes from the run's options.json.
 RESUMABLE_RUN_OPTIONS = ("steps", "epochs", "log_every", "save_every", "sample_every", "num_workers",
                          "vgg_weights", "device", "progress")
@@ -47,9 +92,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _field(cls, name):
+    return {f.name: f for f in fields(cls)}[name]
+
+
 def _field_type(cls, name):
     """argparse type of a dataclass field, from its default."""
-    default = {f.name: f.default for f in fields(cls)}[name]
+    default = _field(cls, name).default
     if isinstance(default, bool):
         return _bool
     if isinstance(default, (int, float)):
@@ -59,65 +108,56 @@ def _field_type(cls, name):
     return str
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from models.presets import NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig
-    from models.trainer import TrainRecipe
+def _default_help(cls, name, what: str) -> str:
+    """``what`` plus the field's default as declared in ``cls``."""
+    default = _field(cls, name).default
+    shown = "on" if default is True else "off" if default is False else "automatic" if default is None else default
+    return f"{what} (default {shown})"
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, help=f"dataset preset {sorted(PRESETS)} (default synthetic)")
-    p.add_argument("--norm", default=None, help=f"generator {list(NORMS)} (default clade)")
-    p.add_argument("--dataroot", type=Path, default=None,
-                   help="dataset root for the preset; default: the built-in synthetic scenes")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help="synthetic scenes in the training set (default 2000); or a cap on a real dataset")
-    p.add_argument("--data-seed", type=int, default=None, help="seed of the synthetic scenes (default 0)")
-    p.add_argument("--icpe-mode", default=None, choices=["corrected", "official"],
-                   help="ICPE map computation for clade-icpe (default corrected)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per process per step (default 1, official)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="total iterations (resumed ones included)")
-    length.add_argument("--epochs", type=int, default=None, help="total epochs (default 50, official niter)")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the numbered run folders")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: RunOptions, the recipe flags and every network / recipe option by its
+    official name, each with its default in --help (read from the dataclass that declares it)."""
+    p = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p, RunOptions)
     p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
                         "--preset/--norm in --out)")
-    p.add_argument("--no-vgg", action="store_true", help="train without the VGG19 perceptual loss")
-    p.add_argument("--vgg-weights", type=Path, default=None,
-                   help="torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast where bf16 is native: CUDA, CPUs with AMX / AVX512-BF16 (default on; "
-                        "--no-amp trains in fp32)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format (default on)")
-    p.add_argument("--spectral-input-scaling", action=argparse.BooleanOptionalAction, default=None,
-                   help="spectral norm as conv(x / sigma, W) where the input is smaller than the weight, "
-                        "same result (default on; --no-spectral-input-scaling divides the weights, as the "
-                        "official code)")
-    p.add_argument("--ema", action="store_true", default=None, help="keep (and export) an EMA of G")
-    p.add_argument("--no_TTUR", action="store_true", default=None, help="same lr for G and D (official flag)")
-    p.add_argument("--no_ganFeat_loss", action="store_true", default=None,
-                   help="no discriminator feature matching (official flag)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader workers per process (default 2)")
-    p.add_argument("--log-every", type=int, default=None, help="steps per logged loss row (default 10)")
-    p.add_argument("--save-every", type=int, default=None, help="steps per checkpoint (default 500)")
-    p.add_argument("--sample-every", type=int, default=None, help="steps per image grid (default 500)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bar")
+    recipe = p.add_argument_group("training recipe (models.trainer.TrainRecipe)")
+    recipe.add_argument("--batch-size", type=int, default=None,
+                        help=_default_help(TrainRecipe, "batch_size", "images per process per step (official 1)"))
+    recipe.add_argument("--seed", type=int, default=None, help=_default_help(TrainRecipe, "seed", "training seed"))
+    recipe.add_argument("--no-vgg", action="store_true", help="train without the VGG19 perceptual loss")
+    recipe.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help=_default_help(TrainRecipe, "amp", "bf16 autocast where bf16 is native: CUDA, CPUs with "
+                                                               "AMX / AVX512-BF16; --no-amp trains in fp32"))
+    recipe.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help=_default_help(TrainRecipe, "compile", "torch.compile G and D"))
+    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help=_default_help(TrainRecipe, "channels_last", "NHWC memory format"))
+    recipe.add_argument("--spectral-input-scaling", action=argparse.BooleanOptionalAction, default=None,
+                        help=_default_help(TrainRecipe, "spectral_input_scaling",
+                                           "spectral norm as conv(x / sigma, W) where the input is smaller than "
+                                           "the weight, same result; --no-spectral-input-scaling divides the "
+                                           "weights, as the official code"))
+    recipe.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help=_default_help(TrainRecipe, "ema", "keep (and export) an EMA of G"))
+    recipe.add_argument("--no_TTUR", action="store_true", help="same lr for G and D (official flag)")
+    recipe.add_argument("--no_ganFeat_loss", action="store_true",
+                        help="no discriminator feature matching (official flag)")
     net = p.add_argument_group("network and recipe options (official names)")
     for name in GENERATOR_OPTIONS:
-        net.add_argument(f"--{name}", type=_field_type(GeneratorConfig, name), default=None,
-                         nargs="?" if _field_type(GeneratorConfig, name) is _bool else None,
-                         const=True if _field_type(GeneratorConfig, name) is _bool else None,
-                         help="generator option")
+        kind = _field_type(GeneratorConfig, name)
+        net.add_argument(f"--{name}", type=kind, default=None, nargs="?" if kind is _bool else None,
+                         const=True if kind is _bool else None,
+                         help=f"generator option (default: the preset's, else {_field(GeneratorConfig, name).default})")
     for name in DISCRIMINATOR_OPTIONS:
         net.add_argument(f"--{name}", type=_field_type(DiscriminatorConfig, name), default=None,
-                         help="discriminator option")
+                         help=_default_help(DiscriminatorConfig, name, "discriminator option"))
     for name in RECIPE_OPTIONS:
-        net.add_argument(f"--{name}", type=_field_type(TrainRecipe, name), default=None, help="recipe option")
+        net.add_argument(f"--{name}", type=_field_type(TrainRecipe, name), default=None,
+                         help=_default_help(TrainRecipe, name, "recipe option"))
     net.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any generator / discriminator / recipe field, e.g. --set spade_hidden=64")
     return p
@@ -130,14 +170,22 @@ def _parse_value(text: str):
         return text
 
 
-def resolve_options(args: argparse.Namespace) -> dict:
-    """All options of a new run as a JSON-able dict (what --dry-run prints)."""
-    from models.presets import (DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
-                                generator_config)
-    from models.trainer import TrainRecipe, discriminator_config_for
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from the command line, defaults filled in (SystemExit for conflicting values)."""
+    opts = options_from_args(args, RunOptions)
+    if opts.steps is not None and opts.epochs is not None:
+        raise SystemExit(f"--steps {opts.steps} and --epochs {opts.epochs}: give one of them")
+    try:
+        return resolve(opts)
+    except ValueError as exc:
+        raise SystemExit(f"train.py: {exc}") from exc
 
-    preset = canonical_preset(args.preset or "synthetic")
-    norm = canonical_norm(args.norm or "clade")
+
+def resolve_options(args: argparse.Namespace) -> dict:
+    """All options of a new run as a JSON-able dict (what --dry-run prints and options.json holds)."""
+    run = run_options(args)
+    preset = canonical_preset(run.preset)
+    norm = canonical_norm(run.norm)
     g_fields = {f.name for f in fields(GeneratorConfig)} - {"norm"}
     d_fields = {f.name for f in fields(DiscriminatorConfig)}
     r_fields = {f.name for f in fields(TrainRecipe)}
@@ -158,9 +206,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
             d_over[key] = value
         if key in r_fields:
             r_over[key] = value
-    flags = dict(batch_size=args.batch_size, seed=args.seed, amp=args.amp, compile=args.compile,
-                 channels_last=args.channels_last, spectral_input_scaling=args.spectral_input_scaling, ema=args.ema)
-    r_over.update({k: v for k, v in flags.items() if v is not None})
+    r_over.update({name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None})
     if args.no_vgg:
         r_over["use_vgg"] = False
     if args.no_TTUR:
@@ -171,29 +217,26 @@ def resolve_options(args: argparse.Namespace) -> dict:
     d_config = discriminator_config_for(g_config, **d_over)
     recipe = TrainRecipe(**r_over)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    steps, epochs = args.steps, args.epochs
-    if steps is None and epochs is None:
-        epochs = 50  # official niter (+ niter_decay 0)
+    num_samples = run.num_samples
+    if num_samples is None and run.dataroot is None:
+        num_samples = SYNTHETIC_TRAIN_SCENES
+    run_dict = options_dict(run)
     return {
         "preset": preset, "norm": norm,
         "generator": asdict(g_config), "discriminator": asdict(d_config), "recipe": asdict(recipe),
-        "data": {"dataroot": str(args.dataroot) if args.dataroot else None,
-                 "num_samples": args.num_samples if args.num_samples is not None
-                 else (2000 if args.dataroot is None else None),
-                 "seed": args.data_seed if args.data_seed is not None else 0,
-                 "icpe_mode": args.icpe_mode or "corrected"},
-        "run": {"steps": steps, "epochs": epochs, "out": str(args.out),
-                "log_every": args.log_every or 10, "save_every": args.save_every or 500,
-                "sample_every": args.sample_every or 500,
-                "num_workers": args.num_workers if args.num_workers is not None else 2,
-                "device": args.device, "vgg_weights": str(args.vgg_weights) if args.vgg_weights else None,
-                "progress": args.progress if args.progress is not None else True,
+        "data": {"dataroot": run_dict["dataroot"], "num_samples": num_samples, "seed": run.data_seed,
+                 "icpe_mode": run.icpe_mode},
+        "run": {"steps": run.steps, "epochs": DEFAULT_EPOCHS if run.steps is None and run.epochs is None
+                else run.epochs,
+                **{k: run_dict[k] for k in ("out", "log_every", "save_every", "sample_every", "num_workers",
+                                            "device", "vgg_weights", "progress")},
                 "world_size": world_size, "effective_batch_size": recipe.batch_size * world_size},
     }
 
 
-def find_run_to_resume(args: argparse.Namespace) -> Path:
-    """Run folder named by --resume (a folder, a checkpoint file, or 'latest')."""
+def find_run_to_resume(args: argparse.Namespace, run: RunOptions) -> Path:
+    """Run folder named by --resume (a folder, a checkpoint file, or 'latest': the newest run of
+    ``run.preset`` / ``run.norm`` under ``run.out``)."""
     if args.resume != "latest":
         path = Path(args.resume)
         run_dir = path.parent if path.is_file() else path
@@ -201,12 +244,11 @@ def find_run_to_resume(args: argparse.Namespace) -> Path:
             raise SystemExit(f"--resume {args.resume}: {str(run_dir)!r} has no options.json; "
                              f"expected a run folder written by train.py")
         return run_dir
-    from models.presets import canonical_norm, canonical_preset
-    desc = f"{canonical_preset(args.preset or 'synthetic')}-{canonical_norm(args.norm or 'clade')}"
-    runs = sorted(d for d in args.out.glob(f"*-{desc}") if (d / "options.json").is_file()
+    desc = f"{canonical_preset(run.preset)}-{canonical_norm(run.norm)}"
+    runs = sorted(d for d in run.out.glob(f"*-{desc}") if (d / "options.json").is_file()
                   and re.match(r"^\d+-", d.name))
     if not runs:
-        raise SystemExit(f"--resume: no run '*-{desc}' with options.json under {str(args.out)!r}")
+        raise SystemExit(f"--resume: no run '*-{desc}' with options.json under {str(run.out)!r}")
     return runs[-1]
 
 
@@ -224,8 +266,7 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
         options["run"]["epochs"] = None
     if args.epochs is not None:
         options["run"]["steps"] = None
-    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, "batch_size",
-                           "seed", "ema", "amp", "compile", "channels_last", "spectral_input_scaling", "dataroot")
+    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, *RECIPE_FLAGS, "dataroot")
                if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
     if ignored:
         log.warning("resuming %s: its options.json decides %s; the command line values are ignored",
@@ -247,19 +288,16 @@ def build_dataset(options: dict):
     data, g = options["data"], options["generator"]
     with_dist = options["norm"] == "clade-icpe"
     if data["dataroot"] is None:
-        from data.synthetic import SyntheticScenes
         return SyntheticScenes(data["num_samples"], size=g["crop_size"], seed=data["seed"],
                                with_dist=with_dist, icpe_mode=data["icpe_mode"])
-    from data.datasets import build_dataset as build
     custom = dict(label_nc=g["label_nc"], contain_dontcare_label=g["contain_dontcare_label"]) \
         if options["preset"] == "custom" else {}
-    return build(options["preset"], data["dataroot"], "train", crop_size=g["crop_size"],
+    return build_real_dataset(options["preset"], data["dataroot"], "train", crop_size=g["crop_size"],
                  with_dist=with_dist, icpe_mode=data["icpe_mode"], seed=data["seed"],
                  max_samples=data["num_samples"], **custom)
 
 
 def _broadcast_path(path: Path | None) -> Path:
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return path
     box = [str(path) if path is not None else None]
@@ -279,18 +317,11 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    run_dir = find_run_to_resume(args) if args.resume else None
+    run_dir = find_run_to_resume(args, run_options(args)) if args.resume else None
     options = options_for_resume(args, run_dir) if run_dir else resolve_options(args)
     if args.dry_run:
         print(json.dumps(options, indent=2))
         return 0
-
-    from analysis.provenance import provenance, write_json_atomic
-    from models.presets import DiscriminatorConfig, GeneratorConfig
-    from models.distributed import cleanup_distributed, setup_distributed
-    from models.train_recipe import recipe_from_dict
-    from models.trainer import NonFiniteLossError, Trainer
-    from models.vgg import VGGWeightsMissingError
 
     info = setup_distributed(options["run"]["device"])
     try:
@@ -302,7 +333,7 @@ def main(argv=None) -> int:
         options["run"]["world_size"] = info.world_size
         options["run"]["effective_batch_size"] = recipe.batch_size * info.world_size
         if info.is_main:
-            write_json_atomic({**options, "provenance": provenance(info.device)}, run_dir / "options.json")
+            write_json_atomic(run_dir / "options.json", {**options, "provenance": provenance(info.device)})
         log.info("run folder %s; %d process(es) on %s; effective batch size %d", run_dir,
                  info.world_size, info.device, recipe.batch_size * info.world_size)
         if not recipe.use_vgg:

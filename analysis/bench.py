@@ -25,6 +25,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+from tqdm.auto import tqdm
+
+from fileio import device_description
+from models import build_generator
+from models.presets import discriminator_config, generator_config, label_config
+from models.trainer import Trainer, TrainRecipe
+
+from .costs import closed_form_generator_costs, generator_inputs
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +112,6 @@ def peak_memory(fn: Callable[[], object], device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
-    from torch.profiler import ProfilerActivity, profile, record_function
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         # The profiler cannot size frees of blocks allocated before it started (e.g. the
         # spectral-norm weights a forward replaces), so a first call makes them known and
@@ -124,7 +132,6 @@ def peak_memory(fn: Callable[[], object], device) -> int:
 
 def environment(device) -> dict:
     """Columns recorded with every timing: device, its name, torch version, CPU threads."""
-    from .provenance import device_description
     return {"device": str(device), "device_name": device_description(device),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -189,11 +196,6 @@ def bench_generators(presets, norms, batch_sizes, dtypes, compiled: bool, device
     maps (latency does not depend on the labels); the ICPE map is given, not computed.
     Columns: :data:`BENCH_COLUMNS` (``gmacs_fvcore``: closed-form fvcore GMACs of the call).
     """
-    from tqdm.auto import tqdm
-
-    from models import build_generator
-
-    from .costs import closed_form_generator_costs, generator_inputs
     rows = []
     for preset in presets:
         models = {norm: build_generator(preset, norm, device=device, **overrides).eval() for norm in norms}
@@ -216,7 +218,6 @@ def bench_generators(presets, norms, batch_sizes, dtypes, compiled: bool, device
 
 def synthetic_batch(config, batch: int, *, seed: int = 0) -> dict:
     """A dataset-style batch (label, instance, image, dist) for ``Trainer.train_step``."""
-    from .costs import generator_inputs
     gen = torch.Generator().manual_seed(seed)
     (semantic,), kwargs = generator_inputs(config, batch, seed=seed)
     label = semantic[:, : config.class_nc].argmax(1, keepdim=True)
@@ -239,8 +240,6 @@ def bench_train_step(presets, norms, *, batch_sizes=(1,), device="cpu", repeats:
     options (official by default). Columns: preset, norm, batch, dtype, use_vgg, median_ms, p90_ms,
     images_per_s, peak_mem_mb and the environment.
     """
-    from models.presets import discriminator_config, generator_config, label_config
-    from models.trainer import TrainRecipe, Trainer
     rows = []
     for preset in presets:
         for batch in batch_sizes:
@@ -269,7 +268,6 @@ def profile_ops(fn: Callable[[], object], *, runs: int = 3, top: int = 12) -> pd
     Returns the ``top`` ops by self time: op, calls, self_ms (per run), share (of the sum
     of self times). On CUDA the CPU self time is launch overhead, not kernel time.
     """
-    from torch.profiler import ProfilerActivity, profile
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(runs):

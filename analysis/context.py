@@ -1,25 +1,36 @@
-"""What every stage of ``run_analysis.py`` receives: where to write, on what, how big."""
+"""What every stage of ``run_analysis.py`` receives: where to write, on what, how big, and the
+typed, resolved options of every stage (``ctx.costs``, ``ctx.bench``, ... ``ctx.compare``)."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 
-from .provenance import provenance, write_json_atomic
+from fileio import atomic_path, provenance, write_json_atomic
+
+from .options import (BenchOptions, CompareOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
+                      TrainOptions, options_dict, resolve)
 
 # What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.
 SYNTHETIC_DATAROOT = "built-in synthetic scenes"
+# RunContext fields holding one options dataclass each.
+STAGE_FIELDS = ("costs", "bench", "train", "probe", "eval", "report", "compare")
 
 
 @dataclass
 class RunContext:
-    """Options shared by the stages, and the folder layout of one report run.
+    """Options shared by the stages, each stage's options, and the folder layout of one run.
 
     Layout under ``out``: ``tables/*.csv`` (each with ``*.meta.json``), ``figures/*.png``,
     ``checkpoints/<norm>/`` (trained generators, official format), ``stages/*.json``
-    (done markers with timings), ``report.md``.
+    (done markers with timings), ``report.md``. The stage options are resolved on construction
+    (``--quick`` and CPU defaults filled in), so a stage reads plain values:
+
+        ctx = RunContext(out="reports/x", quick=True, train=TrainOptions(steps=2))
+        ctx.train.ngf   # 8, the --quick default
     """
 
     out: Path
@@ -30,10 +41,25 @@ class RunContext:
     quick: bool = False                # CI-sized run (< 3 minutes on 2 CPU cores)
     force: bool = False                # recompute stages that already finished
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+    costs: CostsOptions = field(default_factory=CostsOptions)
+    bench: BenchOptions = field(default_factory=BenchOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
+    compare: CompareOptions = field(default_factory=CompareOptions)
 
     def __post_init__(self):
         self.out = Path(self.out)
+        cuda = torch.device(self.device).type == "cuda"
+        for name in STAGE_FIELDS:
+            setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda))
+
+    def options(self) -> dict:
+        """Every resolved option as a JSON-able dict: the run's, then one entry per stage."""
+        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in STAGE_FIELDS}
+        return {"run": {k: str(v) if isinstance(v, Path) else v for k, v in run.items()},
+                **{name: options_dict(getattr(self, name)) for name in STAGE_FIELDS}}
 
     @classmethod
     def from_meta(cls, meta: dict, out, **options) -> RunContext:
@@ -64,25 +90,20 @@ class RunContext:
     def meta(self, **extra) -> dict:
         return provenance(self.device, seed=self.seed, preset=self.preset, quick=self.quick,
                           dataroot=str(self.dataroot) if self.dataroot else SYNTHETIC_DATAROOT,
-                          **extra)
+                          options=self.options(), **extra)
 
     def write_table(self, df: pd.DataFrame, name: str, **meta) -> Path:
         """Write ``tables/<name>.csv`` atomically with ``tables/<name>.meta.json`` beside it."""
         path = self.tables_dir / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        write_json_atomic(self.meta(table=name, rows=len(df), **meta), path.with_suffix(".meta.json"))
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        write_json_atomic(path.with_suffix(".meta.json"), self.meta(table=name, rows=len(df), **meta))
         return path
 
     def write_figure(self, fig, name: str, dpi: int = 110) -> Path:
         """Save a matplotlib figure as ``figures/<name>.png`` atomically and close it."""
-        import matplotlib.pyplot as plt
         path = self.figures_dir / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         plt.close(fig)
-        os.replace(tmp, path)
         return path

@@ -28,10 +28,11 @@ as in the reference tables; see :data:`ROLES`.
 from __future__ import annotations
 
 import contextlib
-
 import logging
+import re
 from collections import Counter
 from math import prod
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -39,12 +40,15 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from data.labels import make_semantic
 from models import build_encoder, build_generator_from_config, losses
 from models.discriminator import MultiscaleDiscriminator
+from models.init import init_official
 from models.losses import VGGLoss
 from models.train_recipe import TrainRecipe, discriminator_config_for
+from models.presets import DiscriminatorConfig, canonical_norm, canonical_preset, generator_config, label_config
 from models.vgg import VGG19Features
 
 log = logging.getLogger(__name__)
@@ -483,7 +487,6 @@ def flop_counter_gmacs(model: nn.Module, inputs: tuple, *, kwargs: dict | None =
     addmm, bmm, attention); the values here are its flops / 2. Works on the meta device,
     so full-size models cost no compute: ``build_generator(..., device="meta")``.
     """
-    from torch.utils.flop_counter import FlopCounterMode
     model.eval()
     with torch.no_grad(), plain_path(model), FlopCounterMode(display=False) as counter:
         model(*inputs, **(kwargs or {}))
@@ -511,10 +514,6 @@ def load_reference_costs(reference_dir) -> pd.DataFrame:
     Columns: preset, norm ('discriminator' for D), params, gmacs_fvcore, modulation_params,
     modulation_gmacs_fvcore (NaN for D). Raises FileNotFoundError if the file is absent.
     """
-    import re
-    from pathlib import Path
-
-    from models.presets import canonical_norm, canonical_preset
     text = (Path(reference_dir) / "README.md").read_text()
     rows = []
     number = lambda s: float(s.replace(",", ""))
@@ -595,7 +594,6 @@ def _modulation(table: pd.DataFrame) -> pd.DataFrame:
 
 def generator_costs(config, *, device="cpu") -> pd.DataFrame:
     """:func:`layer_costs` of a freshly built generator for ``config`` (batch 1)."""
-    from models import build_generator_from_config
     G = build_generator_from_config(config, device)
     args, kwargs = generator_inputs(config, device=device)
     return layer_costs(G, args, kwargs=kwargs)
@@ -603,9 +601,6 @@ def generator_costs(config, *, device="cpu") -> pd.DataFrame:
 
 def discriminator_costs(config, *, device="cpu") -> pd.DataFrame:
     """:func:`layer_costs` of the official discriminator matching ``config``'s labels and size."""
-    from models.discriminator import MultiscaleDiscriminator
-    from models.init import init_official
-    from models.presets import DiscriminatorConfig, label_config
     with torch.device(device):
         D = init_official(MultiscaleDiscriminator(DiscriminatorConfig(**vars(label_config(config)))))
     x = torch.randn(1, D.config.input_nc, *config.output_size, device=device)
@@ -672,10 +667,6 @@ def cost_tables(presets, norms, *, device="cpu", reference_dir=None, train_step:
     numbers and no ``overrides`` are given, with those. Identical configs (e.g. ade20k and
     ade20k-outdoor) are traced once.
     """
-    from tqdm.auto import tqdm
-
-    from models import build_generator_from_config
-    from models.presets import generator_config
     # The official numbers only apply to the official architectures (no overrides).
     use_reference = reference_dir is not None and not overrides
     reference = load_reference_costs(reference_dir) if use_reference else pd.DataFrame(columns=["preset", "norm"])

@@ -14,9 +14,9 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
+from unittest import mock
 from typing import Callable, Iterable
 
 import numpy as np
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from .provenance import write_json_atomic
+from fileio import atomic_path, write_json_atomic
+
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
 
 def fid_inception_network() -> nn.Module:
     """pytorch-fid's FID Inception v3 architecture with untrained weights (no download)."""
-    from pytorch_fid import inception as fid
+    from pytorch_fid import inception as fid  # imported when FID is scored: it loads torchvision's models
 
     # Same construction as pytorch_fid.inception.fid_inception_v3, minus its download.
     net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
@@ -89,9 +90,7 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, inception: nn.Module):
         super().__init__()
-        from unittest import mock
-
-        from pytorch_fid import inception as fid
+        from pytorch_fid import inception as fid  # imported when FID is scored: it loads torchvision's models
 
         # InceptionV3.__init__ calls fid_inception_v3(), which downloads; hand it ours instead.
         with mock.patch.object(fid, "fid_inception_v3", lambda: inception):
@@ -124,7 +123,7 @@ def clean_resize(images: torch.Tensor) -> torch.Tensor:
 
     Quantizes to uint8 first, as clean-fid does with saved images. Needs ``cleanfid``.
     """
-    from cleanfid.resize import build_resizer
+    from cleanfid.resize import build_resizer  # optional dependency (fid_clean only)
 
     resize = build_resizer("clean")
     uint8 = ((images.detach().cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -171,12 +170,10 @@ class ActivationStats:
     def save(self, path: str | Path, **provenance) -> Path:
         """Write ``path`` (.npz: mu, sigma, count) and ``path.json`` (provenance + count)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         mu, sigma = self.mean_cov()
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, mu=mu, sigma=sigma, count=self.count)
-        os.replace(tmp, path)
-        write_json_atomic({"count": self.count, "dims": self.dims, **provenance}, path.with_suffix(".json"))
+        with atomic_path(path) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, count=self.count)
+        write_json_atomic(path.with_suffix(".json"), {"count": self.count, "dims": self.dims, **provenance})
         return path
 
     @classmethod

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from data.icpe import icpe_map_batch
 from data.labels import make_semantic
 from models.norms import CLADE, ModulatedNorm
 
@@ -237,7 +238,6 @@ def prepare_inputs(batch: dict, config, device=None) -> tuple[torch.Tensor, torc
     semantic = make_semantic(label, batch.get("instance"), config)
     dist = batch.get("dist")
     if dist is None:
-        from data.icpe import icpe_map_batch
         dontcare = config.label_nc if config.contain_dontcare_label else None
         dist = icpe_map_batch(label[:, 0], mode="corrected", dontcare=dontcare)
     return semantic.to(device), dist.to(device=device, dtype=semantic.dtype)

@@ -17,10 +17,11 @@ which columns only the CSV holds.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from fileio import write_text_atomic
 
 from .roi import format_value, to_markdown
 
@@ -188,9 +189,4 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
 
 def write_report(out: Path, meta: dict, stages=STAGE_ORDER, **kwargs) -> Path:
     """Write ``<out>/report.md`` atomically and return its path."""
-    path = Path(out) / "report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(build_report(out, meta, stages, **kwargs))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out) / "report.md", build_report(out, meta, stages, **kwargs))

@@ -42,16 +42,27 @@ import functools
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .bench import summarize_times, time_interleaved
-from .costs import generator_inputs
-from .provenance import device_description
+import models.generator as generator_module
+from fileio import device_description
+from models import build_generator
+from models.fast import accelerate, native_bf16, tune_cpu_allocator
+from models.presets import generator_config
+from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+from models.vgg import SLICES, VGG19_FILE, VGG19Features
+
+from .bench import summarize_times, synthetic_batch, time_interleaved
+from .context import RunContext
+from .costs import closed_form_generator_costs, generator_inputs
+from .options import CompareOptions, OptionParser, add_options, options_from_args
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +104,6 @@ class OfficialConditioning:
 @contextlib.contextmanager
 def official_data_path():
     """Within the block, generators feed their norm layers like the official code."""
-    import models.generator as generator_module
     original = generator_module.Conditioning
     generator_module.Conditioning = type("OfficialConditioning", (OfficialConditioning, original), {})
     try:
@@ -156,7 +166,6 @@ def peak_for(device, dtype: str) -> tuple[float, str]:
 
 def _gmacs(config) -> float:
     try:
-        from .costs import closed_form_generator_costs
         return closed_form_generator_costs(config)["macs"] / 1e9
     except Exception:  # the cost model is optional here
         return float("nan")
@@ -165,7 +174,6 @@ def _gmacs(config) -> float:
 # ----------------------------------------------------------------------------- variants
 def variants(G, inputs: dict, device, *, compile: bool = False) -> dict:
     """name -> (dtype label, zero-argument call). Each call sets the path it needs."""
-    from models.fast import accelerate
     cuda = torch.device(device).type == "cuda"
 
     def call(fast: bool, dtype=None, autocast=None, official=False):
@@ -197,7 +205,6 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
                       compile: bool = False, seed: int = 0, allocator_tuned: bool = False,
                       **overrides) -> pd.DataFrame:
     """Rows of :data:`COLUMNS` for one generator: every variant timed in one interleaved run."""
-    from models import build_generator
     G = build_generator(preset, norm, device=device, **overrides)
     (semantic,), kwargs = generator_inputs(G.config, batch, device=device, seed=seed)
     inputs = {"semantic": semantic, **kwargs}
@@ -249,7 +256,6 @@ def compare(presets, norms, batch_sizes, *, device="cpu", repeats: int = 10, war
     ``tune_allocator``: on CPU, first call ``models.fast.tune_cpu_allocator`` (process-wide:
     every variant, the official-equivalent one included, then runs with it).
     """
-    from models.fast import tune_cpu_allocator
     tuned = tune_allocator and torch.device(device).type == "cpu" and tune_cpu_allocator()
     tables = []
     for preset in presets:
@@ -286,7 +292,6 @@ TRAIN_COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "spectral_input_
 def timing_vgg_weights(folder: Path) -> Path:
     """A VGG19 weights file with random weights (torchvision layout) in ``folder``: the
     perceptual loss then costs what it costs in training, but means nothing. Timing only."""
-    from models.vgg import SLICES, VGG19_FILE, VGG19Features
     state = VGG19Features().state_dict()
     mapped = {key.replace(f"slice{i}.", "features.", 1): value
               for i in range(1, len(SLICES) + 1) for key, value in state.items() if key.startswith(f"slice{i}.")}
@@ -305,13 +310,6 @@ def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeat
     the first step's losses are compared with fp32-eager's against :data:`TRAIN_LOSS_TOLERANCE`.
     ``vgg_weights``: the real file, or None for random weights (:func:`timing_vgg_weights`).
     """
-    import tempfile
-
-    from models.fast import native_bf16
-    from models.presets import generator_config
-    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
-    from .bench import synthetic_batch
-
     bf16 = native_bf16(device)
     recipes = {k: v for k, v in TRAIN_VARIANTS.items() if not v["amp"] or bf16}
     if compile:
@@ -360,7 +358,6 @@ def format_table(df: pd.DataFrame) -> str:
 
 def speed_figure(df: pd.DataFrame):
     """Bars of median latency per norm and variant, one panel per (preset, batch)."""
-    import matplotlib.pyplot as plt
     groups = list(df.groupby(["preset", "batch"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     for ax, ((preset, batch), part) in zip(axes[0], groups):
@@ -383,21 +380,12 @@ def speed_figure(df: pd.DataFrame):
 
 
 def _settings(ctx) -> dict:
-    extra = ctx.extra or {}
-    cuda = torch.device(ctx.device).type == "cuda"
-    presets = ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]
-    return {"presets": extra.get("compare_presets") or presets,
-            "norms": extra.get("compare_norms") or ["spade", "clade", "clade-icpe"],
-            "batch_sizes": extra.get("compare_batch_sizes") or ([1] if ctx.quick or not cuda else [1, 16]),
-            "repeats": extra.get("compare_repeats") or (3 if ctx.quick else 10),
-            "warmup": extra.get("compare_warmup") or (1 if ctx.quick else 2),
-            "compile": bool(extra.get("compare_compile", False)),
-            "tune_allocator": not extra.get("compare_default_malloc", False),
-            "train": bool(extra.get("compare_train", False)),
-            "train_batch_size": extra.get("compare_train_batch_size") or (16 if cuda and not ctx.quick else 1),
-            "train_repeats": extra.get("compare_train_repeats") or 3,
-            "vgg_weights": extra.get("vgg_weights"),
-            "overrides": extra.get("compare_overrides") or {}}  # generator options, e.g. for tests
+    """The resolved ``ctx.compare`` options under the keys the tables' meta.json records."""
+    c = ctx.compare
+    return {"presets": list(c.presets), "norms": list(c.norms), "batch_sizes": list(c.batch_sizes),
+            "repeats": c.repeats, "warmup": c.warmup, "compile": c.compile, "tune_allocator": not c.default_malloc,
+            "train": c.train, "train_batch_size": c.train_batch_size, "train_repeats": c.train_repeats,
+            "vgg_weights": c.vgg_weights, "overrides": c.overrides or {}}
 
 
 def run_compare(ctx) -> dict:
@@ -468,34 +456,19 @@ def run_compare_training(ctx, s: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from .context import RunContext
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("reports/speed"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="ade20k, batch 1, 3 repeats")
-    parser.add_argument("--presets", nargs="+", dest="compare_presets")
-    parser.add_argument("--norms", nargs="+", dest="compare_norms")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, dest="compare_batch_sizes")
-    parser.add_argument("--repeats", type=int, dest="compare_repeats")
-    parser.add_argument("--warmup", type=int, dest="compare_warmup")
-    parser.add_argument("--compile", action="store_true", dest="compare_compile",
-                        help="also time accelerate(G, compile=True) (minutes to compile on CPU)")
-    parser.add_argument("--train", action="store_true", dest="compare_train",
-                        help="also time a full training iteration under each recipe of TRAIN_VARIANTS "
-                             "(official fp32 eager, spectral norm on inputs, channels_last, bf16)")
-    parser.add_argument("--train-batch-size", type=int, dest="compare_train_batch_size",
-                        help="training batch (default 1; 16 on CUDA)")
-    parser.add_argument("--train-repeats", type=int, dest="compare_train_repeats", help="timed iterations (default 3)")
-    parser.add_argument("--vgg-weights", type=Path, default=None,
-                        help="VGG19 weights for the perceptual loss (default: random weights, timing only)")
+    parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("reports/speed"), help="output folder (default %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu | cuda (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="the --quick defaults below")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--default-malloc", action="store_true", dest="compare_default_malloc",
-                        help="keep glibc's default allocator settings (see models.fast.tune_cpu_allocator)")
+    add_options(parser, CompareOptions)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ctx = RunContext(out=args.out, device=args.device, quick=args.quick, extra=vars(args))
+    ctx = RunContext(out=args.out, device=args.device, quick=args.quick,
+                     compare=options_from_args(args, CompareOptions))
     run_compare(ctx)
     return 0
 

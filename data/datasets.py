@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 from data.icpe import MODES, icpe_map
 from data.synthetic import SyntheticScenes
 from data.transforms import Preprocess, draw_params, transform_icpe, transform_image, transform_map
-from models.presets import PRESETS, canonical_preset
+from data.presets import DATASETS, canonical_preset
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class DataPreset:
 
 def _preset(name: str, layout: str, mapping: LabelMapping, preprocess_mode: str = "resize_and_crop",
             load_size: int = 286, load_size_test: int = 256) -> DataPreset:
-    net = PRESETS[name]
+    net = DATASETS[name]
     return DataPreset(layout, net.get("label_nc", 0), net["contain_dontcare_label"], net["no_instance"],
                       preprocess_mode, load_size, load_size_test, net["crop_size"],
                       net["aspect_ratio"], mapping)

@@ -6,15 +6,14 @@
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from .build import build_discriminator, build_encoder, build_generator, build_generator_from_config
 from .checkpoint import (CheckpointMismatchError, load_generator_dir, load_official_checkpoint,
                          save_generator_dir, save_state_dict_atomic)
 from .discriminator import MultiscaleDiscriminator
 from .encoder import ConvEncoder
 from .generator import Generator
-from .init import init_official
 from .norms import CLADE, SPADE, Conditioning
 from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
                       discriminator_config, generator_config)
@@ -27,33 +26,6 @@ __all__ = [
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
     "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
 ]
-
-
-def build_generator_from_config(config: GeneratorConfig, device=None) -> Generator:
-    """Generator for a resolved config, with the official initialisation."""
-    with torch.device(device or "cpu"):
-        return init_official(Generator(config))
-
-
-def build_generator(preset: str, norm: str, device=None, **overrides) -> Generator:
-    """Generator of ``preset`` with modulation ``norm`` (spade | clade | clade-icpe).
-
-    ``overrides`` use official option names (label_nc, ngf, crop_size, ...);
-    ``device='meta'`` builds without memory, e.g. to count parameters.
-    """
-    return build_generator_from_config(generator_config(preset, norm, **overrides), device)
-
-
-def build_discriminator(preset: str, device=None, **overrides) -> MultiscaleDiscriminator:
-    """Official multiscale discriminator for ``preset`` (input: semantic map + image)."""
-    with torch.device(device or "cpu"):
-        return init_official(MultiscaleDiscriminator(discriminator_config(preset, **overrides)))
-
-
-def build_encoder(config: GeneratorConfig, device=None) -> ConvEncoder:
-    """VAE image encoder matching a generator config (used when ``use_vae``)."""
-    with torch.device(device or "cpu"):
-        return init_official(ConvEncoder(config.ngf, config.crop_size, config.z_dim))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -6,13 +6,15 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .presets import NORMS, OFFICIAL_PRESETS
+from fileio import save_torch_atomic, write_json_atomic
+
+from .build import build_discriminator, build_generator, build_generator_from_config
+from .presets import NORMS, OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
 
 
 class CheckpointMismatchError(ValueError):
@@ -59,8 +61,6 @@ def _shapes(module: nn.Module) -> dict:
 
 def suggest_configs(state: dict) -> list[str]:
     """Official presets/options whose networks have exactly these keys and shapes."""
-    from . import build_discriminator, build_generator  # local: avoids an import cycle
-
     found = {k: torch.Size(v.shape) for k, v in _strip_wrapper_prefix(state).items()}
     if "conv_img.weight" in found:
         ngf = _infer_ngf(found)
@@ -138,11 +138,7 @@ def _abbrev(items: list, limit: int = 8) -> str:
 
 def save_state_dict_atomic(state: dict, path) -> None:
     """torch.save to a temporary file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_torch_atomic(state, path)
 
 
 GENERATOR_WEIGHTS = "latest_net_G.pth"
@@ -151,22 +147,16 @@ GENERATOR_CONFIG = "generator.json"
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
     """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
-    from analysis.provenance import write_json_atomic
-    from .presets import config_to_dict
-
     folder = Path(folder)
     save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
                            folder / GENERATOR_WEIGHTS)
-    write_json_atomic(config_to_dict(generator.config), folder / GENERATOR_CONFIG)
+    write_json_atomic(folder / GENERATOR_CONFIG, config_to_dict(generator.config))
     return folder
 
 
 def load_generator_dir(folder, device=None) -> nn.Module:
     """Generator from a folder written by ``save_generator_dir`` (or an official
     ``latest_net_G.pth`` beside a ``generator.json`` you wrote for it)."""
-    from . import build_generator_from_config
-    from .presets import GeneratorConfig
-
     folder = Path(folder)
     config_path = folder / GENERATOR_CONFIG
     if not config_path.is_file():

@@ -5,7 +5,7 @@
 
 A checkpoint is one ``torch.save`` dict (format :data:`CHECKPOINT_FORMAT`) of tensors and plain
 values, so it loads with ``weights_only=True``. Every file the trainer writes goes through
-:func:`write_atomic`: a killed process leaves the old file or the new one, never half of one.
+``fileio.atomic``: a killed process leaves the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
@@ -15,25 +15,16 @@ import random
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+
+from fileio import atomic_path, save_torch_atomic
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "clade-toolkit-trainer-v1"
-
-
-def write_atomic(path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def previous_checkpoint(path: Path) -> Path:
@@ -53,8 +44,9 @@ def save_checkpoint_file(state: dict, path) -> Path:
     """Atomically write ``state`` to ``path``; the file it replaces stays as ``*.prev.pt``."""
     path = Path(path)
     if path.exists():
-        write_atomic(previous_checkpoint(path), lambda prev: _copy_file(path, prev))
-    return write_atomic(path, lambda tmp: torch.save(state, tmp))
+        with atomic_path(previous_checkpoint(path)) as prev:
+            _copy_file(path, prev)
+    return save_torch_atomic(state, path)
 
 
 def read_checkpoint(path) -> tuple[dict, Path]:

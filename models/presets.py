@@ -1,4 +1,5 @@
-"""Official dataset presets and the generator / discriminator configs built from them.
+"""Network presets (the dataset facts of ``data.presets`` plus network options) and the
+generator / discriminator configs built from them.
 
 Option names follow the official SPADE/CLADE command line (``label_nc``, ``no_instance``,
 ``num_upsampling_layers``...) so users of the official code can override them by name:
@@ -9,38 +10,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_preset  # noqa: F401 (re-exported)
+
 NORMS = ("spade", "clade", "clade-icpe")
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
 
-# Network options of the official dataset classes (tzt101/CLADE data/*_dataset.py).
-PRESETS: dict[str, dict] = {
-    "cityscapes": dict(label_nc=35, contain_dontcare_label=False, no_instance=False,
-                       crop_size=512, aspect_ratio=2.0, num_upsampling_layers="more"),
-    "ade20k": dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
-                   crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
-    "ade20k-outdoor": dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
-                           crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
-    "coco-stuff": dict(label_nc=182, contain_dontcare_label=True, no_instance=False,
-                       crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
-    # The built-in procedural dataset (data/synthetic.py): 8 classes + dontcare, instances.
-    "synthetic": dict(label_nc=8, contain_dontcare_label=True, no_instance=False,
-                      crop_size=64, aspect_ratio=1.0, num_upsampling_layers="normal"),
-    # Every option settable; label_nc has no sensible default and must be given.
-    "custom": dict(contain_dontcare_label=False, no_instance=False,
-                   crop_size=256, aspect_ratio=1.0, num_upsampling_layers="normal"),
-}
-# Names used by the official code and the reference files.
-PRESET_ALIASES = {"coco": "coco-stuff", "ade20koutdoor": "ade20k-outdoor"}
-OFFICIAL_PRESETS = ("cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff")
-
-
-def canonical_preset(preset: str) -> str:
-    """Return the canonical preset name; raise ValueError listing the valid ones."""
-    name = PRESET_ALIASES.get(preset, preset)
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)} "
-                         f"(aliases: {sorted(PRESET_ALIASES)})")
-    return name
+# Network options of the official dataset classes, on top of the dataset facts of data.presets.
+UPSAMPLING_BY_PRESET = {"cityscapes": "more"}  # every other preset: "normal"
+PRESETS: dict[str, dict] = {name: {**facts, "num_upsampling_layers": UPSAMPLING_BY_PRESET.get(name, "normal")}
+                            for name, facts in DATASETS.items()}
 
 
 def canonical_norm(norm: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint_store import write_atomic
+from fileio import append_line, atomic_path, write_text_atomic
 
 LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
@@ -18,15 +18,15 @@ LOG_CSV = "log.csv"
 
 def append_row(out_dir: Path, row: dict) -> None:
     """Append one row to ``out_dir/log.jsonl``."""
-    path = Path(out_dir) / LOG_JSONL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line(Path(out_dir) / LOG_JSONL, json.dumps(row))
 
 
 def write_csv(out_dir: Path, rows: list[dict]) -> Path:
     """Rewrite ``out_dir/log.csv`` from ``rows`` (atomically)."""
-    return write_atomic(Path(out_dir) / LOG_CSV, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+    path = Path(out_dir) / LOG_CSV
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return path
 
 
 def read_history(out_dir: Path, step: int) -> list[dict]:
@@ -37,5 +37,5 @@ def read_history(out_dir: Path, step: int) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     kept = [r for r in rows if r["step"] <= step]
     if len(kept) != len(rows):
-        write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept

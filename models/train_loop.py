@@ -63,7 +63,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
     With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
     ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
-    ``save_every`` steps and at the end. Returns the logged rows.
+    ``save_every`` steps and at the end (an interval of 0: only at the end). Returns the logged rows.
     """
     main = trainer.rank == 0
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -109,7 +109,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                     if main:
                         log.warning("time cap of %.0f s reached: stopping at step %d of %d",
                                     max_seconds, trainer.step, total)
-                if trainer.step % log_every == 0 or done:
+                if _due(trainer.step, log_every) or done:
                     row = _log_row(trainer, window, window_steps * per_step / (time.perf_counter() - window_start))
                     history.append(row)
                     bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window, "images_per_s")})
@@ -117,8 +117,8 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                         append_row(out_dir, row)
                     window, window_start, window_steps = {}, time.perf_counter(), 0
                 if out_dir is not None:
-                    _save_outputs(trainer, out_dir, history, samples=trainer.step % sample_every == 0 or done,
-                                  checkpoint=trainer.step % save_every == 0 or done)
+                    _save_outputs(trainer, out_dir, history, samples=_due(trainer.step, sample_every) or done,
+                                  checkpoint=_due(trainer.step, save_every) or done)
                 if done:
                     break
     finally:
@@ -161,3 +161,8 @@ def _validate(trainer, dataset) -> None:
         raise RuntimeError("another process rejected the training data (see its error)")
     if error is not None:
         raise error
+
+
+def _due(step: int, every: int) -> bool:
+    """Whether a periodic action runs at ``step``; ``every`` 0 means never (only at the end)."""
+    return every > 0 and step % every == 0

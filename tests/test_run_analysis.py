@@ -1,5 +1,6 @@
 """End to end: ``run_analysis.py --quick`` runs every stage and writes the full report (< 3 min on CPU)."""
 import importlib.util
+import json
 import time
 import warnings
 
@@ -18,6 +19,11 @@ def test_quick_run_writes_the_full_report(tmp_path):
 
     for name in run_analysis.STAGES:
         assert (tmp_path / "stages" / f"{name}.json").is_file(), name
+    # each stage records the resolved options it ran with, and every table's meta.json all of them
+    record = json.loads((tmp_path / "stages" / "train.json").read_text())
+    assert record["options"]["steps"] == 25 and record["options"]["norms"] == ["spade", "clade", "clade-icpe"]
+    meta = json.loads((tmp_path / "tables" / "costs.meta.json").read_text())
+    assert meta["options"]["costs"]["presets"] == ["ade20k"] and meta["options"]["run"]["quick"] is True
     report = (tmp_path / "report.md").read_text()
     assert "Missing stages" not in report
     for title in ("Costs", "Benchmark", "Training", "Probe", "Evaluation and return on investment",

@@ -6,8 +6,6 @@ analysis/speed.py.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 
 import pandas as pd
@@ -17,51 +15,19 @@ from analysis.bench import bench_generators, bench_train_step, forward_fn, memor
 from analysis.cost_figures import latency_vs_macs, op_breakdown
 from analysis.costs import generator_inputs
 from models import build_generator
-from models.presets import NORMS
+
+from .. import speed
+from ..context import RunContext
 
 log = logging.getLogger(__name__)
 
 
-def add_arguments(group) -> None:
-    group.add_argument("--bench-presets", nargs="+", default=None, metavar="PRESET",
-                       help="presets to time (default: ade20k cityscapes coco-stuff; quick: ade20k)")
-    group.add_argument("--bench-norms", nargs="+", default=None, metavar="NORM", help="norms (default: all three)")
-    group.add_argument("--bench-batch-sizes", nargs="+", type=int, default=None, metavar="N",
-                       help="batch sizes (default: 1 on CPU, 1 16 on CUDA)")
-    group.add_argument("--bench-dtypes", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
-                       help="autocast dtypes (default: fp32 bf16 on CUDA, fp32 on CPU and in quick mode)")
-    group.add_argument("--bench-repeats", type=int, default=None, help="timed calls per model (default 10 on CUDA, 3 on CPU)")
-    group.add_argument("--bench-warmup", type=int, default=None, help="untimed calls per model (default 3 on CUDA, 1 on CPU)")
-    group.add_argument("--bench-compile", action="store_true",
-                       help="also time torch.compile'd generators (slow to compile on CPU)")
-    group.add_argument("--bench-train-step", action=argparse.BooleanOptionalAction, default=None,
-                       help="time a full training iteration (default: on CUDA, off on CPU and in quick mode)")
-    group.add_argument("--compare", action="store_true",
-                       help="also run the plain-vs-fast comparison of analysis/speed.py")
-    group.add_argument("--compare-train", action="store_true",
-                       help="with --compare: also time training iterations per recipe (official fp32 eager vs "
-                            "spectral norm on inputs / channels_last / bf16; minutes on a CPU)")
-
-
-def _option(ctx, name, default):
-    value = ctx.extra.get(name)
-    return default if value is None else value
-
-
-def _settings(ctx) -> dict:
-    cuda = torch.device(ctx.device).type == "cuda"
-    return {
-        "presets": _option(ctx, "bench_presets", ["ade20k"] if ctx.quick else ["ade20k", "cityscapes", "coco-stuff"]),
-        "norms": _option(ctx, "bench_norms", list(NORMS)),
-        "batch_sizes": _option(ctx, "bench_batch_sizes", [1] if ctx.quick or not cuda else [1, 16]),
-        # Full-size generators take seconds per call on a 2-core CPU: keep the default run
-        # inside its budget there, and measure everything on a GPU.
-        "dtypes": _option(ctx, "bench_dtypes", ["fp32", "bf16"] if cuda and not ctx.quick else ["fp32"]),
-        "repeats": _option(ctx, "bench_repeats", 10 if cuda else 3),
-        "warmup": _option(ctx, "bench_warmup", 3 if cuda else 1),
-        "compiled": bool(ctx.extra.get("bench_compile")),
-        "train_step": _option(ctx, "bench_train_step", cuda and not ctx.quick),
-    }
+def _settings(ctx: RunContext) -> dict:
+    """The bench options as the tables' meta.json records them."""
+    b = ctx.bench
+    return {"presets": list(b.presets), "norms": list(b.norms), "batch_sizes": list(b.batch_sizes),
+            "dtypes": list(b.dtypes), "repeats": b.repeats, "warmup": b.warmup, "compiled": b.compile,
+            "train_step": b.train_step}
 
 
 def _profile(preset: str, norms, device) -> pd.DataFrame:
@@ -73,7 +39,7 @@ def _profile(preset: str, norms, device) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)[["preset", "norm", "op", "calls", "self_ms", "share"]]
 
 
-def run(ctx) -> dict:
+def run(ctx: RunContext) -> dict:
     s = _settings(ctx)
     torch.manual_seed(ctx.seed)
     log.info("bench settings: %s on %s", s, ctx.device)
@@ -123,18 +89,9 @@ def run(ctx) -> dict:
                                   "losses without VGG) per generator."})
         summary["train_images_per_s"] = train[["preset", "norm", "images_per_s"]].to_dict("records")
     summary.update(tables=tables, figures=figures)
-    if ctx.extra.get("compare"):
-        summary = _merge(summary, _run_compare(ctx))
+    if ctx.bench.compare:
+        summary = _merge(summary, speed.run_compare(ctx))
     return summary
-
-
-def _run_compare(ctx) -> dict:
-    try:
-        speed = importlib.import_module("analysis.speed")
-    except ImportError as exc:
-        raise RuntimeError("--compare needs analysis/speed.py with run_compare(ctx) (the plain-vs-fast "
-                           f"comparison of issue 10), which could not be imported: {exc}") from exc
-    return speed.run_compare(ctx)
 
 
 def _merge(mine: dict, theirs: dict) -> dict:

@@ -7,34 +7,18 @@ per-resolution MACs.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
 from analysis.cost_figures import per_layer_bars, stage_share
 from analysis.costs import OVERHEAD_DEFINITION, ROLES, cost_tables
-from models.presets import NORMS, OFFICIAL_PRESETS
+
+from ..context import RunContext
 
 log = logging.getLogger(__name__)
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
-QUICK_PRESETS = ["ade20k"]
 # What the report shows of tables/costs.csv: enough to compare the methods; the CSV has the rest.
 REPORT_COLUMNS = ["preset", "norm", "params", "gmacs_fvcore", "modulation_param_share", "modulation_overhead",
                   "params_vs_spade", "gmacs_fvcore_vs_spade", "crosschecks_passed"]
-
-
-def add_arguments(group) -> None:
-    group.add_argument("--costs-presets", nargs="+", default=None, metavar="PRESET",
-                       help=f"presets to count (default: {' '.join(OFFICIAL_PRESETS)}; quick: ade20k)")
-    group.add_argument("--costs-norms", nargs="+", default=None, metavar="NORM", help="norms (default: all three)")
-    group.add_argument("--reference-dir", type=Path, default=None,
-                       help=f"official reference numbers (default: {DEFAULT_REFERENCE} when present)")
-    group.add_argument("--costs-figure-preset", default="ade20k", help="preset of the per-layer figures")
-
-
-def _option(ctx, name, default):
-    value = ctx.extra.get(name)
-    return default if value is None else value
 
 
 def compare_with_spade(summary: pd.DataFrame, crosscheck: pd.DataFrame) -> pd.DataFrame:
@@ -50,10 +34,8 @@ def compare_with_spade(summary: pd.DataFrame, crosscheck: pd.DataFrame) -> pd.Da
     return out
 
 
-def run(ctx) -> dict:
-    presets = _option(ctx, "costs_presets", QUICK_PRESETS if ctx.quick else list(OFFICIAL_PRESETS))
-    norms = _option(ctx, "costs_norms", list(NORMS))
-    reference = _option(ctx, "reference_dir", DEFAULT_REFERENCE if DEFAULT_REFERENCE.exists() else None)
+def run(ctx: RunContext) -> dict:
+    presets, norms, reference = list(ctx.costs.presets), list(ctx.costs.norms), ctx.costs.reference_dir
     summary, per_layer, crosscheck = cost_tables(presets, norms, device="cpu", reference_dir=reference)
     summary = compare_with_spade(summary, crosscheck)
     meta = dict(presets=presets, norms=norms, batch=1, mode="eval, no_grad", reference_dir=str(reference),
@@ -64,9 +46,7 @@ def run(ctx) -> dict:
     ctx.write_table(crosscheck, "cost_crosscheck", **meta)
 
     figures = []
-    figure_preset = _option(ctx, "costs_figure_preset", "ade20k")
-    if figure_preset not in presets:
-        figure_preset = presets[0]
+    figure_preset = ctx.costs.figure_preset if ctx.costs.figure_preset in presets else presets[0]
     if {"spade", "clade"} <= set(norms):
         ctx.write_figure(per_layer_bars(per_layer, figure_preset), f"costs_per_layer_{figure_preset}")
         figures.append({"file": f"figures/costs_per_layer_{figure_preset}.png",

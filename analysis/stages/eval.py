@@ -18,7 +18,6 @@ Writes ``tables/evaluation.csv`` (+ .md), ``tables/roi.csv``, ``tables/roi_modul
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,72 +25,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from data.datasets import build_dataset
 from data.labels import make_semantic
 from models import NORMS, load_generator_dir
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
+from models.sample_grid import colorize_labels
 
 from .. import metrics, roi, segmenters
+from ..bench import summarize_times, time_interleaved
 from ..context import RunContext
+from ..costs import generator_inputs, is_modulation, layer_costs
+from ..options import EvalOptions
 
 log = logging.getLogger(__name__)
 METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
-
-
-def add_arguments(group) -> None:
-    group.add_argument("--eval-generator", action="append", default=None, metavar="[NAME=]DIR",
-                       help=f"also score this generator folder ({GENERATOR_WEIGHTS} + generator.json) as "
-                            f"method NAME (default: the folder's name); repeatable")
-    group.add_argument("--eval-images", type=int, default=None,
-                       help="val images generated per method (default 128; --quick 32)")
-    group.add_argument("--eval-proxy-steps", type=int, default=None,
-                       help="training steps of the proxy segmenter (default 200; --quick 40)")
-    group.add_argument("--eval-proxy-max-seconds", type=float, default=None,
-                       help="wall-clock cap of the proxy training, 0 = none (default 60; --quick 15); "
-                            "fewer steps are run, and reported, when the machine is slower")
-    group.add_argument("--inception-weights", type=Path, default=None,
-                       help=f"{metrics.FID_WEIGHTS_FILE} (default: the torch hub cache); "
-                            f"without it the run reports fd_proxy_features instead of FID")
-    group.add_argument("--segmenter", type=Path, default=None,
-                       help="TorchScript segmenter for mIoU (default: a proxy trained on the real images)")
-    group.add_argument("--segmenter-class-map", default=None,
-                       help=f"label id -> segmenter class: {sorted(segmenters.CLASS_MAPS)} or a JSON file "
-                            f"(default: the paper's map for the preset, else identity)")
-    group.add_argument("--segmenter-input", default=None, choices=segmenters.INPUT_NORMS,
-                       help="input normalisation of --segmenter (default: the paper's for the preset, else imagenet)")
-
-
-@dataclass
-class EvalOptions:
-    """Sizes and files of one evaluation; ``from_context`` fills the --quick defaults."""
-
-    images: int = 128                 # val images generated per method (and real reference size)
-    train_images: int = 256           # real training images the proxy segmenter learns from
-    proxy_steps: int = 200            # proxy segmenter steps (batch 16)
-    proxy_max_seconds: float | None = 60.0  # wall-clock cap of the proxy training (None = none)
-    latency_repeats: int = 10         # timed forward passes per method, after 3 warm-up rounds
-    batch_size: int = 16              # generation / scoring batch
-    inception_weights: Path | None = None
-    segmenter: Path | None = None
-    segmenter_class_map: str | None = None
-    segmenter_input: str | None = None
-    generators: tuple[str, ...] = ()  # --eval-generator [NAME=]DIR, scored after the checkpoints root's
-
-    @classmethod
-    def from_context(cls, ctx: RunContext) -> "EvalOptions":
-        extra = ctx.extra
-
-        def pick(key, default, quick):
-            return (quick if ctx.quick else default) if extra.get(key) is None else extra[key]
-
-        return cls(images=pick("eval_images", 128, 32), train_images=64 if ctx.quick else 256,
-                   proxy_steps=pick("eval_proxy_steps", 200, 40),
-                   proxy_max_seconds=pick("eval_proxy_max_seconds", 60.0, 15.0) or None,
-                   latency_repeats=5 if ctx.quick else 10,
-                   inception_weights=extra.get("inception_weights"), segmenter=extra.get("segmenter"),
-                   segmenter_class_map=extra.get("segmenter_class_map"),
-                   segmenter_input=extra.get("segmenter_input"),
-                   generators=tuple(str(p) for p in extra.get("eval_generator") or ()))
 
 
 # --- generators ---------------------------------------------------------------------------
@@ -147,8 +95,6 @@ def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dis
     """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of items ``skip .. skip + count``
     of ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
     there is no --dataroot); None when the split has fewer items."""
-    from data.datasets import build_dataset
-
     dataset = build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, with_dist=with_dist,
                             seed=ctx.seed, max_samples=skip + count)
     if len(dataset) < skip + count:
@@ -180,9 +126,6 @@ def _batches(images: torch.Tensor, batch_size: int):
 def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFrame:
     """Params and GMACs (analysis.costs, batch 1) of each generator, and its median latency
     in ms (batch 1, forward only, no_grad), timed round-robin in this run."""
-    from ..bench import summarize_times, time_interleaved
-    from ..costs import generator_inputs, is_modulation, layer_costs
-
     rows, calls = [], {}
     for norm, generator in generators.items():
         args, kwargs = generator_inputs(generator.config, device=device)
@@ -215,9 +158,9 @@ def train_proxy(ctx: RunContext, opts: EvalOptions, label_nc: int, train_samples
     """Proxy segmenter trained on the real training images (labelled proxy everywhere)."""
     log.info("training the proxy segmenter on %d real images (%d steps)", len(train_samples["image"]),
              opts.proxy_steps)
+    cap = None if opts.proxy_max_seconds == 0 else opts.proxy_max_seconds   # 0 = no cap
     return segmenters.train_proxy_segmenter(train_samples["image"], train_samples["label"], label_nc,
-                                            steps=opts.proxy_steps, seed=ctx.seed, device=device,
-                                            max_seconds=opts.proxy_max_seconds)
+                                            steps=opts.proxy_steps, seed=ctx.seed, device=device, max_seconds=cap)
 
 
 def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str]]:
@@ -282,9 +225,9 @@ def frechet_columns(stats: dict, reference: dict, extractors: dict) -> dict:
 # --- the stage ----------------------------------------------------------------------------
 
 def run(ctx: RunContext) -> dict:
-    opts = EvalOptions.from_context(ctx)
+    opts = ctx.eval
     device = torch.device(ctx.device)
-    folders = generator_folders(ctx, opts.generators)
+    folders = generator_folders(ctx, opts.generator)
     if not folders:
         raise FileNotFoundError(f"no generator folder under {ctx.checkpoint_root} (<norm>/{GENERATOR_WEIGHTS} for "
                                 f"norm in {list(NORMS)}, or any <name>/{GENERATOR_WEIGHTS}); run the train stage "
@@ -403,8 +346,6 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
 
 def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
     """Figure: one row per val sample; columns label map, then ``samples`` ({title: images})."""
-    from models.sample_grid import colorize_labels
-
     columns = ["label map"] + list(samples)
     label_rgb = colorize_labels(labels, class_nc)
     fig, axes = plt.subplots(len(labels), len(columns), figsize=(1.6 * len(columns), 1.6 * len(labels)),

@@ -2,7 +2,7 @@
 
     python run_analysis.py probe --out reports/default            # trained checkpoints/<norm>/
     python run_analysis.py probe --checkpoints ckpts              # ckpts/<name>/ of any names
-    python run_analysis.py probe --preset ade20k --probe-checkpoint latest_net_G.pth --probe-norm spade
+    python run_analysis.py probe --preset ade20k --checkpoint latest_net_G.pth --probe-norm spade
 
 Probes every generator folder (``latest_net_G.pth`` + ``generator.json``) under the checkpoint
 root (``ctx.checkpoint_dir``): spade, clade, clade-icpe first, then any other folder. The
@@ -12,9 +12,9 @@ kernel-size ablation (a purely per-pixel SPADE) is one more folder:
     cp -r runs/0000N-synthetic-spade/generator reports/default/checkpoints/spade-k1
     python run_analysis.py probe --out reports/default --force
 
-``--probe-checkpoint`` probes one generator instead: a folder with ``generator.json``, or an
-official-format ``.pth`` built from ``--preset`` and ``--probe-norm`` (read from its keys when
-omitted). Images: the val split (synthetic scenes ``seed + 1000`` like the eval stage, or
+``--checkpoint PATH`` (also spelled ``--probe-checkpoint``) probes one generator instead: a
+folder with ``generator.json``, or an official-format ``.pth`` built from ``--preset`` and
+``--probe-norm`` (read from its keys when omitted). Images: the val split (synthetic scenes ``seed + 1000`` like the eval stage, or
 ``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
 ``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
 resized: a stand-in, flagged in the tables' meta and the captions.
@@ -26,7 +26,6 @@ Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_ch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -34,50 +33,19 @@ import torch
 
 from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
-from models.presets import PRESETS
+from data.datasets import build_dataset
+from data.icpe import icpe_map
+from data.presets import DATASETS
+from data.synthetic import SyntheticScenes
 
 from .. import probe
 from ..context import RunContext
+from ..options import ProbeOptions
 from ..probe_figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
 
 log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 1000  # the eval stage's synthetic val split
-SYNTHETIC = PRESETS["synthetic"]
-
-
-def add_arguments(group) -> None:
-    group.add_argument("--probe-checkpoint", type=Path, default=None,
-                       help="probe one generator: a folder with generator.json, or an official-format "
-                            "latest_net_G.pth (architecture from --preset and --probe-norm)")
-    group.add_argument("--probe-norm", default=None, choices=NORMS,
-                       help="modulation of a bare --probe-checkpoint .pth (default: read from its keys)")
-    group.add_argument("--probe-images", type=int, default=None,
-                       help="val images probed per model (default 64; --quick 8); the ablation "
-                            "runs on the first quarter of them (at least 2)")
-    group.add_argument("--probe-basis", default="quadratic", choices=list(probe.BASES),
-                       help="regression basis on the ICPE coordinates for the positional part")
-    group.add_argument("--probe-exclude-dontcare", action="store_true",
-                       help="leave 'unknown' pixels out of the variance decomposition (default: kept, "
-                            "as the generator treats them as one more class)")
-
-
-@dataclass
-class ProbeOptions:
-    images: int = 64
-    ablation_images: int = 16
-    basis: str = "quadratic"
-    exclude_dontcare: bool = False
-    checkpoint: Path | None = None
-    norm: str | None = None
-
-    @classmethod
-    def from_context(cls, ctx: RunContext) -> "ProbeOptions":
-        extra = ctx.extra
-        images = extra.get("probe_images") or (8 if ctx.quick else 64)
-        return cls(images=images, ablation_images=max(2, images // 4),
-                   basis=extra.get("probe_basis") or "quadratic",
-                   exclude_dontcare=bool(extra.get("probe_exclude_dontcare")),
-                   checkpoint=extra.get("probe_checkpoint"), norm=extra.get("probe_norm"))
+SYNTHETIC = DATASETS["synthetic"]
 
 
 # --- which generators ------------------------------------------------------------------------
@@ -129,7 +97,7 @@ def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str,
         raise FileNotFoundError(
             f"no trained generator under {str(root)!r}: expected <dir>/<norm>/{GENERATOR_WEIGHTS} and "
             f"{GENERATOR_CONFIG} for norm in {list(NORMS)}. Run `python run_analysis.py train` first, "
-            f"pass --checkpoints DIR, or probe one file with --probe-checkpoint PATH")
+            f"pass --checkpoints DIR, or probe one file with --checkpoint PATH")
     return found
 
 
@@ -139,11 +107,9 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     """(batches of val samples for ``config``, description, whether they are a stand-in)."""
     h, w = config.output_size
     if ctx.dataroot is not None:
-        from data.datasets import build_dataset
         dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val")
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
-    from data.synthetic import SyntheticScenes
     seed = ctx.seed + VAL_SEED_OFFSET
     native = (config.label_nc == SYNTHETIC["label_nc"]
               and config.contain_dontcare_label == SYNTHETIC["contain_dontcare_label"] and h == w)
@@ -163,8 +129,6 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
 def _remap(item: dict, config, rng: torch.Generator) -> dict:
     """Synthetic sample with random target classes per image, nearest-resized to the output
     size, with its ICPE map (corrected mode) recomputed at that size."""
-    from data.icpe import icpe_map
-
     n = SYNTHETIC["label_nc"]
     if config.label_nc >= n:
         targets = torch.randperm(config.label_nc, generator=rng)[:n]
@@ -213,7 +177,7 @@ def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, b
 
 
 def run(ctx: RunContext) -> dict:
-    opts = ProbeOptions.from_context(ctx)
+    opts = ctx.probe
     generators = find_generators(ctx, opts)
     channels, ablations, sources, data, stand_in = [], [], {}, {}, False
     figures = []

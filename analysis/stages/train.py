@@ -18,59 +18,32 @@ import logging
 import shutil
 import time
 from dataclasses import asdict
-from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from data.datasets import build_dataset
+from data.synthetic import SyntheticScenes
+from models.presets import generator_config
+from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
+
+from ..context import RunContext
+from ..options import options_dict
+
 log = logging.getLogger(__name__)
 
-NORMS = ("spade", "clade", "clade-icpe")
-# Budget on a 2-core CPU: the whole default pipeline must fit in 15 minutes.
-FULL = dict(steps=300, ngf=16, ndf=32, batch_size=8, max_seconds=150.0)
-QUICK = dict(steps=25, ngf=8, ndf=16, batch_size=4, max_seconds=25.0)
-CROP = 64
 
-
-def add_arguments(group) -> None:
-    group.add_argument("--train-steps", type=int, default=None,
-                       help=f"iterations per method (default {FULL['steps']}, --quick {QUICK['steps']})")
-    group.add_argument("--train-ngf", type=int, default=None,
-                       help=f"generator width (default {FULL['ngf']}, --quick {QUICK['ngf']})")
-    group.add_argument("--train-ndf", type=int, default=None,
-                       help=f"discriminator width (default {FULL['ndf']}, --quick {QUICK['ndf']})")
-    group.add_argument("--train-batch-size", type=int, default=None,
-                       help=f"batch size (default {FULL['batch_size']}, --quick {QUICK['batch_size']})")
-    group.add_argument("--train-crop-size", type=int, default=None, help=f"image size (default {CROP})")
-    group.add_argument("--train-max-seconds", type=float, default=None,
-                       help=f"wall-clock cap per method, 0 = none (default {FULL['max_seconds']:.0f}, "
-                            f"--quick {QUICK['max_seconds']:.0f}); when a method hits it, the methods "
-                            f"after it train as many steps as it did")
-    group.add_argument("--train-norms", default=",".join(NORMS), help="methods to train, comma-separated")
-    group.add_argument("--train-vgg-weights", type=Path, default=None,
-                       help="vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; off if absent)")
-    group.add_argument("--train-threads", type=int, default=None,
-                       help="torch CPU threads while training (default: unchanged; 1 is steadier on a "
-                            "busy machine)")
-
-
-def settings(ctx) -> dict:
-    """Resolved budget and sizes (defaults by --quick, overridden by --train-* options)."""
-    base = dict(QUICK if ctx.quick else FULL, crop_size=CROP)
-    extra = ctx.extra or {}
-    for key in ("steps", "ngf", "ndf", "batch_size", "crop_size", "max_seconds"):
-        value = extra.get(f"train_{key}")
-        if value is not None:
-            base[key] = value
-    base["max_seconds"] = base["max_seconds"] or None
-    base["planned_steps"] = base["steps"]
-    base["norms"] = [n.strip() for n in (extra.get("train_norms") or ",".join(NORMS)).split(",") if n.strip()]
-    return base
+def settings(ctx: RunContext) -> dict:
+    """The resolved train options as a dict, with ``planned_steps`` (the budget before a time cap
+    shortens it) and ``max_seconds`` None for no cap (the option's 0)."""
+    s = options_dict(ctx.train)
+    return {**s, "max_seconds": None if s["max_seconds"] == 0 else s["max_seconds"], "planned_steps": s["steps"]}
 
 
 def vgg_status(path=None) -> tuple[bool, str]:
     """(use VGG, text for the outputs): on only when the weights file is present."""
-    from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
     try:
         return True, f"on ({resolve_vgg_weights(path)})"
     except VGGWeightsMissingError:
@@ -83,9 +56,7 @@ def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int]):
     # One pass over new scenes; sized by the planned budget so a cap never changes the order.
     num_samples = s["planned_steps"] * s["batch_size"]
     if ctx.dataroot is None:
-        from data.synthetic import SyntheticScenes
         return SyntheticScenes(num_samples, size=size, seed=ctx.seed, with_dist=with_dist)
-    from data.datasets import build_dataset
     return build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"],
                          with_dist=with_dist, seed=ctx.seed)
 
@@ -98,9 +69,6 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     official names, e.g. ``{"spade_kernel_size": 1}``) and its own ``name`` for its folders
     (``checkpoints/<name>/``, ``train/<name>/``) and tables (default: ``norm``).
     """
-    from models.presets import generator_config
-    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
-
     name = name or norm
     g_config = generator_config(ctx.preset, norm, **{"ngf": s["ngf"], "crop_size": s["crop_size"],
                                                      **(overrides or {})})
@@ -137,8 +105,6 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
 
 def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
     """Loss curves of the methods side by side (one panel per loss)."""
-    import matplotlib.pyplot as plt
-
     panels = [("GAN_Feat", "G feature matching (x10)"), ("img_L1", "|generated - real| (not trained)"),
               ("GAN", "G hinge loss"), ("D", "D loss (fake + real)")]
     if any("VGG" in df for df in logs.values()):
@@ -159,20 +125,19 @@ def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
     return fig
 
 
-def run(ctx) -> dict:
+def run(ctx: RunContext) -> dict:
     s = settings(ctx)
-    extra = ctx.extra or {}
     threads = torch.get_num_threads()
-    if extra.get("train_threads"):
-        torch.set_num_threads(extra["train_threads"])
-    use_vgg, vgg_text = vgg_status(extra.get("train_vgg_weights"))
+    if ctx.train.threads is not None:
+        torch.set_num_threads(ctx.train.threads)
+    use_vgg, vgg_text = vgg_status(ctx.train.vgg_weights)
     log.info("[train] %s, steps %d, batch %d, ngf %d, ndf %d, %dx%d, vgg: %s", ", ".join(s["norms"]),
              s["steps"], s["batch_size"], s["ngf"], s["ndf"], s["crop_size"], s["crop_size"], vgg_text)
     results = {}
     budget = dict(s)
     try:
         for norm in s["norms"]:
-            results[norm] = train_one(ctx, norm, budget, use_vgg, extra.get("train_vgg_weights"))
+            results[norm] = train_one(ctx, norm, budget, use_vgg, ctx.train.vgg_weights)
             done = results[norm]["row"]["steps"]
             if results[norm]["row"]["stopped_by_time_cap"] and done < budget["steps"]:
                 # Same budget for every method: the next ones stop where the capped one did.

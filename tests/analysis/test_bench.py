@@ -1,7 +1,6 @@
 """Timing harness and benchmarks: call order, CUDA synchronisation, statistics, memory and
 the documented columns (no assertions on timings themselves)."""
 import functools
-import sys
 
 import pandas as pd
 import pytest
@@ -107,10 +106,11 @@ def _tiny_stage(monkeypatch):
 
 def test_bench_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     from analysis.context import RunContext
+    from analysis.options import BenchOptions
     stage = _tiny_stage(monkeypatch)
     monkeypatch.setattr(bench, "peak_memory", lambda fn, device: 0)
-    ctx = RunContext(out=tmp_path, quick=True, extra={"bench_presets": ["synthetic"], "bench_norms": ["spade", "clade"],
-                                                      "bench_repeats": 1, "bench_warmup": 0})
+    ctx = RunContext(out=tmp_path, quick=True, bench=BenchOptions(presets=("synthetic",), norms=("spade", "clade"),
+                                                                  repeats=1, warmup=0))
     summary = stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "bench.csv")
     assert set(BENCH_COLUMNS) | {"ratio_to_spade"} <= set(table.columns)
@@ -121,25 +121,18 @@ def test_bench_stage_writes_tables_and_figures(tmp_path, monkeypatch):
         assert (tmp_path / item["file"]).exists() and item["caption"]
 
 
-def test_bench_compare_needs_the_speed_module(tmp_path, monkeypatch):
-    from analysis.context import RunContext
-    from analysis.stages import bench as stage
-    monkeypatch.setitem(sys.modules, "analysis.speed", None)  # as if analysis/speed.py did not exist
-    with pytest.raises(RuntimeError, match="run_compare"):
-        stage._run_compare(RunContext(out=tmp_path, extra={"compare": True}))
-
-
 def test_bench_compare_merges_the_speed_summary(tmp_path, monkeypatch):
     import types
 
     from analysis.context import RunContext
+    from analysis.options import BenchOptions
     stage = _tiny_stage(monkeypatch)
     fake = types.SimpleNamespace(run_compare=lambda ctx: {"tables": [{"file": "tables/speed.csv", "caption": "x"}],
                                                            "speedup": 3.0})
-    monkeypatch.setitem(sys.modules, "analysis.speed", fake)
+    monkeypatch.setattr(stage, "speed", fake)
     monkeypatch.setattr(bench, "peak_memory", lambda fn, device: 0)
-    ctx = RunContext(out=tmp_path, quick=True, extra={"bench_presets": ["synthetic"], "bench_norms": ["clade"],
-                                                      "bench_repeats": 1, "bench_warmup": 0, "compare": True})
+    ctx = RunContext(out=tmp_path, quick=True, bench=BenchOptions(presets=("synthetic",), norms=("clade",), repeats=1,
+                                                                  warmup=0, compare=True))
     summary = stage.run(ctx)
     assert summary["compare"] == {"speedup": 3.0}
     assert summary["tables"][0]["file"] == "tables/bench.csv" and summary["tables"][-1]["file"] == "tables/speed.csv"

@@ -259,7 +259,8 @@ def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     from analysis.context import RunContext
     from analysis.stages import costs as stage
     monkeypatch.setattr(stage, "cost_tables", functools.partial(costs.cost_tables, ngf=4, crop_size=64))
-    ctx = RunContext(out=tmp_path, quick=True, extra={"costs_presets": ["ade20k"], "costs_norms": ["spade", "clade"]})
+    from analysis.options import CostsOptions
+    ctx = RunContext(out=tmp_path, quick=True, costs=CostsOptions(presets=("ade20k",), norms=("spade", "clade")))
     summary = stage.run(ctx)
     import pandas as pd
     table = pd.read_csv(tmp_path / "tables" / "costs.csv")

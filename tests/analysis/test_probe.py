@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from analysis.context import RunContext
+from analysis.options import ProbeOptions
 from analysis.probe import (LayerStatistics, ablate, ablation_effects, capture_modulation_statistics,
                             layer_summary, modulation_layers, prepare_inputs, variance_decomposition)
 from models import CLADE, build_generator, save_generator_dir
@@ -245,7 +246,7 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
     for name, norm, options in (("clade-icpe", "clade-icpe", {}), ("spade-k1", "spade", {"spade_kernel_size": 1})):
         save_generator_dir(tiny(norm, **options), tmp_path / "ckpt" / name)
     ctx = RunContext(out=tmp_path / "out", checkpoints=tmp_path / "ckpt", quick=True,
-                     extra={"probe_images": 2})
+                     probe=ProbeOptions(images=2))
     summary = stage.run(ctx)
     layers = pd.read_csv(tmp_path / "out" / "tables" / "probe_layers.csv")
     for column in ("model", "norm", "layer", "resolution", "param", "semantic_ratio", "positional_ratio",

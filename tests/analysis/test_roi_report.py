@@ -9,8 +9,9 @@ import pytest
 
 from analysis import report, roi
 from analysis.context import RunContext
-from analysis.provenance import write_json_atomic
+from analysis.options import EvalOptions
 from analysis.report import build_report, write_report
+from fileio import write_json_atomic
 
 
 def test_pareto_front_on_hand_made_points():
@@ -120,13 +121,13 @@ def run_folder(tmp_path):
     fig, ax = plt.subplots(figsize=(1, 1))
     ax.plot([0, 1])
     ctx.write_figure(fig, "costs_bars")
-    write_json_atomic({"stage": "costs", "seconds": 12.34, "notes": ["Counted with fvcore."],
+    write_json_atomic(tmp_path / "stages" / "costs.json",
+                      {"stage": "costs", "seconds": 12.34, "notes": ["Counted with fvcore."],
                        "tables": [{"file": "tables/costs.csv", "caption": "Params and GMACs per config."}],
-                       "figures": [{"file": "figures/costs_bars.png", "caption": "GMACs per config."}]},
-                      tmp_path / "stages" / "costs.json")
-    write_json_atomic({"stage": "eval", "seconds": 3.0, "proxy": ["miou_proxy comes from a proxy segmenter."],
-                       "tables": [{"file": "tables/evaluation.csv", "caption": "Quality per method."}]},
-                      tmp_path / "stages" / "eval.json")
+                       "figures": [{"file": "figures/costs_bars.png", "caption": "GMACs per config."}]})
+    write_json_atomic(tmp_path / "stages" / "eval.json",
+                      {"stage": "eval", "seconds": 3.0, "proxy": ["miou_proxy comes from a proxy segmenter."],
+                       "tables": [{"file": "tables/evaluation.csv", "caption": "Quality per method."}]})
     return ctx
 
 
@@ -153,7 +154,7 @@ def test_report_from_stage_records(run_folder):
 
 
 def write_record(out, tables):
-    write_json_atomic({"stage": "costs", "seconds": 1.0, "tables": tables}, out / "stages" / "costs.json")
+    write_json_atomic(out / "stages" / "costs.json", {"stage": "costs", "seconds": 1.0, "tables": tables})
     return build_report(out, {}, stages=("costs",))
 
 
@@ -233,7 +234,7 @@ def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
     from analysis.stages import eval as eval_stage
 
     tiny_checkpoints(tmp_path)
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4})
+    ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "real"]
@@ -259,7 +260,7 @@ def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights)
     path = tmp_path / "seg.pt"
     torch.jit.save(torch.jit.script(EightClasses()), str(path))
     tiny_checkpoints(tmp_path, norms=("clade",))
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4, "segmenter": path})
+    ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4, segmenter=path))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert {"miou", "accuracy"} <= set(table) and "miou_proxy" not in table
@@ -277,8 +278,9 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
                        tmp_path / "checkpoints" / "spade-1x1")
     (tmp_path / "checkpoints" / "notes").mkdir()   # a folder without weights is not a generator
     save_generator_dir(build_generator("synthetic", "clade-icpe", ngf=4), tmp_path / "elsewhere" / "generator")
-    ctx = RunContext(out=tmp_path, quick=True, extra={"eval_images": 8, "eval_proxy_steps": 4,
-                                                      "eval_generator": [f"mine={tmp_path / 'elsewhere' / 'generator'}"]})
+    ctx = RunContext(out=tmp_path, quick=True,
+                     eval=EvalOptions(images=8, proxy_steps=4,
+                                      generator=(f"mine={tmp_path / 'elsewhere' / 'generator'}",)))
     summary = eval_stage.run(ctx)
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
@@ -322,7 +324,7 @@ def test_eval_stage_rejects_a_generator_that_differs_from_the_first(tmp_path, op
     tiny_checkpoints(tmp_path, norms=("spade",))
     odd = save_generator_dir(build_generator("synthetic", "clade", ngf=4, **options), tmp_path / "checkpoints" / "odd")
     with pytest.raises(ValueError, match=message) as error:
-        eval_stage.run(RunContext(out=tmp_path, quick=True, extra={"eval_images": 8}))
+        eval_stage.run(RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8)))
     assert f"generator folder {odd}:" in str(error.value)
     assert f"like {tmp_path / 'checkpoints' / 'spade'} (the first generator" in str(error.value)
 

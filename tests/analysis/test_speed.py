@@ -9,6 +9,7 @@ import torch
 
 import analysis
 from analysis.context import RunContext
+from analysis.options import CompareOptions
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,8 @@ def speed():
 
 def test_run_compare_writes_table_and_figure(tmp_path, speed):
     ctx = RunContext(out=tmp_path, device="cpu", quick=True,
-                     extra={"compare_presets": ["ade20k"], "compare_repeats": 2, "compare_warmup": 1,
-                            "compare_overrides": dict(ngf=4, crop_size=64),
-                            "compare_default_malloc": True})  # no process-wide allocator change in tests
+                     compare=CompareOptions(presets=("ade20k",), repeats=2, warmup=1, overrides=dict(ngf=4, crop_size=64),
+                                            default_malloc=True))  # no process-wide allocator change in tests
     summary = speed.run_compare(ctx)
     df = pd.read_csv(tmp_path / "tables" / "speed_compare.csv")
     assert set(speed.COLUMNS) <= set(df.columns)
@@ -64,8 +64,8 @@ def test_peak_is_unknown_on_cpu(speed):
 def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, speed):
     from models.fast import native_bf16
     ctx = RunContext(out=tmp_path, device="cpu", quick=True, seed=3,
-                     extra={"compare_presets": ["ade20k"], "compare_norms": ["clade-icpe"], "compare_train": True,
-                            "compare_train_repeats": 2, "compare_overrides": dict(ngf=4, crop_size=64)})
+                     compare=CompareOptions(presets=("ade20k",), norms=("clade-icpe",), train=True, train_repeats=2,
+                                            overrides=dict(ngf=4, crop_size=64)))
     summary = speed.run_compare_training(ctx, speed._settings(ctx))
     df = pd.read_csv(tmp_path / "tables" / "speed_train.csv")
     assert list(df.columns) == speed.TRAIN_COLUMNS

@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from data.datasets import DATA_PRESETS, build_dataset
+from data.presets import DATASETS, canonical_preset
 from data.icpe import icpe_map
 from data.labels import make_semantic
 from data.transforms import Preprocess, draw_params
@@ -31,11 +32,18 @@ def check_sample(sample: dict, hw, class_nc: int):
     assert isinstance(sample["path"], str) and Path(sample["path"]).is_file()
 
 
-def test_data_presets_agree_with_network_presets():
+def test_dataset_facts_live_in_data_and_the_network_presets_read_them():
+    assert set(DATA_PRESETS) <= set(DATASETS)
     for name, data in DATA_PRESETS.items():
-        net = PRESETS[name]
+        facts = DATASETS[name]
         assert (data.contain_dontcare_label, data.no_instance, data.crop_size, data.aspect_ratio) == \
-               (net["contain_dontcare_label"], net["no_instance"], net["crop_size"], net["aspect_ratio"])
+               (facts["contain_dontcare_label"], facts["no_instance"], facts["crop_size"], facts["aspect_ratio"])
+    for name, facts in DATASETS.items():   # models.presets adds network options, never changes a fact
+        assert PRESETS[name].items() >= facts.items(), name
+    assert PRESETS["cityscapes"]["num_upsampling_layers"] == "more" and "num_upsampling_layers" not in DATASETS["ade20k"]
+    assert canonical_preset("coco") == "coco-stuff"
+    with pytest.raises(ValueError, match="unknown preset 'imagenet'; expected one of"):
+        canonical_preset("imagenet")
     assert DATA_PRESETS["cityscapes"].preprocess_mode == "fixed"
     assert (DATA_PRESETS["coco-stuff"].load_size, DATA_PRESETS["coco-stuff"].load_size_test) == (286, 256)
     assert DATA_PRESETS["coco-stuff"].label_nc == 182 and DATA_PRESETS["ade20k"].label_nc == 150

@@ -6,8 +6,8 @@ from PIL import Image
 from scipy import ndimage
 
 from data.icpe import EPS, flip_icpe, icpe_map, icpe_map_batch
-from data.icpe_bench import main as bench_main
-from data.icpe_bench import official_icpe_reference
+from analysis.icpe_bench import main as bench_main
+from analysis.icpe_bench import official_icpe_reference
 from data.synthetic import SYNTHETIC_DONTCARE, render_scene
 
 

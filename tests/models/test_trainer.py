@@ -304,8 +304,9 @@ def test_run_analysis_train_stage_writes_checkpoints_tables_and_figure(tmp_path)
     from analysis.context import RunContext
     from analysis.stages import train as stage
 
-    extra = dict(train_steps=2, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE)
-    ctx = RunContext(out=tmp_path, quick=True, extra=extra)
+    from analysis.options import TrainOptions
+
+    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=SIZE))
     summary = stage.run(ctx)
     assert summary["vgg"].startswith(("off (weights not found)", "on"))
     for norm in ("spade", "clade", "clade-icpe"):
@@ -324,9 +325,11 @@ def test_stage_time_cap_gives_later_methods_the_same_steps(tmp_path):
     from analysis.context import RunContext
     from analysis.stages import train as stage
 
-    extra = dict(train_steps=50, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE,
-                 train_max_seconds=1e-9, train_norms="clade,clade-icpe")
-    summary = stage.run(RunContext(out=tmp_path, quick=True, extra=extra))
+    from analysis.options import TrainOptions
+
+    options = TrainOptions(steps=50, ngf=4, ndf=8, batch_size=2, crop_size=SIZE, max_seconds=1e-9,
+                           norms=("clade", "clade-icpe"))
+    summary = stage.run(RunContext(out=tmp_path, quick=True, train=options))
     assert summary["steps"] == 1
     assert [r["steps"] for r in summary["results"]] == [1, 1]
     assert summary["results"][0]["stopped_by_time_cap"] and summary["results"][0]["planned_steps"] == 50
@@ -336,8 +339,9 @@ def test_train_one_trains_a_named_variant_under_the_same_recipe(tmp_path):
     from analysis.context import RunContext
     from analysis.stages import train as stage
 
-    ctx = RunContext(out=tmp_path, quick=True, extra=dict(train_steps=2, train_ngf=4, train_ndf=8,
-                                                          train_batch_size=2, train_crop_size=SIZE))
+    from analysis.options import TrainOptions
+
+    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=SIZE))
     result = stage.train_one(ctx, "spade", stage.settings(ctx), False, None, name="spade-1x1",
                              overrides={"spade_kernel_size": 1})
     G = load_generator_dir(ctx.checkpoint_dir("spade-1x1"))

@@ -1,6 +1,6 @@
 """Benchmark: our ICPE (official mode) against a straightforward per-component implementation.
 
-    python -m data.icpe_bench --dataroot ../shared/data/coco_stuff_sample --repeats 3 --out reports/icpe
+    python -m analysis.icpe_bench --dataroot ../shared/data/coco_stuff_sample --repeats 3 --out reports/icpe
 
 Times both on every label PNG under ``<dataroot>/*_label/`` in the same run, checks that the
 outputs are identical (``norm`` and ``no`` variants), and prints the median seconds per image,
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import ndimage
 
-from analysis.provenance import provenance, write_json_atomic
 from data.icpe import EPS, icpe_map
+from fileio import atomic_path, provenance, write_json_atomic
 
 DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_stuff_sample"
 
@@ -29,11 +30,10 @@ DEFAULT_DATAROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "co
 def _components(mask: np.ndarray, labeller: str):
     """8-connected components of a boolean mask: (count, component map, [(row, col)] centroids)."""
     if labeller == "cv2":
-        import cv2
+        import cv2  # optional dependency, imported only when this labeller is chosen
         count, components, _, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8) * 255,
                                                                            connectivity=8)
         return count - 1, components, [(c[1], c[0]) for c in centroids[1:]]
-    from scipy import ndimage
     components, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     centres = ndimage.center_of_mass(mask, components, range(1, count + 1))
     return count, components, centres
@@ -112,7 +112,7 @@ def summarize(table: pd.DataFrame) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--dataroot", type=Path, default=DEFAULT_DATAROOT,
                         help="COCO-Stuff folder with *_label/*.png")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image and implementation")
@@ -128,12 +128,12 @@ def main(argv=None) -> dict:
           f"{summary['reference_median_s']:.4f}; ratio of medians {summary['ratio_of_medians']:.0f}x; "
           f"max |diff| norm {summary['max_abs_diff_norm']:.3g}, no {summary['max_abs_diff_no']:.3g}")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "icpe_bench.csv", index=False)
-        write_json_atomic(provenance(summary=summary, dataroot=str(args.dataroot), repeats=args.repeats,
+        with atomic_path(args.out / "icpe_bench.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_json_atomic(args.out / "meta.json",
+                          provenance(summary=summary, dataroot=str(args.dataroot), repeats=args.repeats,
                                      labeller=labeller,
-                                     note="wall-clock on a possibly shared machine; compare ratios"),
-                          args.out / "meta.json")
+                                     note="wall-clock on a possibly shared machine; compare ratios"))
     return summary
 
 

@@ -1,0 +1,337 @@
+"""Typed options: one dataclass per stage, the command line generated from it.
+
+Every field declares its default once, with its help text, through :func:`option`. A default
+that depends on the run (``--quick``, a CPU device) is declared beside it (``quick=``,
+``cpu=``); such a field holds ``None`` until :func:`resolve` fills it, which is the only place
+defaults are applied. ``0`` is a value like any other, never "unset".
+
+    parser = OptionParser()
+    add_options(parser, TrainOptions, prefix="train")          # --train-steps ... with defaults in --help
+    opts = resolve(options_from_args(args, TrainOptions, "train"), quick=True, cuda=False)
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any, Callable
+
+from models.presets import NORMS, OFFICIAL_PRESETS
+
+from .probe import BASES
+from .segmenters import CLASS_MAPS, INPUT_NORMS
+
+_UNSET = object()
+# Official reference numbers of the cost cross-checks (a folder beside the repository).
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any = _UNSET, flag: str | None = None,
+           choices=None, minimum: float | None = None, metavar: str | None = None, append: bool = False,
+           cli: bool = True):
+    """A dataclass field with its default, help text and command-line spelling.
+
+    ``default`` may be a callable (evaluated when resolved, e.g. the registered norms).
+    ``quick`` / ``cpu``: the default under ``--quick`` / on a CPU device (quick wins); a field
+    with either holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
+    with a clear error below it). ``flag``: the option's spelling when not ``--<prefix>-<name>``.
+    """
+    automatic = quick is not _UNSET or cpu is not _UNSET or callable(default)
+    return field(default=None if automatic else default,
+                 metadata=dict(help=help, default=default, quick=quick, cpu=cpu, flag=flag, choices=choices,
+                               minimum=minimum, metavar=metavar, append=append, cli=cli))
+
+
+def _all_norms() -> tuple[str, ...]:
+    return tuple(NORMS)
+
+
+def _reference_if_present() -> Path | None:
+    return DEFAULT_REFERENCE if DEFAULT_REFERENCE.exists() else None
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+@dataclass
+class CostsOptions:
+    """Stage 'costs': params and MACs of the official generators."""
+
+    presets: tuple[str, ...] = option(OFFICIAL_PRESETS, "presets to count", quick=("ade20k",), metavar="PRESET")
+    norms: tuple[str, ...] = option(_all_norms, "norms to count (default: every registered norm)",
+                                    metavar="NORM")
+    reference_dir: Path | None = option(_reference_if_present, "official reference numbers (default: "
+                                        "shared/reference beside the repository, when present)",
+                                        flag="--reference-dir")
+    figure_preset: str = option("ade20k", "preset of the per-layer figures (the first counted preset when "
+                                "it is not counted)")
+
+
+@dataclass
+class TimedGenerators:
+    """Which generators a timing stage runs (shared by the bench stage and the comparison)."""
+
+    presets: tuple[str, ...] = option(("ade20k", "cityscapes", "coco-stuff"), "presets to time",
+                                      quick=("ade20k",), metavar="PRESET")
+    norms: tuple[str, ...] = option(_all_norms, "norms to time (default: every registered norm)", metavar="NORM")
+    batch_sizes: tuple[int, ...] = option((1, 16), "batch sizes", cpu=(1,), quick=(1,), minimum=1, metavar="N")
+
+
+@dataclass
+class BenchOptions(TimedGenerators):
+    """Stage 'bench': latency and memory of the generators, a training step, an op profile."""
+
+    dtypes: tuple[str, ...] = option(("fp32", "bf16"), "autocast dtypes", cpu=("fp32",), quick=("fp32",),
+                                     choices=("fp32", "bf16", "fp16"))
+    repeats: int = option(10, "timed calls per model", cpu=3, minimum=1)
+    warmup: int = option(3, "untimed calls per model before timing", cpu=1, minimum=0)
+    compile: bool = option(False, "also time torch.compile'd generators (slow to compile on CPU)")
+    train_step: bool = option(True, "time a full training iteration", cpu=False, quick=False)
+    compare: bool = option(False, "also run the plain-vs-fast comparison of analysis/speed.py (its options: "
+                           "--compare-*)", flag="--compare")
+
+
+@dataclass
+class CompareOptions(TimedGenerators):
+    """The plain-vs-fast comparison of ``analysis/speed.py`` (``bench --compare``, ``python -m analysis.speed``)."""
+
+    repeats: int = option(10, "timed calls per model", quick=3, minimum=1)
+    warmup: int = option(2, "untimed calls per model before timing", quick=1, minimum=0)
+    compile: bool = option(False, "also time the compiled fast generator (minutes to compile on CPU)")
+    train: bool = option(False, "also time a full training iteration under each recipe of TRAIN_VARIANTS")
+    train_batch_size: int = option(16, "training batch", cpu=1, quick=1, minimum=1)
+    train_repeats: int = option(3, "timed training iterations", minimum=1)
+    vgg_weights: Path | None = option(None, "VGG19 weights for the perceptual loss (default: random weights, "
+                                      "timing only)")
+    default_malloc: bool = option(False, "keep glibc's default allocator settings (see "
+                                  "models.fast.tune_cpu_allocator)")
+    overrides: dict | None = option(None, "generator options of every timed model (for tests)", cli=False)
+
+
+@dataclass
+class TrainOptions:
+    """Stage 'train': the three methods under one recipe, data order and budget."""
+
+    steps: int = option(300, "iterations per method", quick=25, minimum=1)
+    ngf: int = option(16, "generator width", quick=8, minimum=1)
+    ndf: int = option(32, "discriminator width", quick=16, minimum=1)
+    batch_size: int = option(8, "batch size", quick=4, minimum=1)
+    crop_size: int = option(64, "image size", minimum=1)
+    max_seconds: float = option(150.0, "wall-clock cap per method, 0 = no cap; when a method hits it, the "
+                                "methods after it train as many steps as it did", quick=25.0, minimum=0)
+    norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train", metavar="NORM")
+    vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
+                                      "VGG loss off if absent)")
+    threads: int | None = option(None, "torch CPU threads while training (default: unchanged; 1 is steadier "
+                                 "on a busy machine)", minimum=1)
+
+
+@dataclass
+class ProbeOptions:
+    """Stage 'probe': semantic / positional / residual shares of gamma and beta."""
+
+    checkpoint: Path | None = option(None, "probe one generator: a folder with generator.json, or an "
+                                     "official-format latest_net_G.pth (architecture from --preset and "
+                                     "--probe-norm); run_analysis.py probe --checkpoint PATH is the same")
+    norm: str | None = option(None, "modulation of a bare --probe-checkpoint .pth (default: read from its keys)",
+                              choices=NORMS)
+    images: int = option(64, "val images probed per model; the ablation runs on a quarter of them (at least 2)",
+                         quick=8, minimum=1)
+    basis: str = option("quadratic", "regression basis on the ICPE coordinates for the positional part",
+                        choices=tuple(BASES))
+    exclude_dontcare: bool = option(False, "leave 'unknown' pixels out of the variance decomposition (by "
+                                    "default they count as one more class, as the generator treats them)")
+
+    @property
+    def ablation_images(self) -> int:
+        """Images of the class-mean ablation: a quarter of ``images``, at least 2."""
+        return max(2, self.images // 4)
+
+
+@dataclass
+class EvalOptions:
+    """Stage 'eval': quality of each generator next to what it costs."""
+
+    generator: tuple[str, ...] = option((), "also score this generator folder (latest_net_G.pth + "
+                                        "generator.json) as method NAME (default: the folder's name); "
+                                        "repeatable", append=True, metavar="[NAME=]DIR")
+    images: int = option(128, "val images generated per method (and real reference size)", quick=32, minimum=2)
+    train_images: int = option(256, "real training images the proxy segmenter learns from", quick=64, minimum=1)
+    proxy_steps: int = option(200, "training steps of the proxy segmenter (batch 16)", quick=40, minimum=0)
+    proxy_max_seconds: float = option(60.0, "wall-clock cap of the proxy training, 0 = no cap; fewer steps "
+                                      "are run, and reported, when the machine is slower", quick=15.0, minimum=0)
+    latency_repeats: int = option(10, "timed forward passes per method, after 3 warm-up rounds", quick=5,
+                                  minimum=1)
+    batch_size: int = option(16, "generation and scoring batch", minimum=1)
+    inception_weights: Path | None = option(None, "pt_inception-2015-12-05-6726825d.pth (default: the torch "
+                                            "hub cache); without it the run reports fd_proxy_features "
+                                            "instead of FID", flag="--inception-weights")
+    segmenter: Path | None = option(None, "TorchScript segmenter for mIoU (default: a proxy trained on the "
+                                    "real images)", flag="--segmenter")
+    segmenter_class_map: str | None = option(None, f"label id -> segmenter class: {sorted(CLASS_MAPS)} or a "
+                                             "JSON file (default: the paper's map for the preset, else "
+                                             "identity)",
+                                             flag="--segmenter-class-map")
+    segmenter_input: str | None = option(None, "input normalisation of --segmenter (default: the paper's for "
+                                         "the preset, else imagenet)", flag="--segmenter-input",
+                                         choices=INPUT_NORMS)
+
+
+@dataclass
+class ReportOptions:
+    """Stage 'report': assembles report.md from the stage records; it has no options of its own."""
+
+
+STAGE_OPTIONS: dict[str, type] = {"costs": CostsOptions, "bench": BenchOptions, "train": TrainOptions,
+                                  "probe": ProbeOptions, "eval": EvalOptions, "report": ReportOptions}
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+class OptionParser(argparse.ArgumentParser):
+    """ArgumentParser that never expands abbreviations (``allow_abbrev=False``) and, for an
+    unknown ``--option``, says so before anything else, with the options it may have meant
+    (argparse alone would report a confusing error about the next value)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        known = set(self._option_string_actions)
+        for token in argv:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if token.startswith("--") and name not in known:
+                close = sorted(o for o in known if o.startswith(name)) or difflib.get_close_matches(name, known, 3)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                self.error(f"unrecognized option {name} (options are never abbreviated){hint}")
+        return super().parse_known_args(args, namespace)
+
+
+def _strip_optional(tp):
+    """(inner type, optional?) of ``X | None``."""
+    if isinstance(tp, UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not NoneType]
+        return (args[0] if len(args) == 1 else tp), True
+    return tp, False
+
+
+def _checked(kind: Callable, minimum, flag: str):
+    """argparse type: ``kind`` of the text, refused below ``minimum`` with a message naming ``flag``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum:g} of {flag}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    """argparse type: an integer >= 1, refused otherwise with a message naming ``flag``."""
+    return _checked(int, 1, flag)
+
+
+def flag_name(f, prefix: str) -> str:
+    """``--<prefix>-<name>`` of a field (its ``flag`` metadata when set)."""
+    return f.metadata.get("flag") or "--" + "-".join(p for p in (prefix, f.name.replace("_", "-")) if p)
+
+
+def dest_name(f, prefix: str) -> str:
+    return f"{prefix}_{f.name}" if prefix else f.name
+
+
+def default_text(f) -> str:
+    """The default of a field as ``--help`` shows it, with its --quick / CPU variants."""
+    def show(value):
+        if callable(value):
+            return None
+        if isinstance(value, tuple):
+            return " ".join(map(str, value)) if value else "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return None if value is None else str(value)
+
+    md = f.metadata
+    parts = [] if show(md["default"]) is None else [f"default {show(md['default'])}"]
+    parts += [f"on CPU {show(md['cpu'])}"] if md["cpu"] is not _UNSET else []
+    parts += [f"--quick {show(md['quick'])}"] if md["quick"] is not _UNSET else []
+    return "; ".join(parts)
+
+
+def add_options(parser, cls, prefix: str = "") -> None:
+    """Add one flag per field of ``cls`` to ``parser`` (an ArgumentParser or group), default None
+    (= not given), with the declared default in its help."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        md = f.metadata
+        if not md.get("cli", True):
+            continue
+        kind, _ = _strip_optional(hints[f.name])
+        flag = flag_name(f, prefix)
+        shown = default_text(f)
+        text = md["help"] + (f" ({shown})" if shown else "")
+        kwargs = dict(dest=dest_name(f, prefix), default=None, help=text.replace("%", "%%"))
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if typing.get_origin(kind) is tuple:
+            kind = typing.get_args(kind)[0]
+            kwargs["action" if md["append"] else "nargs"] = "append" if md["append"] else "+"
+        if kind in (int, float):
+            kind = _checked(kind, md["minimum"], flag)
+        parser.add_argument(flag, type=kind, choices=md["choices"], metavar=md["metavar"] or f.name.upper(), **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, cls, prefix: str = ""):
+    """An (unresolved) ``cls`` holding the values given on the command line; the rest None."""
+    given = {}
+    for f in fields(cls):
+        value = getattr(args, dest_name(f, prefix), None) if f.metadata.get("cli", True) else None
+        given[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**given)
+
+
+def resolve(opts, *, quick: bool = False, cuda: bool = False):
+    """A copy of ``opts`` with every unset (None) field given its default for this run (--quick
+    wins over the CPU default, which wins over the plain one); ValueError for a value below its
+    field's minimum, naming the option."""
+    values = {}
+    for f in fields(opts):
+        value, md = getattr(opts, f.name), f.metadata
+        if value is None:
+            default = md["default"]
+            if quick and md["quick"] is not _UNSET:
+                default = md["quick"]
+            elif not cuda and md["cpu"] is not _UNSET:
+                default = md["cpu"]
+            value = default() if callable(default) else default
+        if isinstance(value, list):
+            value = tuple(value)
+        minimum = md.get("minimum")
+        if minimum is not None and value is not None:
+            low = [v for v in (value if isinstance(value, tuple) else (value,)) if v < minimum]
+            if low:
+                raise ValueError(f"{type(opts).__name__}.{f.name} = {value!r}: expected values >= {minimum:g}")
+        values[f.name] = value
+    return replace(opts, **values)
+
+
+def options_dict(opts) -> dict:
+    """JSON-able dict of resolved options (paths as strings), for meta.json."""
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(opts).items()}
+
+
+__all__ = ["BenchOptions", "CompareOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
+           "ReportOptions", "STAGE_OPTIONS", "TrainOptions", "add_options", "default_text", "option",
+           "options_dict", "options_from_args", "positive_int", "resolve"]

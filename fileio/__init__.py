@@ -1,0 +1,11 @@
+"""The bottom layer: atomic file writes and run provenance. Imports nothing of the project.
+
+    from fileio import write_json_atomic, provenance
+    write_json_atomic("out/meta.json", provenance("cpu", seed=0))
+"""
+from .atomic import (append_line, atomic_path, save_torch_atomic, write_bytes_atomic, write_json_atomic,
+                     write_text_atomic)
+from .provenance import device_description, git_commit, provenance
+
+__all__ = ["append_line", "atomic_path", "device_description", "git_commit", "provenance", "save_torch_atomic",
+           "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
