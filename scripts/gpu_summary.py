@@ -53,7 +53,7 @@ def summary(out: Path) -> str:
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     lines = ["# GPU check", "",
              f"Device: {device}; Python {platform.python_version()}; torch {torch.__version__}; "
-             f"CUDA {torch.version.cuda or 'none'}.", "", "## Steps", "",
+             f"torch built for CUDA {torch.version.cuda or 'none'}.", "", "## Steps", "",
              "| step | status | seconds | note |", "| --- | --- | ---: | --- |"]
     for row in (out / "steps.tsv").read_text().splitlines():
         lines.append("| " + " | ".join(row.split("\t")) + " |")
