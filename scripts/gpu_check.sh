@@ -31,7 +31,13 @@ missing=$(python3 - <<'EOF'
 import importlib.util
 names = ["torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "tabulate", "tqdm",
          "fvcore", "iopath", "yacs", "pytorch_fid"]
-print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
+missing = [n for n in names if importlib.util.find_spec(n) is None]
+if not missing:
+    try:
+        import analysis.speed, analysis.metrics, fvcore.nn, pytorch_fid.inception  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = [exc.name]
+print(" ".join(missing))
 EOF
 )
 if [ -n "$missing" ]; then
