@@ -89,9 +89,13 @@ def test_sources_parse_as_python_310_and_use_no_newer_stdlib_names():
 
 @pytest.mark.parametrize("version", ["3.10", "3.12", "3.13"])
 def test_sources_compile_under_other_supported_pythons(version):
-    python = shutil.which(f"python{version}")
-    if python is None or subprocess.run([python, "-c", "pass"], capture_output=True).returncode != 0:
-        pytest.skip(f"python{version} is not on PATH")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python{version}"), *sorted(pyenv.glob(f"versions/{version}.*/bin/python{version}"))]
+    working = [str(c) for c in candidates
+               if c and subprocess.run([str(c), "-c", "pass"], capture_output=True).returncode == 0]
+    if not working:
+        pytest.skip(f"python{version} is not on PATH (nor under {pyenv}/versions)")
+    python = working[0]
     code = ("import sys\nfor p in sys.argv[1:]:\n    compile(open(p).read(), p, 'exec')")
     result = subprocess.run([python, "-c", code, *map(str, SOURCES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
