@@ -15,8 +15,8 @@ if [ $# -ne 1 ]; then
     echo "usage: bash scripts/gpu_check.sh OUT_DIR" >&2
     exit 2
 fi
+mkdir -p "$1" && OUT=$(cd "$1" && pwd)   # before cd: OUT_DIR is relative to the caller's folder
 cd "$(dirname "$0")/.."
-mkdir -p "$1" && OUT=$(cd "$1" && pwd)
 command -v python3 >/dev/null || { echo "gpu_check: no python3 on PATH" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
