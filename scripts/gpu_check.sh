@@ -27,7 +27,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="$tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg
-missing=$(python3 - <<'EOF'
+missing=$(python3 -W ignore::FutureWarning - <<'EOF'
 import importlib.util
 names = ["torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "tabulate", "tqdm",
          "fvcore", "iopath", "yacs", "pytorch_fid"]
