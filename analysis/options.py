@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from models.presets import NORMS, OFFICIAL_PRESETS
 
+from .fid_protocol import PROTOCOLS
 from .probe import BASES
 from .segmenters import CLASS_MAPS, INPUT_NORMS
 
@@ -178,6 +179,12 @@ class EvalOptions:
     segmenter_input: str | None = option(None, "input normalisation of --segmenter (default: the paper's for "
                                          "the preset, else imagenet)", flag="--segmenter-input",
                                          choices=INPUT_NORMS)
+    fid_protocol: str = option("toolkit", "toolkit: FID against the real val images at the output size; "
+                               "official: against training-set statistics at the official size "
+                               "(analysis/fid_protocol.py)", flag="--fid-protocol", choices=PROTOCOLS)
+    fid_train_stats: Path | None = option(None, "official datasets/train_mu_si folder (m.npy, s.npy) for "
+                                          "--fid-protocol official (default: computed from the training "
+                                          "images once, cached)", flag="--fid-train-stats")
 
 
 @dataclass

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install the toolkit with its pinned dependencies.
+# Create .venv and install the toolkit with the exact versions of constraints.txt.
+# Python 3.10-3.13 (3.11 preferred when present; PYTHON=/path/to/python chooses another).
 # Idempotent: a second run only checks that everything is installed.
+# Into an existing environment that already has torch, use instead (keeps its torch):
+#   pip install -e . --no-deps && pip install fvcore iopath yacs pytorch-fid tabulate
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    echo "setup.sh: Python 3.11 is required; found $("$PYTHON" --version). Set PYTHON=/path/to/python3.11" >&2
+if [ -z "${PYTHON:-}" ]; then
+    for candidate in python3.11 python3.12 python3.13 python3.10 python3; do
+        if command -v "$candidate" >/dev/null && "$candidate" --version >/dev/null 2>&1; then
+            PYTHON=$candidate
+            break
+        fi
+    done
+fi
+if ! "${PYTHON:-python3}" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))'; then
+    echo "setup.sh: Python 3.10-3.13 is required; found $("${PYTHON:-python3}" --version 2>&1)." \
+         "Set PYTHON=/path/to/python3.11" >&2
     exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
+    | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import torch, torchvision, fvcore, models" || { echo "setup.sh: install failed" >&2; exit 1; }

@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from data.datasets import build_dataset
 from data.labels import make_semantic
 from models import NORMS, load_generator_dir
+from models import release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
 from models.sample_grid import colorize_labels
 
-from .. import metrics, roi, segmenters
+from .. import fid_protocol, metrics, roi, segmenters
 from ..bench import summarize_times, time_interleaved
 from ..context import RunContext
 from ..costs import generator_inputs, is_modulation, layer_costs
@@ -227,12 +228,16 @@ def frechet_columns(stats: dict, reference: dict, extractors: dict) -> dict:
 def run(ctx: RunContext) -> dict:
     opts = ctx.eval
     device = torch.device(ctx.device)
-    folders = generator_folders(ctx, opts.generator)
+    skip = set(release.release_folders(ctx.checkpoint_root))   # official release folders: no generator.json
+    folders = {name: f for name, f in generator_folders(ctx, opts.generator).items() if f not in skip}
+    releases = release.discover_generators(ctx.checkpoint_root, ctx.preset, taken=folders)
+    folders.update({name: entry.path.parent for name, entry in releases.items()})
     if not folders:
         raise FileNotFoundError(f"no generator folder under {ctx.checkpoint_root} (<norm>/{GENERATOR_WEIGHTS} for "
                                 f"norm in {list(NORMS)}, or any <name>/{GENERATOR_WEIGHTS}); run the train stage "
                                 f"first, or pass --checkpoints DIR or --eval-generator DIR")
-    generators = {name: load_generator_dir(folder, device).eval() for name, folder in folders.items()}
+    generators = {name: (release.load_release_generator(releases[name], device) if name in releases
+                         else load_generator_dir(folder, device)).eval() for name, folder in folders.items()}
     check_compatible(generators, folders)
     cfg = next(iter(generators.values())).config
     size = cfg.output_size[0]
@@ -248,7 +253,19 @@ def run(ctx: RunContext) -> dict:
         proxy = train_proxy(ctx, opts, cfg.label_nc, train, device)
     segmenter = proxy if opts.segmenter is None else user_segmenter(ctx, opts, device)
     extractors, notes = feature_extractors(opts, proxy, device)
-    reference = reference_statistics(ctx, extractors, opts, val, device)
+    official = None
+    if opts.fid_protocol == "official" and "fid" in extractors:
+        official = fid_protocol.official_reference(
+            ctx.preset, extractors["fid"][0], device=device, cache_dir=ctx.out / "cache" / "fid",
+            image_size=cfg.output_size, stats_path=opts.fid_train_stats, dataroot=ctx.dataroot,
+            train_images=None if ctx.dataroot else opts.train_images, batch_size=opts.batch_size, seed=ctx.seed,
+            dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, train stream")
+        extractors["fid"] = (extractors["fid"][0], official.transform, metrics.FID_MIN_SAMPLES)
+        notes.append(official.note)
+    reference = reference_statistics(ctx, {k: v for k, v in extractors.items() if not (official and k == "fid")},
+                                     opts, val, device)
+    if official:
+        reference["fid"] = official.statistics
     suffix = "_proxy" if segmenter.is_proxy else ""
 
     rows, samples = [], {"real image": val["image"][:4]}
@@ -276,7 +293,9 @@ def run(ctx: RunContext) -> dict:
     table = table[order]
     table["n_images"] = opts.images
     table["segmenter"] = segmenter.description
-    return write_outputs(ctx, opts, table, samples, val["label"][:4], cfg, notes, segmenter, extractors)
+    fid_reference = official.provenance if official else fid_protocol.toolkit_provenance()
+    return write_outputs(ctx, opts, table, samples, val["label"][:4], cfg, notes, segmenter, extractors,
+                         fid_reference=fid_reference)
 
 
 def _inception_present(opts: EvalOptions) -> bool:
@@ -288,11 +307,11 @@ def _inception_present(opts: EvalOptions) -> bool:
 
 
 def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg,
-                  notes: list, segmenter, extractors: dict) -> dict:
+                  notes: list, segmenter, extractors: dict, fid_reference: dict | None = None) -> dict:
     """Tables (CSV + Markdown), figures and the stage summary."""
     timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
     meta = dict(eval_images=opts.images, segmenter=segmenter.description,
-                latency=f"median of {opts.latency_repeats} forward passes ({timing})")
+                latency=f"median of {opts.latency_repeats} forward passes ({timing})", fid_reference=fid_reference)
     ctx.write_table(table, "evaluation", **meta)
     log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
