@@ -7,6 +7,7 @@ import torch
 
 from analysis import metrics
 from analysis.context import RunContext
+from analysis.options import EvalOptions
 from analysis.stages import eval as eval_stage
 from models import build_generator
 from tests.data.fake_layouts import write_ade20k
@@ -27,7 +28,7 @@ def test_eval_scores_release_folders_with_the_official_protocol(tmp_path, monkey
     monkeypatch.setattr(metrics, "cleanfid_available", lambda: False)
     ctx = RunContext(out=tmp_path / "out", preset="ade20k", dataroot=dataroot / "ADEChallengeData2016",
                      checkpoints=checkpoints, quick=True,
-                     extra=dict(eval_images=3, eval_proxy_steps=1, fid_protocol="official"))
+                     eval=EvalOptions(images=3, proxy_steps=1, fid_protocol="official"))
 
     with caplog.at_level(logging.INFO, logger="models.release"):
         summary = eval_stage.run(ctx)
