@@ -192,22 +192,15 @@ def resolve_options(args: argparse.Namespace) -> dict:
     }
 
 
-def find_run_to_resume(args: argparse.Namespace) -> Path:
-    """Run folder named by --resume (a folder, a checkpoint file, or 'latest')."""
-    if args.resume != "latest":
-        path = Path(args.resume)
-        run_dir = path.parent if path.is_file() else path
-        if not (run_dir / "options.json").is_file():
-            raise SystemExit(f"--resume {args.resume}: {str(run_dir)!r} has no options.json; "
-                             f"expected a run folder written by train.py")
-        return run_dir
+def find_run_to_resume(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to load or None) named by --resume (a folder, a checkpoint file, or 'latest')."""
+    from models.checkpoint_store import find_resume_target
     from models.presets import canonical_norm, canonical_preset
     desc = f"{canonical_preset(args.preset or 'synthetic')}-{canonical_norm(args.norm or 'clade')}"
-    runs = sorted(d for d in args.out.glob(f"*-{desc}") if (d / "options.json").is_file()
-                  and re.match(r"^\d+-", d.name))
-    if not runs:
-        raise SystemExit(f"--resume: no run '*-{desc}' with options.json under {str(args.out)!r}")
-    return runs[-1]
+    try:
+        return find_resume_target(args.resume, runs_root=args.out, desc=desc)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
@@ -224,13 +217,26 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
         options["run"]["epochs"] = None
     if args.epochs is not None:
         options["run"]["steps"] = None
-    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, "batch_size",
-                           "seed", "ema", "amp", "compile", "channels_last", "spectral_input_scaling", "dataroot")
-               if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
-    if ignored:
-        log.warning("resuming %s: its options.json decides %s; the command line values are ignored",
-                    run_dir, ignored)
+    requested = resolve_options(args)  # what this command line asks for, to compare with the run's
+    differ = [f"{section}.{k}: run {options[section].get(k)!r}, requested {v!r}"
+              for section, keys in (("generator", GENERATOR_OPTIONS), ("discriminator", DISCRIMINATOR_OPTIONS),
+                                    ("recipe", (*RECIPE_OPTIONS, "batch_size", "seed", "ema", "amp",
+                                                "use_vgg", "ttur", "use_feat_loss")))
+              for k in keys if k in requested[section] and _given(args, k)
+              and (v := requested[section][k]) != options[section].get(k)]
+    if args.dataroot is not None and str(args.dataroot) != options["data"]["dataroot"]:
+        differ.append(f"data.dataroot: run {options['data']['dataroot']!r}, requested {str(args.dataroot)!r}")
+    if differ:
+        raise SystemExit(f"--resume {run_dir}: the run was trained with other settings ({'; '.join(differ)}). "
+                         f"Resume it without them (its options.json decides), or start a new run without --resume.")
     return options
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    """Whether the command line set ``key`` (an option, its flag, or --set key=...)."""
+    flags = {"use_vgg": args.no_vgg, "ttur": args.no_TTUR, "use_feat_loss": args.no_ganFeat_loss}
+    return (flags[key] if key in flags else getattr(args, key, None) is not None) \
+        or any(item.partition("=")[0] == key for item in args.set)
 
 
 def next_run_dir(out: Path, desc: str) -> Path:
@@ -279,7 +285,7 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    run_dir = find_run_to_resume(args) if args.resume else None
+    run_dir, checkpoint = find_run_to_resume(args) if args.resume else (None, None)
     options = options_for_resume(args, run_dir) if run_dir else resolve_options(args)
     if args.dry_run:
         print(json.dumps(options, indent=2))
@@ -289,8 +295,10 @@ def main(argv=None) -> int:
     from models.presets import DiscriminatorConfig, GeneratorConfig
     from models.distributed import cleanup_distributed, setup_distributed
     from models.train_recipe import recipe_from_dict
+    from models.checkpoint_store import DiskFullError
+    from models.train_loop import TrainingInterrupted
     from models.trainer import NonFiniteLossError, Trainer
-    from models.vgg import VGGWeightsMissingError
+    from models.vgg import VGGWeightsInvalidError, VGGWeightsMissingError
 
     info = setup_distributed(options["run"]["device"])
     try:
@@ -312,11 +320,13 @@ def main(argv=None) -> int:
             trainer = Trainer(g_config=GeneratorConfig(**options["generator"]),
                               d_config=DiscriminatorConfig(**options["discriminator"]),
                               recipe=recipe, device=info.device, vgg_weights=options["run"]["vgg_weights"])
-        except VGGWeightsMissingError as exc:
+        except (VGGWeightsMissingError, VGGWeightsInvalidError) as exc:
             log.error("%s", exc)
             return 2
-        if any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
-            trainer.load_checkpoint(run_dir)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+        elif args.resume:
+            log.warning("no checkpoint in %s, starting over", run_dir)
         run = options["run"]
         try:
             trainer.fit(dataset, steps=run["steps"], epochs=run["epochs"], out_dir=run_dir,
@@ -324,8 +334,14 @@ def main(argv=None) -> int:
                         save_every=run["save_every"], sample_every=run["sample_every"],
                         progress=run["progress"])
         except NonFiniteLossError as exc:
-            log.error("training stopped: %s (checkpoint: %s)", exc, run_dir / "checkpoint.pt")
+            log.error("training stopped: %s", exc)
             return 3
+        except DiskFullError as exc:
+            log.error("%s", exc)
+            return 4
+        except TrainingInterrupted as exc:
+            log.error("%s; continue with: train.py --resume %s", exc, run_dir)
+            return exc.exit_code
         folder = trainer.export_generator(run_dir / "generator")
         if folder is not None:
             log.info("generator exported to %s (official latest_net_G.pth + generator.json)", folder)

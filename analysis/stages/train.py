@@ -5,7 +5,8 @@ seed and data order (the synthetic scenes, or ``--dataroot``). The official reci
 (hinge + feature matching, TTUR); the VGG loss only when its weights are on disk, which the
 outputs say. Writes ``checkpoints/<norm>/`` (official ``latest_net_G.pth`` + ``generator.json``),
 ``tables/train_log_<norm>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
-A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over).
+A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over); a finished one
+keeps only its exported generator (``--train-keep-state`` keeps the checkpoint too).
 
 Budget: ``--train-steps`` per method, with a wall-clock cap per method so that a busy machine
 still finishes the pipeline in time. SPADE trains first (it is the slowest); if it hits the
@@ -49,6 +50,9 @@ def add_arguments(group) -> None:
     group.add_argument("--train-norms", default=",".join(NORMS), help="methods to train, comma-separated")
     group.add_argument("--train-vgg-weights", type=Path, default=None,
                        help="vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; off if absent)")
+    group.add_argument("--train-keep-state", action="store_true",
+                       help="keep each method's trainer checkpoint (D and optimizer state, several times the "
+                            "generator's size) after training; by default only the exported generator stays")
     group.add_argument("--train-threads", type=int, default=None,
                        help="torch CPU threads while training (default: unchanged; 1 is steadier on a "
                             "busy machine)")
@@ -98,6 +102,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     official names, e.g. ``{"spade_kernel_size": 1}``) and its own ``name`` for its folders
     (``checkpoints/<name>/``, ``train/<name>/``) and tables (default: ``norm``).
     """
+    from models.checkpoint_store import SettingsMismatchError, has_checkpoint, remove_training_state
     from models.presets import generator_config
     from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 
@@ -110,14 +115,21 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     work = ctx.out / "train" / name
     if ctx.force and work.exists():
         shutil.rmtree(work)
-    if (work / "checkpoint.pt").exists() or (work / "checkpoint.prev.pt").exists():
-        trainer.load_checkpoint(work)
+    if has_checkpoint(work):
+        try:
+            trainer.load_checkpoint(work)
+        except SettingsMismatchError as exc:
+            raise SettingsMismatchError(f"{exc} --force discards {work} and trains anew.", exc.differences) from None
     start = time.perf_counter()
     history = trainer.fit(training_dataset(ctx, norm, s, g_config.output_size), steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
                           num_workers=0)
     trainer.export_generator(ctx.checkpoint_dir(name))
+    if not (ctx.extra or {}).get("train_keep_state"):
+        # Later stages read only the exported generator: drop D and the optimizer state.
+        log.info("[train] %s: removed the finished run's training state (%.1f MB; --train-keep-state keeps it)",
+                 name, remove_training_state(work) / 1e6)
     df = pd.DataFrame(history)
     ctx.write_table(df, f"train_log_{name}", norm=norm, generator=asdict(g_config), recipe=asdict(recipe))
     tail = df.tail(max(1, len(df) // 10))  # last ~10% of the logged rows
