@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -83,13 +84,20 @@ def _copy_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """A load error in one line, without torch's advice to load untrusted pickles (weights_only=False)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a torch.save file of plain tensors (damaged, or holding Python objects)"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'end of file'}"
+
+
 def _loads(path: Path) -> str | None:
     """None if ``path`` opens as a checkpoint (memory-mapped: cheap for large files), else why not."""
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return None
     except Exception as exc:  # a truncated file raises several types
-        return f"{type(exc).__name__}: {exc}"
+        return _why_unreadable(exc)
 
 
 def save_checkpoint_file(state: dict, path) -> Path:
@@ -137,9 +145,9 @@ def read_checkpoint(path) -> tuple[dict, Path]:
             return torch.load(candidate, map_location="cpu", weights_only=True), candidate
         except Exception as exc:  # a truncated file raises several types
             if len(candidates) == 1:
-                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({type(exc).__name__}: {exc}); "
+                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({_why_unreadable(exc)}); "
                                  f"expected a file written by the trainer") from None
-            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate, exc)
+            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate, _why_unreadable(exc))
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 

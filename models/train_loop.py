@@ -186,7 +186,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         log.info("each checkpoint takes about %s (networks and optimizer state); %s keeps two "
                  "(%s, %s): about %s", _megabytes(size), out_dir, *CHECKPOINT_FILES, _megabytes(2 * size))
     trainer.stopped_early = False
-    watch = WeightNormWatch({**trainer.networks()}) if main else None
+    watch = WeightNormWatch(trainer.networks()) if main else None
     fit_start = time.perf_counter()
     window: dict[str, list[float]] = {}
     window_start, window_steps = time.perf_counter(), 0
