@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ class _StopOnSignal:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
         self._previous = {}
+        self._pid = os.getpid()
 
     def __enter__(self):
         if self.enabled:
@@ -67,6 +69,8 @@ class _StopOnSignal:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the training process decides
+            return
         name = signal.Signals(signum).name
         if self.signum is not None:
             raise KeyboardInterrupt(f"second {name}: stopped at once, without a checkpoint")

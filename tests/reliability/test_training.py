@@ -374,3 +374,37 @@ def test_generator_weights_full_of_nan_warn_naming_file_and_tensors(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_official_checkpoint(build_generator_from_config(cfg), build_generator_from_config(cfg).state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.reliability("data_loss")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_process_group_with_loader_workers_stops_cleanly(tmp_path, signum):
+    """As a terminal's Ctrl-C or a scheduler's SIGTERM: the workers get the signal too."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "train.py", "--preset", "synthetic", "--norm", "clade", "--ngf", "4", "--ndf", "8",
+           "--crop_size", "32", "--batch-size", "2", "--num-samples", "64", "--no-vgg", "--device", "cpu",
+           "--out", str(tmp_path), "--num-workers", "2", "--no-progress", "--steps", "100000"]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    log_file = tmp_path / "00001-synthetic-clade" / "log.txt"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and "training steps" not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signum)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
+    stopped = [line for line in output.splitlines() if "stopped at step" in line]
+    assert len(stopped) == 1, output[-2000:]
+    step = int(stopped[0].split("stopped at step ")[1].split(";")[0])
+    assert _step(tmp_path / "00001-synthetic-clade" / "checkpoint.pt") == step
