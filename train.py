@@ -30,12 +30,14 @@ from analysis.options import OptionParser, add_options, option, options_dict, op
 from data.datasets import build_dataset as build_real_dataset
 from data.synthetic import SyntheticScenes
 from fileio import provenance, write_json_atomic
+from models.checkpoint_store import DiskFullError, find_resume_target
+from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
-from models.distributed import cleanup_distributed, setup_distributed
+from models.train_loop import TrainingInterrupted
 from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
 from models.trainer import NonFiniteLossError, Trainer
-from models.vgg import VGGWeightsMissingError
+from models.vgg import VGGWeightsInvalidError, VGGWeightsMissingError
 
 log = logging.getLogger("train")
 
@@ -234,22 +236,15 @@ def resolve_options(args: argparse.Namespace) -> dict:
     }
 
 
-def find_run_to_resume(args: argparse.Namespace, run: RunOptions) -> Path:
-    """Run folder named by --resume (a folder, a checkpoint file, or 'latest': the newest run of
-    ``run.preset`` / ``run.norm`` under ``run.out``)."""
-    if args.resume != "latest":
-        path = Path(args.resume)
-        run_dir = path.parent if path.is_file() else path
-        if not (run_dir / "options.json").is_file():
-            raise SystemExit(f"--resume {args.resume}: {str(run_dir)!r} has no options.json; "
-                             f"expected a run folder written by train.py")
-        return run_dir
+def find_run_to_resume(args: argparse.Namespace, run: RunOptions) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to load or None) named by --resume: a run folder (its latest readable
+    checkpoint), exactly the checkpoint file named, or 'latest' (the newest run of ``run.preset`` /
+    ``run.norm`` under ``run.out`` that has a checkpoint)."""
     desc = f"{canonical_preset(run.preset)}-{canonical_norm(run.norm)}"
-    runs = sorted(d for d in run.out.glob(f"*-{desc}") if (d / "options.json").is_file()
-                  and re.match(r"^\d+-", d.name))
-    if not runs:
-        raise SystemExit(f"--resume: no run '*-{desc}' with options.json under {str(run.out)!r}")
-    return runs[-1]
+    try:
+        return find_resume_target(args.resume, runs_root=run.out, desc=desc)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
@@ -266,12 +261,26 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
         options["run"]["epochs"] = None
     if args.epochs is not None:
         options["run"]["steps"] = None
-    ignored = [k for k in (*GENERATOR_OPTIONS, *DISCRIMINATOR_OPTIONS, *RECIPE_OPTIONS, *RECIPE_FLAGS, "dataroot")
-               if getattr(args, k, None) is not None] + (["--set"] if args.set else [])
-    if ignored:
-        log.warning("resuming %s: its options.json decides %s; the command line values are ignored",
-                    run_dir, ignored)
+    requested = resolve_options(args)  # what this command line asks for, to compare with the run's
+    differ = [f"{section}.{k}: run {options[section].get(k)!r}, requested {v!r}"
+              for section, keys in (("generator", GENERATOR_OPTIONS), ("discriminator", DISCRIMINATOR_OPTIONS),
+                                    ("recipe", (*RECIPE_OPTIONS, "batch_size", "seed", "ema", "amp",
+                                                "use_vgg", "ttur", "use_feat_loss")))
+              for k in keys if k in requested[section] and _given(args, k)
+              and (v := requested[section][k]) != options[section].get(k)]
+    if args.dataroot is not None and str(args.dataroot) != options["data"]["dataroot"]:
+        differ.append(f"data.dataroot: run {options['data']['dataroot']!r}, requested {str(args.dataroot)!r}")
+    if differ:
+        raise SystemExit(f"--resume {run_dir}: the run was trained with other settings ({'; '.join(differ)}). "
+                         f"Resume it without them (its options.json decides), or start a new run without --resume.")
     return options
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    """Whether the command line set ``key`` (an option, its flag, or --set key=...)."""
+    flags = {"use_vgg": args.no_vgg, "ttur": args.no_TTUR, "use_feat_loss": args.no_ganFeat_loss}
+    return (flags[key] if key in flags else getattr(args, key, None) is not None) \
+        or any(item.partition("=")[0] == key for item in args.set)
 
 
 def next_run_dir(out: Path, desc: str) -> Path:
@@ -317,7 +326,7 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    run_dir = find_run_to_resume(args, run_options(args)) if args.resume else None
+    run_dir, checkpoint = find_run_to_resume(args, run_options(args)) if args.resume else (None, None)
     options = options_for_resume(args, run_dir) if run_dir else resolve_options(args)
     if args.dry_run:
         print(json.dumps(options, indent=2))
@@ -343,11 +352,13 @@ def main(argv=None) -> int:
             trainer = Trainer(g_config=GeneratorConfig(**options["generator"]),
                               d_config=DiscriminatorConfig(**options["discriminator"]),
                               recipe=recipe, device=info.device, vgg_weights=options["run"]["vgg_weights"])
-        except VGGWeightsMissingError as exc:
+        except (VGGWeightsMissingError, VGGWeightsInvalidError) as exc:
             log.error("%s", exc)
             return 2
-        if any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
-            trainer.load_checkpoint(run_dir)
+        if checkpoint is not None:
+            trainer.load_checkpoint(checkpoint)
+        elif args.resume:
+            log.warning("no checkpoint in %s, starting over", run_dir)
         run = options["run"]
         try:
             trainer.fit(dataset, steps=run["steps"], epochs=run["epochs"], out_dir=run_dir,
@@ -355,8 +366,14 @@ def main(argv=None) -> int:
                         save_every=run["save_every"], sample_every=run["sample_every"],
                         progress=run["progress"])
         except NonFiniteLossError as exc:
-            log.error("training stopped: %s (checkpoint: %s)", exc, run_dir / "checkpoint.pt")
+            log.error("training stopped: %s", exc)
             return 3
+        except DiskFullError as exc:
+            log.error("%s", exc)
+            return 4
+        except TrainingInterrupted as exc:
+            log.error("%s; continue with: train.py --resume %s", exc, run_dir)
+            return exc.exit_code
         folder = trainer.export_generator(run_dir / "generator")
         if folder is not None:
             log.info("generator exported to %s (official latest_net_G.pth + generator.json)", folder)

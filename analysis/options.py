@@ -128,6 +128,9 @@ class TrainOptions:
                                       "VGG loss off if absent)")
     threads: int | None = option(None, "torch CPU threads while training (default: unchanged; 1 is steadier "
                                  "on a busy machine)", minimum=1)
+    keep_state: bool = option(False, "keep each method's trainer checkpoint (D and optimizer state, several "
+                              "times the generator's size) after training; by default only the exported "
+                              "generator stays")
 
 
 @dataclass

@@ -6,6 +6,7 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -121,8 +122,20 @@ def load_official_checkpoint(module: nn.Module, path_or_state_dict) -> nn.Module
         fits = suggest_configs(state)
         lines.append("  it fits: " + ("; ".join(fits) if fits else "no known generator or discriminator layout"))
         raise CheckpointMismatchError("\n".join(lines))
+    warn_non_finite(state, source)
     module.load_state_dict(state, strict=True)
     return module
+
+
+def warn_non_finite(state: dict, source: str) -> list[str]:
+    """Warn (and return their keys) when floating-point tensors of ``state`` hold NaN or inf."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    if bad:
+        warnings.warn(f"checkpoint {source}: {len(bad)} of {len(state)} tensors hold NaN or inf values "
+                      f"({_abbrev(bad)}); the network will output NaN. It likely comes from a diverged run: "
+                      f"use an earlier checkpoint", RuntimeWarning, stacklevel=3)
+    return bad
 
 
 def _config_summary(module: nn.Module) -> str:

@@ -2,16 +2,22 @@
 
     save_checkpoint_file(trainer.state_dict(), run_dir / CHECKPOINT_NAME)   # keeps checkpoint.prev.pt
     state, path = read_checkpoint(run_dir)       # falls back to checkpoint.prev.pt if unreadable
+    run_dir, checkpoint = find_resume_target("latest", runs_root="runs", desc="synthetic-clade")
 
 A checkpoint is one ``torch.save`` dict (format :data:`CHECKPOINT_FORMAT`) of tensors and plain
 values, so it loads with ``weights_only=True``. Every file the trainer writes goes through
-``fileio.atomic``: a killed process leaves the old file or the new one, never half of one.
+``fileio.atomic``: a killed process (or a full disk) leaves the old file or the new one, never
+half of one and no temporary file. At most two checkpoints exist per run (the latest and one
+previous), and a file that does not load is never rotated over the previous one.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import random
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +31,28 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "clade-toolkit-trainer-v1"
+CHECKPOINT_FILES = (CHECKPOINT_NAME, "checkpoint.prev.pt")  # the latest and the one before it
+# Recipe fields that change how a step is computed, not what it computes: a run may resume
+# with other values (match_state_layouts keeps Adam exact across memory layouts).
+RESUMABLE_RECIPE_FIELDS = ("compile", "channels_last", "spectral_input_scaling")
+
+
+class DiskFullError(OSError):
+    """No space left on device while writing a training output; what was there before is untouched."""
+
+    def __str__(self) -> str:
+        return self.strerror  # the message alone, without "[Errno 28]"
+
+
+class SettingsMismatchError(ValueError):
+    """A checkpoint was trained with other settings than the ones asked to resume it with.
+
+    ``differences`` maps ``"section.field"`` to ``(checkpoint value, requested value)``.
+    """
+
+    def __init__(self, message: str, differences: dict[str, tuple]):
+        super().__init__(message)
+        self.differences = differences
 
 
 def previous_checkpoint(path: Path) -> Path:
@@ -40,44 +68,151 @@ def _copy_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _why_unreadable(exc: Exception) -> str:
+    """A load error in one line, without torch's advice to load untrusted pickles (weights_only=False)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a torch.save file of plain tensors (damaged, or holding Python objects)"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'end of file'}"
+
+
+def _loads(path: Path) -> str | None:
+    """None if ``path`` opens as a checkpoint (memory-mapped: cheap for large files), else why not."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return None
+    except Exception as exc:  # a truncated file raises several types
+        return _why_unreadable(exc)
+
+
 def save_checkpoint_file(state: dict, path) -> Path:
-    """Atomically write ``state`` to ``path``; the file it replaces stays as ``*.prev.pt``."""
+    """Atomically write ``state`` to ``path``; the file it replaces stays as ``*.prev.pt``.
+
+    A ``path`` that does not load is not rotated (the previous checkpoint is better than it)
+    but replaced. On a full disk raises :class:`DiskFullError` and leaves both files as
+    they were, without temporary files.
+    """
     path = Path(path)
-    if path.exists():
-        with atomic_path(previous_checkpoint(path)) as prev:
-            _copy_file(path, prev)
-    return save_torch_atomic(state, path)
+    try:
+        if path.exists():
+            problem = _loads(path)
+            if problem is None:
+                with atomic_path(previous_checkpoint(path)) as prev:
+                    _copy_file(path, prev)
+            else:
+                log.warning("%s does not load (%s): replacing it, and keeping %s as the previous checkpoint",
+                            path, problem, previous_checkpoint(path).name)
+        return save_torch_atomic(state, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        kept = (f"the previous checkpoint {path} is kept" if path.is_file()
+                else "no earlier checkpoint exists")
+        raise DiskFullError(errno.ENOSPC, f"No space left on device while saving {path}; {kept}") from None
 
 
 def read_checkpoint(path) -> tuple[dict, Path]:
     """``(state, file read)`` from a checkpoint file or a run folder holding :data:`CHECKPOINT_NAME`.
 
-    A file that cannot be read (e.g. truncated by a kill) is skipped for its ``*.prev.pt``.
+    A file is read as named (an unreadable one is an error). In a run folder an unreadable
+    ``checkpoint.pt`` (e.g. truncated by a kill) is skipped for ``checkpoint.prev.pt``.
     """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    candidates = [p for p in (path, previous_checkpoint(path)) if p.is_file()]
+        candidates = [p for p in (path, previous_checkpoint(path)) if p.is_file()]
+    else:
+        candidates = [path] if path.is_file() else []
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (nor {previous_checkpoint(path).name})")
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}" + ("" if path.name != CHECKPOINT_NAME else
+                                f" (nor {previous_checkpoint(path).name})"))
     for candidate in candidates:
         try:
             return torch.load(candidate, map_location="cpu", weights_only=True), candidate
         except Exception as exc:  # a truncated file raises several types
-            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate, exc)
+            if len(candidates) == 1:
+                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({_why_unreadable(exc)}); "
+                                 f"expected a file written by the trainer") from None
+            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate, _why_unreadable(exc))
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 
-def check_trainer_state(state: dict, *, g_config, d_config) -> None:
-    """Raise ValueError unless ``state`` is a trainer checkpoint for these network configs."""
+def check_trainer_state(state: dict, *, g_config, d_config, recipe=None, source: str = "the checkpoint") -> None:
+    """Raise unless ``state`` is a trainer checkpoint for these configs and (if given) this recipe.
+
+    Every differing setting is named in one :class:`SettingsMismatchError`, with the
+    checkpoint's value and the requested one; :data:`RESUMABLE_RECIPE_FIELDS` may differ.
+    """
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"not a trainer checkpoint (format {state.get('format')!r}, "
+        raise ValueError(f"{source} is not a trainer checkpoint (format {state.get('format')!r}, "
                          f"expected {CHECKPOINT_FORMAT!r})")
-    for name, mine in (("g_config", asdict(g_config)), ("d_config", asdict(d_config))):
-        diff = {k: (state[name].get(k), v) for k, v in mine.items() if state[name].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint {name} differs from this trainer's: "
-                             + ", ".join(f"{k}: checkpoint {a!r} vs {b!r}" for k, (a, b) in diff.items()))
+    sections = [("generator", "g_config", asdict(g_config)), ("discriminator", "d_config", asdict(d_config))]
+    if recipe is not None:
+        sections.append(("recipe", "recipe", {k: v for k, v in asdict(recipe).items()
+                                              if k not in RESUMABLE_RECIPE_FIELDS}))
+    differences = {}
+    for label, key, mine in sections:
+        saved = state.get(key) or {}
+        for field, value in mine.items():
+            # Lists and tuples compare equal (torch.save keeps tuples; JSON gives lists).
+            old = saved.get(field, value)
+            if (list(old) if isinstance(old, tuple) else old) != (list(value) if isinstance(value, tuple) else value):
+                differences[f"{label}.{field}"] = (old, value)
+    if differences:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, (a, b) in differences.items())
+        raise SettingsMismatchError(
+            f"{source} was trained with other settings than requested ({listed}). Resume it with its own "
+            f"settings, or start a new run to train with the new ones.", differences)
+
+
+def find_resume_target(spec, *, runs_root, desc: str, marker: str = "options.json") -> tuple[Path, Path | None]:
+    """``(run folder, checkpoint file or None)`` that ``--resume spec`` names.
+
+    ``spec``: a checkpoint file (resumed exactly), a run folder (its latest readable checkpoint),
+    or ``"latest"``: the newest ``<runs_root>/<NNNNN>-<desc>`` folder holding a checkpoint; if
+    none holds one, the newest such folder (with the checkpoint None: it starts over). Only
+    folders with ``marker`` count. Raises FileNotFoundError naming what was looked for.
+    """
+    if spec != "latest":
+        path = Path(spec)
+        if path.is_file():
+            run_dir, checkpoint = path.parent, path
+        elif path.is_dir():
+            run_dir, checkpoint = path, (path if has_checkpoint(path) else None)
+        else:
+            raise FileNotFoundError(f"--resume {spec}: no such file or folder; expected a run folder or a "
+                                    f"checkpoint file in one")
+        if not (run_dir / marker).is_file():
+            raise FileNotFoundError(f"--resume {spec}: {str(run_dir)!r} has no {marker}; expected a run folder "
+                                    f"written by train.py")
+        return run_dir, checkpoint
+    runs = sorted((d for d in Path(runs_root).glob(f"*-{desc}")
+                   if re.match(rf"^\d+-{re.escape(desc)}$", d.name) and (d / marker).is_file()),
+                  key=lambda d: int(d.name.split("-", 1)[0]))
+    if not runs:
+        raise FileNotFoundError(f"--resume: no run '<number>-{desc}' with {marker} under {str(runs_root)!r}")
+    with_checkpoint = [d for d in runs if has_checkpoint(d)]
+    if with_checkpoint:
+        return with_checkpoint[-1], with_checkpoint[-1]
+    return runs[-1], None
+
+
+def has_checkpoint(run_dir) -> bool:
+    """Whether ``run_dir`` holds ``checkpoint.pt`` or ``checkpoint.prev.pt``."""
+    return any((Path(run_dir) / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def remove_training_state(run_dir) -> int:
+    """Delete a run folder's trainer checkpoints (D, optimizers, RNG); return the bytes freed.
+
+    For a finished run whose exported generator is all later stages need; the run can no
+    longer be resumed.
+    """
+    freed = 0
+    for path in (Path(run_dir) / name for name in CHECKPOINT_FILES):
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:

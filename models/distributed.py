@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +101,13 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker init: a Ctrl-C or SIGTERM sent to the whole process group is for the
+    training process (which saves a checkpoint, then shuts its workers down), not for the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int = 1, seed: int = 0, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """Shuffled, drop-last loader whose order depends only on (seed, epoch, rank)."""
@@ -109,7 +117,7 @@ def make_loader(dataset: Dataset, *, batch_size: int = 1, seed: int = 0, rank: i
                          f"for {world_size} processes); a batch needs {batch_size}")
     # A private generator: creating iterators must not consume the global RNG (resume exactness).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=True, pin_memory=pin_memory,
+                      drop_last=True, pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals,
                       generator=torch.Generator().manual_seed(seed))
 
 

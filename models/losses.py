@@ -27,6 +27,10 @@ from torch import nn
 GAN_MODES = ("hinge", "ls", "original", "w")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message says which step and what was applied."""
+
+
 def _single_gan_loss(pred: torch.Tensor, target_is_real: bool, for_discriminator: bool,
                      gan_mode: str) -> torch.Tensor:
     pred = pred.float()

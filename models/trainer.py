@@ -40,7 +40,7 @@ from .discriminator import MultiscaleDiscriminator
 from .distributed import is_distributed
 from .fast import native_bf16
 from .init import init_official
-from .losses import VGGLoss
+from .losses import NonFiniteLossError, VGGLoss
 from .presets import DiscriminatorConfig, GeneratorConfig
 from .sample_grid import save_sample_grid
 from .spectral import set_input_scaling
@@ -50,10 +50,6 @@ from .vgg import VGG19Features
 log = logging.getLogger(__name__)
 
 AMP_DTYPE = torch.bfloat16  # autocast compute dtype of TrainRecipe.amp
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; training stopped before applying it."""
 
 
 def _needs_icpe(config: GeneratorConfig) -> bool:
@@ -120,6 +116,9 @@ class Trainer:
         self.train_seconds = 0.0  # time in fit, over all resumed runs
         self.last_batch: dict = {}
         self.stopped_early = False  # set by fit when max_seconds ended it
+        self.checkpoint_path: Path | None = None  # the checkpoint last written or read, and its step
+        self.checkpoint_step: int | None = None
+        self._g_step_applied = False  # within train_step: whether this step's G update happened
         self._apply_lr()
 
     # -- setup ---------------------------------------------------------------------------------
@@ -137,9 +136,17 @@ class Trainer:
             if not self.distributed:
                 return m
             ids = [self.device.index] if self.device.type == "cuda" else None
+            # Gradients live in DDP's buckets (no copy per step) with their parameters' strides:
+            # given a gradient now, DDP replaces it by its bucket view, backward accumulates into
+            # it, and zero_grad keeps it. Otherwise a conv whose backward returns another layout
+            # than its parameter's (a 1x1 kernel in channels_last) is copied with a warning
+            # ("Grad strides do not match bucket view strides").
+            for p in m.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
             # Default buffer sync: rank 0's BatchNorm statistics and spectral-norm u/v are
             # broadcast at every forward (u/v agree anyway: they depend on the weights only).
-            return DistributedDataParallel(m, device_ids=ids)
+            return DistributedDataParallel(m, device_ids=ids, gradient_as_bucket_view=True)
 
         compile_ = torch.compile if self.recipe.compile else (lambda m: m)
         self._G_train = compile_(ddp(self.G))
@@ -193,8 +200,11 @@ class Trainer:
         """dtype and memory format of the discriminator input (see losses.discriminator_input)."""
         return {"dtype": AMP_DTYPE if self.use_amp else None, "memory_format": self.memory_format}
 
-    def _check_finite(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Loss values as floats (averaged over processes); raise if any is NaN/inf."""
+    def _check_finite(self, values: dict[str, torch.Tensor], network: str) -> dict[str, float]:
+        """Loss values as floats (averaged over processes); raise if any is NaN/inf.
+
+        ``network``: "G" or "D", whose step these losses are for (it says what was applied).
+        """
         vec = torch.stack([v.detach().float().reshape(()) for v in values.values()])
         if self.distributed:
             # Every rank must see a bad value, or the others would wait forever in backward.
@@ -203,24 +213,29 @@ class Trainer:
         floats = dict(zip(values, vec.tolist()))
         bad = {k: v for k, v in floats.items() if not math.isfinite(v)}
         if bad:
+            if network == "D" and self._g_step_applied:
+                applied = "this step's generator update was applied, its discriminator update was not"
+            else:
+                applied = "no update of this step was applied"
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.step + 1}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
-                + f" (all losses: {floats}); the update was not applied and the last good checkpoint "
-                  f"is kept. Lower the learning rate or check the input data.")
+                f"non-finite {'generator' if network == 'G' else 'discriminator'} loss at step {self.step + 1}: "
+                + ", ".join(f"{k}={v}" for k, v in bad.items()) + f" (all: {floats}); {applied}. "
+                f"Lower the learning rate or check the input data.")
         return floats
 
     def generator_step(self, semantic, image, dist_map) -> dict[str, float]:
         """Official ``run_generator_one_step``: :func:`models.losses.generator_losses`, one Adam step."""
-        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_G.zero_grad(set_to_none=not self.distributed)  # DDP: keep the bucket views (_wrap)
         with self._autocast():
             step = losses.generator_losses(self._G_train, self._D_plain, semantic, image, recipe=self.recipe,
                                            dist=dist_map, encoder=self._E_train, vgg_loss=self.vgg_loss,
                                            **self._input_layout())
         # Not trained on: a diagnostic of how close the images get to the real ones.
         diagnostics = {"img_L1": (step.fake.detach().float() - image).abs().mean()}
-        values = self._check_finite({**step.terms, **diagnostics})
+        values = self._check_finite({**step.terms, **diagnostics}, "G")
         step.total.backward()
         self.opt_G.step()
+        self._g_step_applied = True
         self.last_batch["fake"] = step.fake.detach()
         if self.G_ema is not None:
             self._update_ema()
@@ -228,11 +243,11 @@ class Trainer:
 
     def discriminator_step(self, semantic, image, dist_map) -> dict[str, float]:
         """Official ``run_discriminator_one_step``: :func:`models.losses.discriminator_losses`, one Adam step."""
-        self.opt_D.zero_grad(set_to_none=True)
+        self.opt_D.zero_grad(set_to_none=not self.distributed)
         with self._autocast():
             step = losses.discriminator_losses(self._G_train, self._D_train, semantic, image, recipe=self.recipe,
                                                dist=dist_map, encoder=self.E, **self._input_layout())
-        values = self._check_finite(step.terms)
+        values = self._check_finite(step.terms, "D")
         step.total.backward()
         self.opt_D.step()
         return values
@@ -243,6 +258,7 @@ class Trainer:
         for net in self.networks().values():
             net.train()
         values = {}
+        self._g_step_applied = False
         if self.step % self.recipe.D_steps_per_G == 0:
             values.update(self.generator_step(semantic, image, dist_map))
         values.update(self.discriminator_step(semantic, image, dist_map))
@@ -294,9 +310,13 @@ class Trainer:
             "world_size": self.world_size, "rng": rng,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()``; the networks must have the same configs."""
-        check_trainer_state(state, g_config=self.g_config, d_config=self.d_config)
+    def load_state_dict(self, state: dict, *, source: str = "the given state") -> None:
+        """Restore a ``state_dict()``; networks and recipe must be this trainer's.
+
+        Raises :class:`models.checkpoint_store.SettingsMismatchError` naming every setting
+        that differs (``source`` names the checkpoint in the message).
+        """
+        check_trainer_state(state, g_config=self.g_config, d_config=self.d_config, recipe=self.recipe, source=source)
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         if self.E is not None:
@@ -326,14 +346,25 @@ class Trainer:
             save_checkpoint_file(state, path)
         if self.distributed:
             dist.barrier()
+        self.checkpoint_path, self.checkpoint_step = Path(path), self.step
         return Path(path) if self.rank == 0 else None
 
     def load_checkpoint(self, path) -> Path:
-        """Resume from ``path`` (a file or a run folder); falls back to ``*.prev.pt`` if unreadable."""
+        """Resume from ``path``: exactly that file, or a run folder's latest readable checkpoint."""
         state, read = read_checkpoint(path)
-        self.load_state_dict(state)
+        self.load_state_dict(state, source=f"checkpoint {str(read)!r}")
+        self.checkpoint_path, self.checkpoint_step = read, self.step
         log.info("resumed from %s at step %d (epoch %d, batch %d)", read, self.step, self.epoch, self.epoch_batch)
         return read
+
+    def estimated_checkpoint_bytes(self) -> int:
+        """Size of one checkpoint file: the networks' tensors (G, D, E, EMA) and Adam's two
+        moments per trained parameter (counted before the first step creates them)."""
+        nets = [*self.networks().values()] + ([self.G_ema] if self.G_ema is not None else [])
+        tensors = sum(t.numel() * t.element_size() for net in nets for t in net.state_dict().values())
+        moments = sum(2 * p.numel() * 4 for opt in (self.opt_G, self.opt_D)
+                      for group in opt.param_groups for p in group["params"])
+        return tensors + moments
 
     def export_generator(self, folder) -> Path | None:
         """Official-format ``latest_net_G.pth`` + ``generator.json`` (EMA weights when kept)."""

@@ -9,6 +9,7 @@ from an explicit path, and a missing file is an error that says where to put it.
 """
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 
@@ -24,6 +25,10 @@ SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))
 
 class VGGWeightsMissingError(FileNotFoundError):
     """The VGG19 ImageNet weights file is not where it was looked for."""
+
+
+class VGGWeightsInvalidError(ValueError):
+    """The VGG19 weights file exists but is not torchvision's VGG19 state_dict (empty, truncated, other)."""
 
 
 def default_vgg_weights_path() -> Path:
@@ -76,7 +81,21 @@ class VGG19Features(nn.Module):
     def from_pretrained(cls, path: str | Path | None = None) -> "VGG19Features":
         """Build and load the ImageNet weights from ``path`` or the hub cache."""
         file = resolve_vgg_weights(path)
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        expected = (f"expected torchvision's ImageNet VGG19 state_dict {VGG19_FILE} (about 550 MB, from {VGG19_URL}); "
+                    f"download it again or pass another --vgg-weights, or train without the VGG loss (--no-vgg)")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # empty / truncated / foreign files raise several types
+            # torch's unpickling message suggests weights_only=False: never advise that for a
+            # file of unknown origin.
+            why = ("it holds Python objects, not a plain state_dict" if isinstance(exc, pickle.UnpicklingError)
+                   else f"{type(exc).__name__}: {exc or 'end of file'}")
+            raise VGGWeightsInvalidError(f"VGG19 weights {str(file)!r} ({file.stat().st_size} bytes) could not be "
+                                         f"read ({why}); {expected}") from None
+        if not isinstance(state, dict) or "features.0.weight" not in state:
+            keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
+            raise VGGWeightsInvalidError(f"VGG19 weights {str(file)!r} hold {keys}, not 'features.0.weight', ...; "
+                                         f"{expected}")
         net = cls()
         # The file holds the whole classifier ('features.N.weight', 'classifier...'); keep the
         # convolutions this network uses and rename them to 'sliceK.N.weight'.

@@ -5,7 +5,8 @@ seed and data order (the synthetic scenes, or ``--dataroot``). The official reci
 (hinge + feature matching, TTUR); the VGG loss only when its weights are on disk, which the
 outputs say. Writes ``checkpoints/<norm>/`` (official ``latest_net_G.pth`` + ``generator.json``),
 ``tables/train_log_<norm>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
-A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over).
+A killed run resumes from ``train/<norm>/checkpoint.pt`` (``--force`` starts over); a finished one
+keeps only its exported generator (``--train-keep-state`` keeps the checkpoint too).
 
 Budget: ``--train-steps`` per method, with a wall-clock cap per method so that a busy machine
 still finishes the pipeline in time. SPADE trains first (it is the slowest); if it hits the
@@ -25,6 +26,7 @@ import torch
 
 from data.datasets import build_dataset
 from data.synthetic import SyntheticScenes
+from models.checkpoint_store import SettingsMismatchError, has_checkpoint, remove_training_state
 from models.presets import generator_config
 from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
@@ -78,14 +80,21 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     work = ctx.out / "train" / name
     if ctx.force and work.exists():
         shutil.rmtree(work)
-    if (work / "checkpoint.pt").exists() or (work / "checkpoint.prev.pt").exists():
-        trainer.load_checkpoint(work)
+    if has_checkpoint(work):
+        try:
+            trainer.load_checkpoint(work)
+        except SettingsMismatchError as exc:
+            raise SettingsMismatchError(f"{exc} --force discards {work} and trains anew.", exc.differences) from None
     start = time.perf_counter()
     history = trainer.fit(training_dataset(ctx, norm, s, g_config.output_size), steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
                           num_workers=0)
     trainer.export_generator(ctx.checkpoint_dir(name))
+    if not ctx.train.keep_state:
+        # Later stages read only the exported generator: drop D and the optimizer state.
+        log.info("[train] %s: removed the finished run's training state (%.1f MB; --train-keep-state keeps it)",
+                 name, remove_training_state(work) / 1e6)
     df = pd.DataFrame(history)
     ctx.write_table(df, f"train_log_{name}", norm=norm, generator=asdict(g_config), recipe=asdict(recipe))
     tail = df.tail(max(1, len(df) // 10))  # last ~10% of the logged rows
