@@ -10,13 +10,17 @@ import os
 import signal
 import socket
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models import build_generator_from_config, load_official_checkpoint
+from analysis.context import RunContext
+from analysis.options import TrainOptions
+from analysis.stages import train as stage
+from models import build_generator_from_config, load_generator_dir, load_official_checkpoint
 from models.checkpoint_store import (DiskFullError, SettingsMismatchError, find_resume_target, read_checkpoint,
                                      remove_training_state)
 from models.presets import generator_config
@@ -66,14 +70,12 @@ def test_resume_with_another_recipe_refuses_naming_every_difference(tmp_path):
 
 @pytest.mark.reliability("wrong_run")
 def test_stage_rerun_with_another_seed_refuses_and_names_force(tmp_path):
-    from analysis.context import RunContext
-    from analysis.stages import train as stage
 
-    extra = dict(train_steps=1, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE,
-                 train_keep_state=True)  # as a killed stage leaves it: the checkpoint is there
-    stage.train_one(RunContext(out=tmp_path, quick=True, extra=extra), "clade",
-                    stage.settings(RunContext(out=tmp_path, quick=True, extra=extra)), False, None)
-    ctx = RunContext(out=tmp_path, quick=True, seed=3, extra=dict(extra, train_batch_size=3))
+    train = TrainOptions(steps=1, ngf=4, ndf=8, batch_size=2, crop_size=SIZE,
+                         keep_state=True)  # as a killed stage leaves it: the checkpoint is there
+    first = RunContext(out=tmp_path, quick=True, train=train)
+    stage.train_one(first, "clade", stage.settings(first), False, None)
+    ctx = RunContext(out=tmp_path, quick=True, seed=3, train=replace(train, batch_size=3))
     with pytest.raises(SettingsMismatchError, match=r"--force discards") as err:
         stage.train_one(ctx, "clade", stage.settings(ctx), False, None)
     assert err.value.differences == {"recipe.seed": (0, 3), "recipe.batch_size": (2, 3)}
@@ -296,12 +298,9 @@ def test_checkpoint_size_is_announced_before_writing(tmp_path, caplog):
 
 @pytest.mark.reliability("data_loss")
 def test_finished_stage_keeps_only_the_generator(tmp_path):
-    from analysis.context import RunContext
-    from analysis.stages import train as stage
-    from models import load_generator_dir
 
-    extra = dict(train_steps=1, train_ngf=4, train_ndf=8, train_batch_size=2, train_crop_size=SIZE)
-    ctx = RunContext(out=tmp_path, quick=True, extra=extra)
+    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=1, ngf=4, ndf=8, batch_size=2,
+                                                                  crop_size=SIZE))
     stage.train_one(ctx, "clade", stage.settings(ctx), False, None)
     assert not list((tmp_path / "train" / "clade").glob("checkpoint*.pt"))
     assert load_generator_dir(ctx.checkpoint_dir("clade")).config.ngf == 4
