@@ -15,15 +15,18 @@ from .discriminator import MultiscaleDiscriminator
 from .encoder import ConvEncoder
 from .generator import Generator
 from .init import init_official
-from .norms import CLADE, SPADE, Conditioning
+from .fusion import fuse_for_inference
+from .norms import CLADE, SPADE, Conditioning, ModulatedNorm
 from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
                       discriminator_config, generator_config)
+from .registry import NormSpec, norm_spec, register_norm, registered_norms
 
 __all__ = [
     "build_generator", "build_discriminator", "build_encoder", "build_generator_from_config",
     "load_official_checkpoint", "save_state_dict_atomic", "CheckpointMismatchError",
     "save_generator_dir", "load_generator_dir",
     "Generator", "MultiscaleDiscriminator", "ConvEncoder", "SPADE", "CLADE", "Conditioning",
+    "ModulatedNorm", "fuse_for_inference", "NormSpec", "norm_spec", "register_norm", "registered_norms",
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
     "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
 ]
@@ -36,7 +39,7 @@ def build_generator_from_config(config: GeneratorConfig, device=None) -> Generat
 
 
 def build_generator(preset: str, norm: str, device=None, **overrides) -> Generator:
-    """Generator of ``preset`` with modulation ``norm`` (spade | clade | clade-icpe).
+    """Generator of ``preset`` with modulation ``norm`` (a registered norm: spade | clade | clade-icpe | ...).
 
     ``overrides`` use official option names (label_nc, ngf, crop_size, ...);
     ``device='meta'`` builds without memory, e.g. to count parameters.

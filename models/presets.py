@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-NORMS = ("spade", "clade", "clade-icpe")
+from .registry import norm_spec, registered_norms
+
+# The built-in kinds (models/registry.py); registered_norms() also lists those registered later.
+NORMS = registered_norms()
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
 
 # Network options of the official dataset classes (tzt101/CLADE data/*_dataset.py).
@@ -44,11 +47,10 @@ def canonical_preset(preset: str) -> str:
 
 
 def canonical_norm(norm: str) -> str:
-    """Return the canonical norm name ('clade_icpe' is accepted for 'clade-icpe')."""
-    name = norm.replace("_", "-").lower()
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-    return name
+    """Return the registered norm name ('clade_icpe' is accepted for 'clade-icpe')."""
+    if norm in registered_norms():
+        return norm
+    return norm_spec(norm.replace("_", "-").lower()).name
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class LabelConfig:
 class GeneratorConfig(LabelConfig):
     """Every option of the SPADE / CLADE / CLADE-ICPE generator."""
 
-    norm: str = "spade"                  # spade | clade | clade-icpe
+    norm: str = "spade"                  # a registered norm: spade | clade | clade-icpe | ...
     ngf: int = 64                        # channels of the last block; the first has 16 * ngf
     crop_size: int = 256                 # output width
     aspect_ratio: float = 1.0            # width / height
@@ -87,8 +89,7 @@ class GeneratorConfig(LabelConfig):
     spectral: bool = True                # spectral norm on the residual convs
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; expected one of {list(NORMS)}")
+        norm_spec(self.norm)  # ValueError listing the registered norms
         if self.num_upsampling_layers not in UPSAMPLING_DEPTHS:
             raise ValueError(f"num_upsampling_layers={self.num_upsampling_layers!r}; "
                              f"expected one of {list(UPSAMPLING_DEPTHS)}")
