@@ -19,7 +19,7 @@ from .fusion import fuse_for_inference
 from .norms import CLADE, SPADE, Conditioning, ModulatedNorm
 from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
                       discriminator_config, generator_config)
-from .registry import NormSpec, norm_spec, register_norm, registered_norms
+from .registry import NormSpec, norm_spec, register_norm, registered_norms, unregister_norm
 
 __all__ = [
     "build_generator", "build_discriminator", "build_encoder", "build_generator_from_config",
@@ -27,6 +27,7 @@ __all__ = [
     "save_generator_dir", "load_generator_dir",
     "Generator", "MultiscaleDiscriminator", "ConvEncoder", "SPADE", "CLADE", "Conditioning",
     "ModulatedNorm", "fuse_for_inference", "NormSpec", "norm_spec", "register_norm", "registered_norms",
+    "unregister_norm",
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
     "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
 ]

@@ -60,7 +60,7 @@ class Conditioning:
         # argmax commutes with nearest resizing (both pick pixels), so take it once; max(1)
         # returns the first maximal index like argmax, at about half its cost. float32
         # holds class ids exactly; interpolate has no integer kernel on every device.
-        full = self._memo("label", self.semantic.shape[-2:],
+        full = self._memo("argmax", self.semantic.shape[-2:],
                           lambda s: self.semantic[:, : self.class_nc].max(1, keepdim=True)[1])
         return self._memo("label", size, lambda s: self.resize(full.float(), s).long())[:, 0]
 

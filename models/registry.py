@@ -79,6 +79,15 @@ def register_norm(name: str, cls: type | None, *, build: Callable | None = None,
     return spec
 
 
+def unregister_norm(name: str) -> NormSpec:
+    """Remove a norm registered by a plugin (tests, notebooks re-running a cell); returns its spec.
+    The built-ins stay."""
+    spec = norm_spec(name)
+    if spec.source is None:
+        raise ValueError(f"norm {name!r} is built in and cannot be unregistered")
+    return _REGISTRY.pop(name)
+
+
 def norm_spec(name: str) -> NormSpec:
     """The spec of a registered norm; ValueError listing the registered names otherwise."""
     try:
