@@ -1,10 +1,11 @@
 """A normalization layer defined here, outside the package, works everywhere once registered:
-generator, fused model (stays unfused), costs, probe, checkpoint recognition."""
+generator, fused model (stays unfused), costs, probe, checkpoint recognition, training."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.bench import synthetic_batch
 from analysis.costs import (closed_form_generator_costs, generator_inputs, has_closed_form, is_modulation,
                             layer_costs)
 from analysis.probe import (ablation_effects, capture_modulation_statistics, layer_summary, modulation_layers,
@@ -13,7 +14,9 @@ from analysis.speed import calibrate_batchnorm
 from models import (ModulatedNorm, build_generator, count_parameters, fuse_for_inference, norm_spec, register_norm,
                     unregister_norm)
 from models.checkpoint import suggest_configs
+from models.presets import generator_config
 from models.registry import recognise_norm
+from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 
 NAME = "test-class-gain"
 
@@ -99,3 +102,14 @@ def test_probe_measures_and_ablates_it(G):
 def test_a_checkpoint_of_it_is_recognised(G):
     assert recognise_norm(G.state_dict()) == NAME
     assert NAME in suggest_configs(G.state_dict())[0] and norm_spec(NAME).label == "class gain"
+
+
+def test_trains_two_steps(registered):
+    config = generator_config("synthetic", NAME, ngf=4)
+    trainer = Trainer(g_config=config, d_config=discriminator_config_for(config), device="cpu",
+                      recipe=TrainRecipe(use_vgg=False, batch_size=2, seed=0))
+    gains = trainer.G.head_0.norm_0.class_gain.detach().clone()
+    data = synthetic_batch(config, 2)
+    losses = [trainer.train_step(data) for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+    assert not torch.equal(trainer.G.head_0.norm_0.class_gain.detach(), gains)
