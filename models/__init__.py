@@ -1,8 +1,10 @@
 """Networks of the toolkit: SPADE, CLADE and CLADE-ICPE generators, discriminator, encoder.
 
-    G = build_generator("ade20k", "clade")              # official architecture
+    G = build_generator("ade20k", "clade")              # official architecture (the reference)
     D = build_discriminator("ade20k")
     load_official_checkpoint(G, "latest_net_G.pth")
+    G_fast = fuse_for_inference(G)                      # one-time conversion for inference
+    register_norm("my-norm", MyNorm)                    # a ModulatedNorm of your own (models/registry.py)
 """
 from __future__ import annotations
 

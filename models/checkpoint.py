@@ -95,9 +95,10 @@ def _describe_custom_generator(found: dict, ngf: int, norm: str | None) -> str:
     if norm is None:
         return (f"preset='custom', ngf={ngf}, with a norm none of {list(registered_norms())} recognises "
                 f"(their key_markers are not in the file)")
-    if norm_spec(norm).class_adaptive:
+    table = found.get("head_0.norm_0.class_specified_affine.weight")
+    if norm_spec(norm).class_adaptive and table is not None:
         no_instance = "head_0.norm_0.inst_conv.weight" not in found
-        class_nc = found["head_0.norm_0.class_specified_affine.weight"][0]
+        class_nc = table[0]
         return (f"preset='custom', norm={norm!r}, ngf={ngf}, no_instance={no_instance} with "
                 f"label_nc + dontcare = {class_nc}")
     shared = found.get("head_0.norm_0.mlp_shared.0.weight")

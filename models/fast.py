@@ -185,15 +185,6 @@ def onehot_conv(rows: torch.Tensor, taps: torch.Tensor, out_size) -> torch.Tenso
     return out.view(n_img, h, w, -1).permute(0, 3, 1, 2)
 
 
-def onehot_conv_applies(conv: nn.Module, classes: int, has_edge: bool) -> bool:
-    """Whether :func:`onehot_conv` can replace ``conv`` (plain odd-kernel 'same' conv)."""
-    return (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
-            and conv.padding == (conv.kernel_size[0] // 2,) * 2
-            and conv.in_channels == classes + int(has_edge))
-
-
 # ----------------------------------------------------------------------------- class modulation
 # Gathered rows per tile on CPU: ~1 MiB stays in the 2 MiB L2 cache of the reference machine's
 # cores; one-shot gathers of a 256x256 map write and re-read ~67 MB per layer. Measured on a
@@ -286,10 +277,11 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
 
 # ----------------------------------------------------------------------------- accelerate
 class Accelerated(nn.Module):
-    """``G`` behind opt-in accelerations, with G's call signature ``(semantic, z=None, dist=None)``.
+    """A generator (normally the fused model, ``models.fuse_for_inference(G)``) behind opt-in
+    accelerations, with its call signature ``(semantic, z=None, dist=None)``.
 
-    Holds G itself (no weight copy), so it follows later weight changes, except with
-    ``compile=True`` where inductor's freezing snapshots the weights at the first call.
+    Holds the model itself (no weight copy); with ``compile=True`` inductor's freezing
+    snapshots the weights at the first call.
     """
 
     def __init__(self, G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype | None = None,
@@ -312,7 +304,7 @@ class Accelerated(nn.Module):
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None,
                 dist: torch.Tensor | None = None) -> torch.Tensor:
         if self.G.training:
-            raise ValueError("accelerate() is for inference; call G.eval() first (train with G itself)")
+            raise ValueError("accelerate() is for inference; pass models.fuse_for_inference(G) (train with G itself)")
         with torch.inference_mode():
             if self.cuda_graphs and semantic.is_cuda:
                 return self._graphed(semantic, z, dist)
@@ -346,14 +338,15 @@ def accelerate(G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype |
                compile: bool = False, compile_mode: str | None = None,
                cuda_graphs: bool = False, cudnn_benchmark: bool = True,
                cpu_allocator: bool = True) -> Accelerated:
-    """G (in eval mode) behind opt-in inference accelerations; same call signature as G.
+    """A model for inference (normally ``models.fuse_for_inference(G)``) behind opt-in
+    accelerations; same call signature as G.
 
-    - ``dtype``: compute dtype of the fast path, e.g. ``torch.bfloat16`` (weights and
+    - ``dtype``: compute dtype of the fused model, e.g. ``torch.bfloat16`` (weights and
       activations in bf16, tables folded in fp32 then cast; output float32).
     - ``compile``: ``torch.compile`` the call (``compile_mode`` e.g. ``"reduce-overhead"``
       for CUDA graphs through inductor, ``"max-autotune"``). On CPU, inductor's freezing is
       switched on so weights are folded and prepacked at compile time: the compiled
-      callable then snapshots G's weights (accelerate again after changing them).
+      callable then snapshots the weights.
     - ``cuda_graphs``: capture one CUDA graph per input shape and replay it (batch-1
       latency is launch-bound). Returns a copy of the static output.
     - ``cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (autotuned conv algorithms).

@@ -33,7 +33,7 @@ from torch import nn
 
 from .blocks import ResnetBlock
 from .fast import (class_affine, conv2d_prepared, conv_weight, data_dependent_choices, onehot_conv,
-                   onehot_conv_applies, onehot_conv_rows, tap_indices)
+                   onehot_conv_rows, tap_indices)
 from .generator import Generator, check_generator_inputs, run_blocks
 from .norms import CLADE, SPADE, ClassAffine, Conditioning
 
@@ -163,14 +163,16 @@ def _param_dtype(module: nn.Module, x: torch.Tensor) -> torch.dtype:
 
 
 class FusedInputConv(_Prepared):
-    """A conv on the semantic map: row gathers when the class channels are one-hot
-    (``models.fast.onehot_conv``), else the prepared convolution."""
+    """A conv on the semantic map (``conv`` must pass ``_conv_fusable``): row gathers when the
+    class channels are one-hot (``models.fast.onehot_conv``), else the prepared convolution."""
 
     def __init__(self, conv: nn.Conv2d, classes: int, has_edge: bool):
         super().__init__()
         self.conv = FusedConv.from_conv(conv)
         self.classes, self.kernel_size = classes, conv.kernel_size[0]
-        self.gather = onehot_conv_applies(conv, classes, has_edge)
+        # The gather needs an odd 'same' kernel whose inputs are the classes (+ the edge).
+        k = self.kernel_size
+        self.gather = k % 2 == 1 and conv.padding[0] == k // 2 and conv.in_channels == classes + int(has_edge)
         if self.gather:
             self.register_buffer("rows", onehot_conv_rows(self.conv.weight, self.conv.bias, classes))
             self.edge_conv = FusedConv(self.conv.weight[:, classes:], None, self.kernel_size // 2) if has_edge else None
