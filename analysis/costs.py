@@ -24,6 +24,10 @@ Two counts per row, both in GMACs (1e9 multiply-accumulates):
 
 Roles (column ``role``): everything inside a ``norm_0/norm_1/norm_s`` module is modulation,
 as in the reference tables; see :data:`ROLES`.
+
+Which program is counted: the reference generator (``models.Generator``, the official ops);
+see :data:`PROGRAM_COUNTED`. The fused inference model that the latency tables time
+(``models.fuse_for_inference``) does fewer multiply-adds for the same output.
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ ROLES = {
     "backbone": "everything outside the norm layers: residual convs, fc, conv_img, activations, "
                 "upsampling, residual adds, spectral-norm weight recomputation",
 }
+PROGRAM_COUNTED = ("reference generator (models.Generator: the official ops, plain convolutions); the fused "
+                   "inference model timed by the latency tables (models.fuse_for_inference) folds BatchNorm into "
+                   "the modulation and replaces the one-hot convs (fc, SPADE's mlp_shared) by row gathers, so it "
+                   "does fewer multiply-adds than counted here")
 NORM_LAYER_NAMES = ("norm_0", "norm_1", "norm_s")
 _RESIZE_OPS = {"upsample_nearest2d", "argmax", "to"}
 # Pure metadata / view ops: truly zero work. Every other op is either counted or reported.

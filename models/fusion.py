@@ -34,7 +34,7 @@ from torch import nn
 from .blocks import ResnetBlock
 from .fast import (class_affine, conv2d_prepared, conv_weight, data_dependent_choices, onehot_conv,
                    onehot_conv_rows, tap_indices)
-from .generator import Generator, check_generator_inputs, run_blocks
+from .generator import Generator, check_generator_inputs, run_blocks, up_blocks
 from .norms import CLADE, SPADE, ClassAffine, Conditioning
 
 # Folding x * a + b (b = -mean * a) cancels digits when |b| is large; past this bound the
@@ -189,27 +189,28 @@ class FusedInputConv(_Prepared):
 
 class FoldedNorm(nn.Module):
     """What a folded modulation multiplies: ``x`` (BatchNorm folded away), ``x - mean``
-    (folding would cancel digits, see FOLD_MAX_SHIFT) or ``norm(x)`` (not foldable)."""
+    (folding would cancel digits, see FOLD_MAX_SHIFT) or ``norm(x)`` (not foldable).
+    Build with :meth:`fold`, which also returns the affine ``(a, b)`` to fold into the modulation."""
 
-    def __init__(self, norm: nn.Module, channels: int):
+    def __init__(self, norm: nn.Module | None, center: torch.Tensor | None):
         super().__init__()
-        self.norm = None
-        self.register_buffer("center", None)
-        if _foldable(norm):
-            a = torch.rsqrt(norm.running_var.float() + norm.eps)
-            mean = norm.running_mean.float()
-            b = torch.zeros_like(a)
-            if norm.affine:
-                a, b = a * norm.weight.float(), norm.bias.float()
-            folded = b - mean * a
-            if bool(folded.abs().max() <= FOLD_MAX_SHIFT):
-                b = folded
-            else:
-                self.center = mean
-        else:
-            self.norm = _unfused(norm)
-            a, b = torch.ones(channels), torch.zeros(channels)
-        self.a, self.b = a.detach(), b.detach()  # consumed by the owner at conversion time
+        self.norm = norm
+        self.register_buffer("center", center)
+
+    @classmethod
+    def fold(cls, norm: nn.Module, channels: int) -> tuple["FoldedNorm", torch.Tensor, torch.Tensor]:
+        """(module, a, b) with ``norm(x) == module(x) * a + b`` per channel (float32)."""
+        if not _foldable(norm):
+            return cls(_unfused(norm), None), torch.ones(channels), torch.zeros(channels)
+        a = torch.rsqrt(norm.running_var.float() + norm.eps)
+        mean = norm.running_mean.float()
+        b = torch.zeros_like(a)
+        if norm.affine:
+            a, b = a * norm.weight.float(), norm.bias.float()
+        folded = b - mean * a
+        if bool(folded.abs().max() <= FOLD_MAX_SHIFT):
+            return cls(None, None), a.detach(), folded.detach()
+        return cls(None, mean.detach().clone()), a.detach(), b.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
@@ -232,8 +233,7 @@ class FusedSPADE(_Prepared):
     def __init__(self, m: SPADE, classes: int, has_edge: bool):
         super().__init__()
         c = m.mlp_gamma.out_channels
-        self.normalise = FoldedNorm(m.param_free_norm, c)
-        a, b = self.normalise.a, self.normalise.b
+        self.normalise, a, b = FoldedNorm.fold(m.param_free_norm, c)
         self.shared = FusedInputConv(m.mlp_shared[0], classes, has_edge)
         wg, bg = m.mlp_gamma.weight.detach().float(), m.mlp_gamma.bias.detach().float()
         wb, bb = m.mlp_beta.weight.detach().float(), m.mlp_beta.bias.detach().float()
@@ -261,8 +261,7 @@ class FusedCLADE(_Prepared):
         super().__init__()
         affine = m.class_specified_affine
         gamma, beta = affine.weight.detach().float(), affine.bias.detach().float()
-        self.normalise = FoldedNorm(m.param_free_norm, gamma.shape[1])
-        a, b = self.normalise.a, self.normalise.b
+        self.normalise, a, b = FoldedNorm.fold(m.param_free_norm, gamma.shape[1])
         self.icpe = affine.icpe
         parts = [gamma * a, gamma * b, beta] if self.icpe else [gamma * a, gamma * b + beta]
         self.register_buffer("table", torch.cat(parts, 1))
@@ -369,7 +368,9 @@ class FusedGenerator(nn.Module):
             x = self.fc(F.interpolate(semantic, size=(self.sh, self.sw), mode="nearest"))
         x = x.to(compute).contiguous(memory_format=torch.channels_last)
         x = run_blocks(self, x, cond)
-        x = _run_conv(self.conv_img, F.leaky_relu(x, 0.2))
+        last = up_blocks(self)[-1]  # a fused block's output is fresh: activate it in place
+        x = F.leaky_relu_(x, 0.2) if isinstance(last, FusedResnetBlock) else F.leaky_relu(x, 0.2)
+        x = _run_conv(self.conv_img, x)
         out = torch.tanh_(x).contiguous()
         # An explicit compute dtype still returns the input's dtype; under autocast the
         # output keeps the dtype autocast gives it, as in the reference.
