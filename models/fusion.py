@@ -34,7 +34,7 @@ from torch import nn
 from .blocks import ResnetBlock
 from .fast import (class_affine, conv2d_prepared, conv_weight, data_dependent_choices, onehot_conv,
                    onehot_conv_rows, tap_indices)
-from .generator import Generator, check_generator_inputs, run_blocks, up_blocks
+from .generator import Generator, check_generator_inputs, input_features, run_blocks, up_blocks
 from .norms import CLADE, SPADE, ClassAffine, Conditioning
 
 # Folding x * a + b (b = -mean * a) cancels digits when |b| is large; past this bound the
@@ -360,12 +360,8 @@ class FusedGenerator(nn.Module):
         cond = FusedConditioning(semantic, cfg.class_nc, has_edge=not cfg.no_instance, dist=dist)
         if isinstance(self.fc, FusedInputConv):
             x = self.fc(cond, (self.sh, self.sw), compute)
-        elif cfg.use_vae:
-            if z is None:
-                z = torch.randn(semantic.shape[0], cfg.z_dim, dtype=semantic.dtype, device=semantic.device)
-            x = self.fc(z).view(-1, 16 * cfg.ngf, self.sh, self.sw)
-        else:
-            x = self.fc(F.interpolate(semantic, size=(self.sh, self.sw), mode="nearest"))
+        else:   # use_vae's Linear, or an fc the fuser does not know, in its own dtype
+            x = input_features(self, semantic, z)
         x = x.to(compute).contiguous(memory_format=torch.channels_last)
         x = run_blocks(self, x, cond)
         last = up_blocks(self)[-1]  # a fused block's output is fresh: activate it in place

@@ -57,14 +57,7 @@ class Generator(nn.Module):
             raise ValueError(f"dtype={dtype}: the reference generator computes in its input's dtype; "
                              f"use models.fuse_for_inference(G)(semantic, dtype=...) for inference, "
                              f"torch.autocast for training")
-        if cfg.use_vae:
-            if z is None:
-                z = torch.randn(semantic.shape[0], cfg.z_dim, dtype=semantic.dtype, device=semantic.device)
-            x = self.fc(z).view(-1, 16 * cfg.ngf, self.sh, self.sw)
-        else:
-            x = self.fc(F.interpolate(semantic, size=(self.sh, self.sw), mode="nearest"))
-
-        x = run_blocks(self, x, cond)
+        x = run_blocks(self, input_features(self, semantic, z), cond)
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)
 
@@ -95,6 +88,17 @@ def check_generator_inputs(cfg: GeneratorConfig, semantic: torch.Tensor, z=None,
     if z is not None and (not cfg.use_vae or z.shape[-1] != cfg.z_dim):
         raise ValueError(f"z has shape {tuple(z.shape)}; this generator "
                          + (f"expects [N, {cfg.z_dim}]" if cfg.use_vae else "has use_vae=False and takes no z"))
+
+
+def input_features(net: nn.Module, semantic: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    """The first feature map of ``net`` (a Generator or its fused conversion): ``fc`` of z
+    (drawn when None) with ``use_vae``, else ``fc`` of the segmap resized to the latent size."""
+    cfg = net.config
+    if cfg.use_vae:
+        if z is None:
+            z = torch.randn(semantic.shape[0], cfg.z_dim, dtype=semantic.dtype, device=semantic.device)
+        return net.fc(z).view(-1, 16 * cfg.ngf, net.sh, net.sw)
+    return net.fc(F.interpolate(semantic, size=(net.sh, net.sw), mode="nearest"))
 
 
 def up_blocks(net: nn.Module) -> list[nn.Module]:

@@ -75,6 +75,15 @@ def test_fused_equals_reference(norm, config):
     assert (autocast.float() - plain).abs().max() < BF16_TOL
 
 
+def test_vae_generator_is_fused_exactly():
+    G = calibrated("spade", use_vae=True, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    z = torch.randn(semantic.shape[0], G.config.z_dim)
+    with torch.no_grad():
+        plain = G(semantic, z=z)
+    assert (fuse_for_inference(G)(semantic, z=z) - plain).abs().max() < FP32_TOL
+
+
 @pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
 def test_built_in_layers_are_fused(norm):
     G_fast = fuse_for_inference(calibrated(norm, **CONFIGS["edge"]))
