@@ -223,7 +223,7 @@ def _foldable(norm: nn.Module) -> bool:
     return isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_var is not None
 
 
-class FusedSPADE(_Prepared):
+class FusedSPADE(nn.Module):
     """SPADE with BatchNorm folded into one conv with 2C outputs:
 
     bn(x) * (1 + gamma) + beta with bn(x) = x * a + b

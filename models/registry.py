@@ -69,7 +69,7 @@ def register_norm(name: str, cls: type | None, *, build: Callable | None = None,
                             f"(built as cls(channels, config)) or build=<callable(channels, config)>")
         build = cls
     if source is None:
-        caller = inspect.stack()[1].filename
+        caller = inspect.currentframe().f_back.f_code.co_filename
         source = None if caller == __file__ else caller
     spec = NormSpec(name=name, build=build, label=label or name,
                     color=color or _SPARE_COLORS[len(_REGISTRY) % len(_SPARE_COLORS)],
