@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from tqdm.auto import tqdm
 
 from fileio import device_description
-from models import build_generator
+from models import build_generator, fuse_for_inference
 from models.presets import discriminator_config, generator_config, label_config
 from models.trainer import Trainer, TrainRecipe
 
@@ -181,38 +181,43 @@ def bench_callables(fns: dict[str, Callable[[], object]], *, device="cpu", repea
 # ----------------------------------------------------------------------------------------
 # Generator forward and training-step benchmarks
 
-BENCH_COLUMNS = ["preset", "norm", "batch", "dtype", "mode", "median_ms", "p90_ms", "min_ms", "n",
+BENCH_COLUMNS = ["preset", "norm", "batch", "dtype", "program", "mode", "median_ms", "p90_ms", "min_ms", "n",
                  "peak_mem_mb", "gmacs_fvcore", "device", "device_name", "torch", "threads", "memory_method"]
 
 
 def bench_generators(presets, norms, batch_sizes, dtypes, compiled: bool, device, repeats: int,
                      warmup: int, **overrides) -> pd.DataFrame:
-    """Eval forward latency and peak memory of every generator, ``G(semantic[, dist])``.
+    """Inference latency and peak memory of every generator's fused model
+    (``models.fuse_for_inference(G)(semantic[, dist])``; column ``program`` = "fused").
 
     For each preset, batch size and dtype, the norms (and, if ``compiled``, their
     ``torch.compile`` versions too) are timed interleaved in one :func:`time_interleaved`
     call, so the CLADE / SPADE ratios of one (preset, batch, dtype) are from one run.
     Compilation happens in the warm-up calls and is not timed. Inputs are random label
     maps (latency does not depend on the labels); the ICPE map is given, not computed.
-    Columns: :data:`BENCH_COLUMNS` (``gmacs_fvcore``: closed-form fvcore GMACs of the call).
+    Columns: :data:`BENCH_COLUMNS`. ``gmacs_fvcore`` is the closed-form fvcore count of the
+    *reference* program (``G`` itself); the fused model does fewer multiply-adds (BatchNorm
+    folded away; the one-hot convs ``fc`` and SPADE's ``mlp_shared`` become row gathers).
     """
     rows = []
     for preset in presets:
         models = {norm: build_generator(preset, norm, device=device, **overrides).eval() for norm in norms}
+        fused = {norm: fuse_for_inference(G) for norm, G in models.items()}
         for batch in batch_sizes:
             for dtype in tqdm(dtypes, desc=f"bench {preset} batch {batch}", unit="dtype"):
                 fns = {}
-                for norm, G in models.items():
-                    args, kwargs = generator_inputs(G.config, batch, device=device)
-                    fns[(norm, "eager")] = forward_fn(G, args, kwargs, device=device, dtype=dtype)
+                for norm, G_fast in fused.items():
+                    args, kwargs = generator_inputs(G_fast.config, batch, device=device)
+                    fns[(norm, "eager")] = forward_fn(G_fast, args, kwargs, device=device, dtype=dtype)
                     if compiled:
-                        fns[(norm, "compiled")] = forward_fn(torch.compile(G), args, kwargs, device=device, dtype=dtype)
+                        fns[(norm, "compiled")] = forward_fn(torch.compile(G_fast), args, kwargs, device=device,
+                                                             dtype=dtype)
                 log.info("timing %s batch %d %s: %s", preset, batch, dtype, [f"{n}/{m}" for n, m in fns])
                 table = bench_callables(fns, device=device, repeats=repeats, warmup=warmup)
                 for (norm, mode), row in zip(fns, table.to_dict("records")):
                     gmacs = closed_form_generator_costs(models[norm].config)["macs"] / 1e9 * batch
-                    rows.append({**row, "preset": preset, "norm": norm, "batch": batch, "dtype": dtype, "mode": mode,
-                                 "gmacs_fvcore": gmacs})
+                    rows.append({**row, "preset": preset, "norm": norm, "batch": batch, "dtype": dtype,
+                                 "program": "fused", "mode": mode, "gmacs_fvcore": gmacs})
     return pd.DataFrame(rows)[BENCH_COLUMNS]
 
 

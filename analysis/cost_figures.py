@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-NORM_LABELS = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
-NORM_COLORS = {"spade": "#d62728", "clade": "#1f77b4", "clade-icpe": "#2ca02c"}
+from models.presets import NORMS
+from models.registry import norm_spec, registered_norms
+
 # Stacking order and colours of the roles; the small CLADE roles are merged into one.
 ROLE_GROUPS = {
     "backbone": ("backbone", "#9e9e9e"),
@@ -17,6 +18,16 @@ ROLE_GROUPS = {
     "modulation_spade_beta": ("SPADE beta conv", "#a63603"),
 }
 OTHER_MODULATION = ("other modulation (norm, resize, CLADE tables, ICPE, edge)", "#3182bd")
+
+
+def norm_label(norm: str) -> str:
+    """Display name of a norm (its registry label; the name itself if not registered)."""
+    return norm_spec(norm).label if norm in registered_norms() else norm
+
+
+def norm_color(norm: str, default: str = "k") -> str:
+    """Colour of a norm (its registry colour; ``default`` if not registered)."""
+    return norm_spec(norm).color if norm in registered_norms() else default
 
 
 def _block(module: str) -> str:
@@ -49,7 +60,7 @@ def per_layer_bars(per_layer: pd.DataFrame, preset: str, norms=("spade", "clade"
             bottom += values
         mod = data[(data.norm == norm) & (data.role != "backbone")][column].sum()
         total = data[data.norm == norm][column].sum()
-        ax.set_title(f"{NORM_LABELS[norm]}: {total:.1f} GMACs, modulation {mod:.3g} ({mod / total:.1%})")
+        ax.set_title(f"{norm_label(norm)}: {total:.1f} GMACs, modulation {mod:.3g} ({mod / total:.1%})")
         ax.tick_params(axis="x", rotation=45)
         ax.set_xlabel("generator block (in call order; 'other' = fc input resize, upsampling, tanh)")
         ax.grid(axis="y", alpha=0.3)
@@ -73,7 +84,7 @@ def _stage_key(stage: str) -> float:
     return int(h) * int(w)
 
 
-def stage_share(per_layer: pd.DataFrame, preset: str, norms=("spade", "clade", "clade-icpe")) -> plt.Figure:
+def stage_share(per_layer: pd.DataFrame, preset: str, norms=NORMS) -> plt.Figure:
     """Share of GMACs (fvcore and complete) spent at each resolution stage, per norm."""
     data = per_layer[(per_layer.preset == preset) & per_layer.norm.isin(norms)]
     stages = sorted(data.stage.unique(), key=_stage_key)
@@ -85,7 +96,7 @@ def stage_share(per_layer: pd.DataFrame, preset: str, norms=("spade", "clade", "
             index=list(norms), columns=stages).fillna(0.0)
         share = share.div(share.sum(axis=1), axis=0)
         left = np.zeros(len(norms))
-        labels = [NORM_LABELS[n] for n in norms]
+        labels = [norm_label(n) for n in norms]
         for i, stage in enumerate(stages):
             values = share[stage].to_numpy()
             ax.barh(labels, values, left=left, color=cmap(i), label=stage if stage != "mixed" else "other (generator-level)",
@@ -109,14 +120,15 @@ def stage_share(per_layer: pd.DataFrame, preset: str, norms=("spade", "clade", "
 def latency_vs_macs(points: pd.DataFrame, *, title: str = "") -> plt.Figure:
     """Measured latency against GMACs per model, with 'time proportional to GMACs' lines.
 
-    ``points``: columns preset, norm, gmacs_fvcore, median_ms (one row per model). For
+    ``points``: columns preset, norm, gmacs_fvcore, median_ms (one row per model); the GMACs
+    count the reference program, the latency may be the fused model's (it does fewer). For
     each preset a dashed line through its SPADE point shows where the other models would
     be if time followed fvcore GMACs; points above it are slower than their MACs promise.
     """
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for (preset, norm), row in points.set_index(["preset", "norm"]).iterrows():
-        ax.scatter(row.gmacs_fvcore, row.median_ms, color=NORM_COLORS.get(norm, "k"), s=50, zorder=3)
-        ax.annotate(f"{preset} {NORM_LABELS.get(norm, norm)}\n{row.median_ms:.0f} ms", (row.gmacs_fvcore, row.median_ms),
+        ax.scatter(row.gmacs_fvcore, row.median_ms, color=norm_color(norm), s=50, zorder=3)
+        ax.annotate(f"{preset} {norm_label(norm)}\n{row.median_ms:.0f} ms", (row.gmacs_fvcore, row.median_ms),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     for preset, group in points.groupby("preset"):
         spade = group[group.norm == "spade"]
@@ -127,12 +139,11 @@ def latency_vs_macs(points: pd.DataFrame, *, title: str = "") -> plt.Figure:
         ax.plot(xs, slope * xs, ls="--", lw=1, color="0.5")
         ax.annotate(f"time ∝ GMACs ({preset}, through SPADE)", (xs[-1], slope * xs[-1]), fontsize=7, color="0.4",
                     ha="right", va="bottom")
-    for norm, color in NORM_COLORS.items():
-        if norm in set(points.norm):
-            ax.scatter([], [], color=color, label=NORM_LABELS[norm])
+    for norm in dict.fromkeys(points.norm):
+        ax.scatter([], [], color=norm_color(norm), label=norm_label(norm))
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("fvcore GMACs per image (batch 1)")
+    ax.set_xlabel("fvcore GMACs per image of the reference program (batch 1)")
     ax.set_ylabel("median latency per call (ms)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
@@ -148,11 +159,11 @@ def op_breakdown(profile: pd.DataFrame, *, top: int = 8) -> plt.Figure:
     axes = np.atleast_1d(axes)
     for ax, norm in zip(axes, norms):
         rows = profile[profile.norm == norm].nlargest(top, "share").iloc[::-1]
-        ax.barh(rows.op.str.replace("aten::", "", regex=False), rows.share, color=NORM_COLORS.get(norm, "0.5"))
+        ax.barh(rows.op.str.replace("aten::", "", regex=False), rows.share, color=norm_color(norm, "0.5"))
         for y, (share, ms) in enumerate(zip(rows.share, rows.self_ms)):
             ax.text(share, y, f" {ms:.0f} ms", va="center", fontsize=7)
         total = profile[profile.norm == norm].self_ms.sum()
-        ax.set_title(f"{NORM_LABELS.get(norm, norm)} (listed ops: {total:.0f} ms per call)")
+        ax.set_title(f"{norm_label(norm)} (listed ops: {total:.0f} ms per call)")
         ax.set_xlabel("share of profiled CPU self time")
         ax.set_xlim(0, min(1.0, profile.share.max() * 1.35))
     fig.suptitle(f"Where generator time goes per op ({profile.preset.iloc[0]}, batch 1, fp32, eager)")

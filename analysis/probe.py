@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from data.icpe import icpe_map_batch
 from data.labels import make_semantic
-from models.norms import CLADE, ModulatedNorm
+from models.norms import Conditioning, ModulatedNorm
+from models.registry import norm_spec
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +359,9 @@ def _lookup(table: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 ABLATIONS = ("class_mean", "no_position")
 
 
-def _is_icpe(module: nn.Module) -> bool:
-    return isinstance(module, CLADE) and module.class_specified_affine.icpe
+def _uses_icpe(generator: nn.Module) -> bool:
+    """Whether the generator's norm reads the ICPE map (its registry entry says so)."""
+    return norm_spec(generator.config.norm).needs_icpe
 
 
 @contextmanager
@@ -369,8 +371,9 @@ def ablate(generator: nn.Module, stats: ProbeStatistics | None, layers: Iterable
 
     ``class_mean``: each layer's scale / shift replaced by its per-class mean from ``stats``
     (SPADE collapsed into a CLADE-like table; classes the probe never saw get the layer's
-    overall mean). ``no_position``: CLADE-ICPE layers evaluated with a zero ICPE map, i.e.
-    ``gamma[c] * (1 + b_w)``: the position dependence is gone, the constant conv bias stays.
+    overall mean). ``no_position``: layers of a norm that reads the ICPE map evaluated with a
+    zero map (CLADE-ICPE: ``gamma[c] * (1 + b_w)``: the position dependence is gone, the
+    constant conv bias stays).
     ``layers``: module names (default: every layer the kind applies to).
 
         with ablate(G, stats, layers=["up_3.norm_0"]):
@@ -380,16 +383,17 @@ def ablate(generator: nn.Module, stats: ProbeStatistics | None, layers: Iterable
     if kind not in ABLATIONS:
         raise ValueError(f"unknown ablation kind {kind!r}; expected one of {ABLATIONS}")
     if layers is None:
-        layers = [n for n, m in modules.items() if kind == "class_mean" or _is_icpe(m)]
+        layers = [n for n in modules if kind == "class_mean" or _uses_icpe(generator)]
         if not layers:
-            raise ValueError(f"kind='no_position' needs CLADE-ICPE layers; this generator has "
-                             f"norm={generator.config.norm!r}")
+            raise ValueError(f"kind='no_position' needs layers that read the ICPE map (e.g. CLADE-ICPE); "
+                             f"this generator has norm={generator.config.norm!r}")
     layers = list(layers)
     unknown = [n for n in layers if n not in modules]
     if unknown:
         raise ValueError(f"unknown modulation layer(s) {unknown}; this generator has {list(modules)}")
-    if kind == "no_position" and not all(_is_icpe(modules[n]) for n in layers):
-        raise ValueError(f"kind='no_position' applies to CLADE-ICPE layers only; got {layers}")
+    if kind == "no_position" and not _uses_icpe(generator):
+        raise ValueError(f"kind='no_position' applies to layers that read the ICPE map (e.g. CLADE-ICPE) only; "
+                         f"got {layers} of norm={generator.config.norm!r}")
     if kind == "class_mean":
         if stats is None or any(n not in stats.layers for n in layers):
             raise ValueError("kind='class_mean' needs statistics of these layers from "
@@ -401,11 +405,9 @@ def ablate(generator: nn.Module, stats: ProbeStatistics | None, layers: Iterable
             gamma, beta = tables[name]
             return lambda cond, size: (_lookup(gamma, cond.label_at(size)),
                                        _lookup(beta, cond.label_at(size)))
-        affine = module.class_specified_affine
-
         def no_position(cond, size):
-            label = cond.label_at(size)
-            return affine(label, cond.semantic.new_zeros(label.shape[0], 2, *label.shape[-2:]))
+            zero = Conditioning(cond.semantic, cond.class_nc, cond.has_edge, dist=torch.zeros_like(cond.dist))
+            return inner(zero, size)
         return no_position
 
     with _overrides({n: modules[n] for n in layers}, make_override):
@@ -433,11 +435,11 @@ def ablation_effects(generator: nn.Module, stats: ProbeStatistics | None, batche
     """
     modules = modulation_layers(generator)
     if kinds is None:
-        kinds = ["class_mean"] + (["no_position"] if any(map(_is_icpe, modules.values())) else [])
+        kinds = ["class_mean"] + (["no_position"] if _uses_icpe(generator) else [])
     order = list(stats.layers) if stats else list(modules)  # forward (depth) order when known
     targets = []
     for kind in kinds:
-        names = [n for n in order if kind == "class_mean" or _is_icpe(modules[n])]
+        names = [n for n in order if kind == "class_mean" or _uses_icpe(generator)]
         targets.append((kind, "all", None))
         if per_layer:
             targets += [(kind, n, [n]) for n in names]

@@ -17,6 +17,8 @@ from matplotlib.transforms import Bbox
 import numpy as np
 import pandas as pd
 
+from models.registry import norm_spec, registered_norms
+
 # Quality columns, lower-is-better ones first; names ending in _proxy are proxy figures.
 LOWER_IS_BETTER = ("fid", "fid_clean", "fd_proxy_features")
 HIGHER_IS_BETTER = ("miou", "miou_proxy", "accuracy", "accuracy_proxy")
@@ -28,7 +30,6 @@ COLUMN_LABELS = {
     "params_m": "parameters (millions)",
     "latency_ms": "latency (ms, batch 1)",
 }
-METHOD_COLORS = {"spade": "#d62728", "clade": "#1f77b4", "clade-icpe": "#2ca02c"}
 # Colours of any other method (a user's extra rows), in row order; none is grey, the colour of
 # the "dominated" and Pareto-front keys.
 EXTRA_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -134,11 +135,12 @@ def modulation_roi(evaluation: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_colors(df: pd.DataFrame) -> dict[str, str]:
-    """{method: colour}: the first row of a known norm gets its METHOD_COLORS entry, every other
-    method the next EXTRA_COLORS one (cycling), so that each method has its own legend entry."""
+    """{method: colour}: the first row of a registered norm gets its registry colour
+    (``models.norm_spec(norm).color``), every other method the next EXTRA_COLORS one (cycling),
+    so that each method has its own legend entry."""
     colors, extra = {}, itertools.cycle(EXTRA_COLORS)
     for method, norm in zip(df["method"], df["norm"]):
-        known = METHOD_COLORS.get(norm)
+        known = norm_spec(norm).color if norm in registered_norms() else None
         colors[method] = known if known and known not in colors.values() else next(extra)
     return colors
 

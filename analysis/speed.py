@@ -1,4 +1,4 @@
-"""Plain vs fast generator latency, measured through the public ``G(semantic)`` call (issue 10).
+"""Reference vs fused generator latency, measured through the public call ``model(semantic)``.
 
     python run_analysis.py bench --compare            # as part of the bench stage
     python -m analysis.speed --out reports/speed      # alone (options: --help)
@@ -6,15 +6,15 @@
 For each preset, norm and batch size, these variants are timed round-robin in one
 :func:`analysis.bench.time_interleaved` call, so their ratios come from the same machine state:
 
-- ``official-equiv``: the plain path fed like the official code, which resizes the whole
-  one-hot map in every norm layer and takes the argmax there (fp32);
-- ``plain``: our plain path (``G.fast_eval = False``): label map resized once per resolution,
+- ``official-equiv``: the reference generator fed like the official code, which resizes the
+  whole one-hot map in every norm layer and takes the argmax there (fp32);
+- ``reference``: ``G.eval()`` (models/generator.py): label map resized once per resolution,
   spectral norm recomputed every call, BatchNorm then modulation (fp32);
-- ``fast``: the default eval path of ``G(semantic)`` (models/fast.py; fp32);
-- ``fast-bf16``: the same computing in bf16 (``G(semantic, dtype=torch.bfloat16)``);
-- ``compiled`` (``--compile``): ``models.fast.accelerate(G, compile=True)`` (inductor, freezing;
-  on CUDA ``compiled-bf16``: bf16 with ``mode="reduce-overhead"``, i.e. CUDA graphs);
-- on CUDA also ``plain-bf16-autocast`` and ``fast-bf16-cudagraph`` (CUDA graph replay).
+- ``fused``: ``models.fuse_for_inference(G)`` (models/fusion.py; fp32);
+- ``fused-bf16``: the same computing in bf16 (``G_fast(semantic, dtype=torch.bfloat16)``);
+- ``compiled`` (``--compile``): ``models.fast.accelerate(G_fast, compile=True)`` (inductor,
+  freezing; on CUDA ``compiled-bf16``: bf16 with ``mode="reduce-overhead"``, i.e. CUDA graphs);
+- on CUDA also ``reference-bf16-autocast`` and ``fused-bf16-cudagraph`` (CUDA graph replay).
 
 ``--train`` also times a full training iteration (G step with every loss, D step) under the
 recipes of :data:`TRAIN_VARIANTS`: fp32 eager with the official spectral norm (weights divided
@@ -26,9 +26,9 @@ up every variant by ~20%, the official-equivalent one included; ``--default-mall
 
 Each variant is then also timed alone, back to back (``alone_median_ms``), as a deployment
 loop runs it: interleaving lets the other variants evict its weights from the last-level
-cache (measured: fast CLADE 0.30 s alone vs 0.38 s interleaved on the 2-core CPU).
+cache (measured: fused CLADE 0.30 s alone vs 0.38 s interleaved on the 2-core CPU).
 
-Every variant's output is compared with the plain fp32 output (``max_abs_diff``) against a
+Every variant's output is compared with the reference fp32 output (``max_abs_diff``) against a
 stated tolerance (fp32 1e-4; bf16 :data:`BF16_TOLERANCE`). Weights are the official
 initialisation with BatchNorm running statistics calibrated on one random label map, so
 activations have realistic scale (untrained running statistics make them explode and the
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 import models.generator as generator_module
 from fileio import device_description
-from models import build_generator
+from models import build_generator, fuse_for_inference
 from models.fast import accelerate, native_bf16, tune_cpu_allocator
 from models.presets import generator_config
 from models.trainer import Trainer, TrainRecipe, discriminator_config_for
@@ -76,7 +76,7 @@ BF16_TOLERANCE = 5e-2
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0}
 
 COLUMNS = ["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "min_ms", "n",
-           "speedup_vs_plain", "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
+           "speedup_vs_reference", "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
            "first_call_ms",
            "max_abs_diff", "tolerance", "within_tolerance",
            "gmacs", "achieved_tflops", "peak_tflops", "peak_source", "fraction_of_peak", "device", "device_name", "threads", "torch",
@@ -173,31 +173,29 @@ def _gmacs(config) -> float:
 
 # ----------------------------------------------------------------------------- variants
 def variants(G, inputs: dict, device, *, compile: bool = False) -> dict:
-    """name -> (dtype label, zero-argument call). Each call sets the path it needs."""
+    """name -> (dtype label, zero-argument call): the reference G and its fused conversion."""
     cuda = torch.device(device).type == "cuda"
+    G_fast = fuse_for_inference(G)
 
-    def call(fast: bool, dtype=None, autocast=None, official=False):
+    def call(model, dtype=None, autocast=None, official=False):
         def run():
-            G.fast_eval = fast
             with torch.no_grad(), (official_data_path() if official else contextlib.nullcontext()), \
                     torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None):
-                return G(**inputs) if dtype is None else G(**inputs, dtype=dtype)
+                return model(**inputs) if dtype is None else model(**inputs, dtype=dtype)
         return run
 
-    fns = {"official-equiv": ("fp32", call(False, official=True)),
-           "plain": ("fp32", call(False)),
-           "fast": ("fp32", call(True)),
-           "fast-bf16": ("bf16", call(True, dtype=torch.bfloat16))}
+    fns = {"official-equiv": ("fp32", call(G, official=True)),
+           "reference": ("fp32", call(G)),
+           "fused": ("fp32", call(G_fast)),
+           "fused-bf16": ("bf16", call(G_fast, dtype=torch.bfloat16))}
     if cuda:
-        fns["plain-bf16-autocast"] = ("bf16-autocast", call(False, autocast=torch.bfloat16))
-        graphed = accelerate(G, dtype=torch.bfloat16, cuda_graphs=True)
-        fns["fast-bf16-cudagraph"] = ("bf16", lambda: (setattr(G, "fast_eval", True), graphed(**inputs))[1])
-    if compile and cuda:  # inductor with CUDA graphs, bf16 (the GPU targets of issue 10)
-        compiled = accelerate(G, dtype=torch.bfloat16, compile=True, compile_mode="reduce-overhead")
-        fns["compiled-bf16"] = ("bf16", lambda: (setattr(G, "fast_eval", True), compiled(**inputs))[1])
+        fns["reference-bf16-autocast"] = ("bf16-autocast", call(G, autocast=torch.bfloat16))
+        fns["fused-bf16-cudagraph"] = ("bf16", call(accelerate(G_fast, dtype=torch.bfloat16, cuda_graphs=True)))
+    if compile and cuda:  # inductor with CUDA graphs, bf16
+        fns["compiled-bf16"] = ("bf16", call(accelerate(G_fast, dtype=torch.bfloat16, compile=True,
+                                                        compile_mode="reduce-overhead")))
     elif compile:
-        compiled = accelerate(G, compile=True)
-        fns["compiled"] = ("fp32", lambda: (setattr(G, "fast_eval", True), compiled(**inputs))[1])
+        fns["compiled"] = ("fp32", call(accelerate(G_fast, compile=True)))
     return fns
 
 
@@ -225,8 +223,7 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
     alone = {name: summarize_times(time_interleaved({name: fn}, warmup=1, repeats=repeats, device=device)[name])
              for name, (_, fn) in fns.items()}
     load_end = os.getloadavg()[0]
-    G.fast_eval = True
-    reference = outputs["plain"].float()
+    reference = outputs["reference"].float()
     env = environment(device)
     gmacs = _gmacs(G.config) * batch
     summaries = {name: summarize_times(times[name]) for name in fns}
@@ -238,7 +235,7 @@ def compare_generator(preset: str, norm: str, batch: int, *, device="cpu", repea
         peak, peak_source = peak_for(device, dtype)
         achieved = 2 * gmacs / s["median_ms"]  # GMAC/ms = TMAC/s
         rows.append({"preset": preset, "norm": norm, "batch": batch, "variant": name, "dtype": dtype, **s,
-                     "speedup_vs_plain": summaries["plain"]["median_ms"] / s["median_ms"],
+                     "speedup_vs_reference": summaries["reference"]["median_ms"] / s["median_ms"],
                      "speedup_vs_official_equiv": summaries["official-equiv"]["median_ms"] / s["median_ms"],
                      "alone_median_ms": alone[name]["median_ms"], "first_call_ms": first_call_ms[name],
                      "alone_speedup_vs_official_equiv": alone["official-equiv"]["median_ms"] / alone[name]["median_ms"],
@@ -350,7 +347,7 @@ def compare_training(preset: str, norm: str, batch: int, *, device="cpu", repeat
 # ----------------------------------------------------------------------------- report
 def format_table(df: pd.DataFrame) -> str:
     """The comparison as a Markdown table (latency, ratios, differences)."""
-    show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_plain",
+    show = df[["preset", "norm", "batch", "variant", "dtype", "median_ms", "p90_ms", "speedup_vs_reference",
                "speedup_vs_official_equiv", "alone_median_ms", "alone_speedup_vs_official_equiv",
                "max_abs_diff", "tolerance", "achieved_tflops", "fraction_of_peak"]]
     return show.to_markdown(index=False, floatfmt=".3g")
@@ -389,7 +386,7 @@ def _settings(ctx) -> dict:
 
 
 def run_compare(ctx) -> dict:
-    """Time plain vs fast generators on ``ctx.device``; write tables/speed_compare.csv and
+    """Time the reference generators and their fused conversions on ``ctx.device``; write tables/speed_compare.csv and
     figures/speed_compare.png; return a summary with their captions."""
     s = _settings(ctx)
     torch.manual_seed(ctx.seed)
@@ -403,23 +400,24 @@ def run_compare(ctx) -> dict:
                     weights="official init; BatchNorm running statistics calibrated on one random label map",
                     timing="variants of one generator interleaved round-robin (analysis.bench.time_interleaved)")
     ctx.write_figure(speed_figure(df), "speed_compare")
-    fast = df[df["variant"] == "fast"]
+    fused = df[df["variant"] == "fused"]
     summary = {
         "tables": [{"file": "tables/speed_compare.csv",
-                    "caption": "Latency of the official-equivalent, plain and fast generator paths per preset, "
-                               "norm and batch (median/p90 ms interleaved, and median timed alone), with speedups "
-                               "and the max abs output difference to the plain path against the stated tolerance; "
-                               "fraction_of_peak: achieved TFLOP/s (the generator's nominal fvcore MACs over the "
-                               "time; the fast path skips some, e.g. one-hot convs, so it can pass 1) over the "
+                    "caption": "Latency of the official-equivalent and reference generators and of the fused "
+                               "model (models.fuse_for_inference) per preset, norm and batch (median/p90 ms "
+                               "interleaved, and median timed alone), with speedups and the max abs output "
+                               "difference to the reference against the stated tolerance; fraction_of_peak: "
+                               "achieved TFLOP/s (the reference program's fvcore MACs over the time; the fused "
+                               "model skips some, e.g. one-hot convs become gathers, so it can pass 1) over the "
                                "peak named in peak_source.",
                     "columns": ["preset", "norm", "batch", "variant", "median_ms", "speedup_vs_official_equiv",
                                 "alone_median_ms", "alone_speedup_vs_official_equiv", "max_abs_diff",
                                 "fraction_of_peak"]}],
         "figures": [{"file": "figures/speed_compare.png",
-                     "caption": "Median latency per norm and path; labels give the speedup over the "
+                     "caption": "Median latency per norm and variant (reference or fused model); labels give the speedup over the "
                                 "official-equivalent path measured in the same run."}],
-        "fast_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
-                                           for r in fast.itertuples()},
+        "fused_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
+                                            for r in fused.itertuples()},
         "all_within_tolerance": bool(df["within_tolerance"].all()),
         "device": ctx.device,
     }

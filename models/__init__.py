@@ -1,8 +1,10 @@
 """Networks of the toolkit: SPADE, CLADE and CLADE-ICPE generators, discriminator, encoder.
 
-    G = build_generator("ade20k", "clade")              # official architecture
+    G = build_generator("ade20k", "clade")              # official architecture (the reference)
     D = build_discriminator("ade20k")
     load_official_checkpoint(G, "latest_net_G.pth")
+    G_fast = fuse_for_inference(G)                      # one-time conversion for inference
+    register_norm("my-norm", MyNorm)                    # a ModulatedNorm of your own (models/registry.py)
 """
 from __future__ import annotations
 
@@ -14,15 +16,19 @@ from .checkpoint import (CheckpointMismatchError, load_generator_dir, load_offic
 from .discriminator import MultiscaleDiscriminator
 from .encoder import ConvEncoder
 from .generator import Generator
-from .norms import CLADE, SPADE, Conditioning
+from .fusion import fuse_for_inference
+from .norms import CLADE, SPADE, Conditioning, ModulatedNorm
 from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
                       discriminator_config, generator_config)
+from .registry import NormSpec, norm_spec, register_norm, registered_norms, unregister_norm
 
 __all__ = [
     "build_generator", "build_discriminator", "build_encoder", "build_generator_from_config",
     "load_official_checkpoint", "save_state_dict_atomic", "CheckpointMismatchError",
     "save_generator_dir", "load_generator_dir",
     "Generator", "MultiscaleDiscriminator", "ConvEncoder", "SPADE", "CLADE", "Conditioning",
+    "ModulatedNorm", "fuse_for_inference", "NormSpec", "norm_spec", "register_norm", "registered_norms",
+    "unregister_norm",
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
     "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
 ]

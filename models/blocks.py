@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import conv_eval
-from .norms import Conditioning, build_norm, extra_channels
+from .norms import Conditioning
+from .registry import build_norm, norm_spec
 from .spectral import maybe_spectral
 
 
@@ -23,7 +23,7 @@ class ResnetBlock(nn.Module):
         super().__init__()
         self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
-        extra = extra_channels(config)
+        extra = norm_spec(config.norm).extra_channels(config)
         sn = config.spectral
         self.conv_0 = maybe_spectral(nn.Conv2d(fin + extra, fmiddle, 3, padding=1), sn)
         self.conv_1 = maybe_spectral(nn.Conv2d(fmiddle + extra, fout, 3, padding=1), sn)
@@ -35,18 +35,7 @@ class ResnetBlock(nn.Module):
             self.norm_s = build_norm(config, fin)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        if cond.fast and not self.training:
-            return self._forward_fast(x, cond)
         x_s = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, cond), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, cond), 0.2))
         return x_s + dx
-
-    def _forward_fast(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The same computation with cached conv weights, in-place activations and the
-        residual add fused into conv_1 (eval mode, no autograd; see models/fast.py)."""
-        x_s = conv_eval(self.conv_s, self.norm_s(x, cond)) if self.learned_shortcut else x
-        dx = conv_eval(self.conv_0, self.norm_0.forward_activated(x, cond, 0.2))
-        dx = self.norm_1.forward_activated(dx, cond, 0.2)
-        return conv_eval(self.conv_1, dx, residual=x_s)
-

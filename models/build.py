@@ -21,7 +21,7 @@ def build_generator_from_config(config: GeneratorConfig, device=None) -> Generat
 
 
 def build_generator(preset: str, norm: str, device=None, **overrides) -> Generator:
-    """Generator of ``preset`` with modulation ``norm`` (spade | clade | clade-icpe).
+    """Generator of ``preset`` with modulation ``norm`` (a registered norm: spade | clade | clade-icpe | ...).
 
     ``overrides`` use official option names (label_nc, ngf, crop_size, ...);
     ``device='meta'`` builds without memory, e.g. to count parameters.

@@ -15,7 +15,8 @@ from torch import nn
 from fileio import save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
-from .presets import NORMS, OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
+from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
+from .registry import norm_spec, recognise_norm, registered_norms
 
 
 class CheckpointMismatchError(ValueError):
@@ -67,12 +68,14 @@ def suggest_configs(state: dict) -> list[str]:
         ngf = _infer_ngf(found)
         options = dict(ngf=ngf, use_vae=len(found["fc.weight"]) == 2,
                        num_upsampling_layers="most" if any(k.startswith("up_4.") for k in found) else "normal")
+        recognised = recognise_norm(found)
+        norms = [recognised] if recognised else registered_norms()
         candidates = [(f"preset={p!r}, norm={n!r}", lambda p=p, n=n: build_generator(p, n, device="meta", **options))
-                      for p in OFFICIAL_PRESETS for n in NORMS]
+                      for p in OFFICIAL_PRESETS for n in norms]
         extra = ", ".join(f"{k}={v!r}" for k, v in options.items() if (k, v) != ("use_vae", False)
                           and (k, v) != ("num_upsampling_layers", "normal") and (k, v) != ("ngf", 64))
         fits = [desc + (f", {extra}" if extra else "") for desc, build in candidates if _shapes(build()) == found]
-        return fits or [_describe_custom_generator(found, ngf)]
+        return fits or [_describe_custom_generator(found, ngf, recognised)]
     if "discriminator_0.model0.0.weight" in found:
         first = found["discriminator_0.model0.0.weight"]
         options = dict(ndf=first[0], num_D=len({k.split(".")[0] for k in found}),
@@ -89,16 +92,19 @@ def _infer_ngf(found: dict) -> int:
     return conv[0] // 16
 
 
-def _describe_custom_generator(found: dict, ngf: int) -> str:
-    if any("mlp_shared" in k for k in found):
-        semantic_nc = found["head_0.norm_0.mlp_shared.0.weight"][1]
-        return (f"preset='custom', norm='spade', ngf={ngf} with label_nc + dontcare + "
-                f"instance edge = {semantic_nc}")
-    norm = "clade-icpe" if any("dist_conv_w" in k for k in found) else "clade"
-    class_nc = found["head_0.norm_0.class_specified_affine.weight"][0]
-    no_instance = "head_0.norm_0.inst_conv.weight" not in found
-    return (f"preset='custom', norm={norm!r}, ngf={ngf}, no_instance={no_instance} with "
-            f"label_nc + dontcare = {class_nc}")
+def _describe_custom_generator(found: dict, ngf: int, norm: str | None) -> str:
+    if norm is None:
+        return (f"preset='custom', ngf={ngf}, with a norm none of {list(registered_norms())} recognises "
+                f"(their key_markers are not in the file)")
+    table = found.get("head_0.norm_0.class_specified_affine.weight")
+    if norm_spec(norm).class_adaptive and table is not None:
+        no_instance = "head_0.norm_0.inst_conv.weight" not in found
+        class_nc = table[0]
+        return (f"preset='custom', norm={norm!r}, ngf={ngf}, no_instance={no_instance} with "
+                f"label_nc + dontcare = {class_nc}")
+    shared = found.get("head_0.norm_0.mlp_shared.0.weight")
+    detail = f" with label_nc + dontcare + instance edge = {shared[1]}" if shared is not None else ""
+    return f"preset='custom', norm={norm!r}, ngf={ngf}{detail}"
 
 
 def load_official_checkpoint(module: nn.Module, path_or_state_dict) -> nn.Module:

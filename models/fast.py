@@ -1,32 +1,24 @@
-"""Fast inference: the building blocks of the generator's eval fast path, and ``accelerate``.
+"""Kernels of the fused inference model (``models.fusion``), and ``accelerate``.
 
-The generator takes its fast path by itself when it runs in eval mode without autograd
-(``G.eval()`` under ``torch.no_grad()`` / ``torch.inference_mode()``); ``G.fast_eval = False``
-restores the plain path. The fast path gives the same result as the plain one (fp32 within
-1e-4; tests/models/test_fast_paths.py) and differs only in how it computes:
+These compute what the reference layers compute, faster, from tensors prepared once by
+``models.fusion.fuse_for_inference`` (tests/models/test_fast_paths.py checks the results):
 
-- conv weights are prepared once and reused while the parameters are unchanged: the
-  spectral-norm division ``weight_orig / sigma``, the cast to the compute dtype, the
-  channels_last layout and, on CPU, oneDNN's blocked weight layout (prepacking). Cache keys
-  hold the storage pointer and version counter of every source tensor, so optimizer steps,
-  ``load_state_dict``, power iterations and ``.to()`` invalidate them. Writes through
-  ``tensor.data`` bypass version counters: call :func:`clear_eval_caches` after those.
-  The prepared copies take about as much memory again as the conv weights (ade20k SPADE:
-  ~0.4 GB in fp32); :func:`clear_eval_caches` frees them, ``G.fast_eval = False`` never makes them.
-- activations are channels_last, the residual add is fused into the last conv of a block,
-  leaky_relu runs in place;
-- CLADE's per-class modulation (:func:`class_affine`) gathers table rows tile by tile on CPU,
-  so they are used while in cache, with the following leaky_relu and the ICPE scaling applied
-  to the same tile; label maps are resized by picking indices, never through float copies;
-- convs whose input is an exact one-hot map (the generator's ``fc``, SPADE's ``mlp_shared``)
-  become a sum of gathered weight rows (``embedding_bag``): ``conv(one_hot(label))`` reads
-  only the weights of the classes present, ~150x fewer multiply-adds.
+- :func:`conv2d_prepared`: a conv whose weight was prepared once (spectral norm divided, cast
+  to the compute dtype, channels_last, on CPU oneDNN's blocked layout: prepacking), with the
+  residual add fused into the convolution;
+- :func:`tap_indices` / :func:`onehot_conv_rows`: a conv whose input is an exact one-hot map
+  (the generator's ``fc``, SPADE's ``mlp_shared``) as a sum of gathered weight rows
+  (``embedding_bag``): it reads only the weights of the classes present, ~150x fewer
+  multiply-adds;
+- :func:`class_affine`: CLADE's per-class modulation, rows gathered tile by tile on CPU so
+  they are used while in cache, with the following leaky_relu and the ICPE scaling applied
+  to the same tile.
 
-``accelerate(G, ...)`` adds opt-in options on top (compute dtype, ``torch.compile``, CUDA
-graphs, cuDNN autotuning, glibc allocator tuning on CPU) and returns a callable with G's
-call signature.
+``accelerate(G_fast, ...)`` adds opt-in options on top (compute dtype, ``torch.compile``,
+CUDA graphs, cuDNN autotuning, glibc allocator tuning on CPU) and returns a callable with
+G's call signature.
 
-    fast = accelerate(G.eval(), dtype=torch.bfloat16)
+    fast = accelerate(fuse_for_inference(G), dtype=torch.bfloat16)
     image = fast(semantic)
 """
 from __future__ import annotations
@@ -49,7 +41,7 @@ _graph_safe = False       # see graph_safe()
 
 @contextlib.contextmanager
 def graph_safe():
-    """Within the block the fast path makes no data-dependent choice (no host-device sync),
+    """Within the block the fused model makes no data-dependent choice (no host-device sync),
     as CUDA graph capture requires: e.g. convs on the one-hot map stay convolutions."""
     global _graph_safe
     before, _graph_safe = _graph_safe, True
@@ -66,7 +58,7 @@ def syncs_allowed() -> bool:
 
 
 def data_dependent_choices() -> bool:
-    """Whether the fast path may look at input values to choose how to compute."""
+    """Whether the fused model may look at input values to choose how to compute."""
     return not _graph_safe and syncs_allowed()
 
 
@@ -78,93 +70,23 @@ def native_bf16(device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _native_bf16(device_type: str) -> bool:
-    # Asked per conv call by the eval fast path: a hardware fact, looked up once.
+    # Asked per conv call: a hardware fact, looked up once.
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device_type == "cpu" and torch.backends.mkldnn.is_available() and bool(_MKLDNN._is_mkldnn_bf16_supported())
 
 
-# ----------------------------------------------------------------------------- caches
-def tensor_key(*tensors) -> tuple | None:
-    """Identity of tensors' current contents: storage pointer, version counter, dtype, device.
-
-    None when some tensor has no version counter (inference tensors): then nothing is cached.
-    """
-    if torch.compiler.is_compiling():
-        return None
-    key = []
-    for t in tensors:
-        if t is None:
-            key.append(None)
-            continue
-        try:
-            key.append((t.data_ptr(), t._version, t.dtype, t.device))
-        except RuntimeError:  # inference tensors do not track versions
-            return None
-    return tuple(key)
-
-
-def eval_cache(module: nn.Module, slot: str, key, compute):
-    """``compute()``, remembered on ``module`` under ``slot`` for as long as ``key`` is unchanged.
-
-    Stored in the module's ``__dict__`` (not a buffer: never in ``state_dict``). One entry per
-    slot, so alternating input shapes recompute; ``key=None`` disables caching.
-    """
-    if key is None or torch.compiler.is_compiling():
-        return compute()
-    store = module.__dict__.setdefault("_eval_cache", {})
-    hit = store.get(slot)
-    if hit is None or hit[0] != key:
-        hit = (key, compute())
-        store[slot] = hit
-    return hit[1]
-
-
-def clear_eval_caches(root: nn.Module) -> None:
-    """Drop every cached eval weight under ``root`` (frees their memory)."""
-    for m in root.modules():
-        m.__dict__.pop("_eval_cache", None)
-
-
-def has_user_hooks(module: nn.Module) -> bool:
-    """True if hooks other than spectral norm's are registered (then call the module itself)."""
-    pre = [h for h in module._forward_pre_hooks.values() if not isinstance(h, SpectralNorm)]
-    return bool(pre or module._forward_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
-
-
-def leaky_relu_output(producer: nn.Module, t: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
-    """``leaky_relu(t)`` for ``t`` fresh from ``producer``: in place, unless a hook on the
-    producer may have kept a reference to ``t``."""
-    if has_user_hooks(producer):
-        return F.leaky_relu(t, negative_slope)
-    return F.leaky_relu_(t, negative_slope)
-
-
-# ----------------------------------------------------------------------------- weights
-def spectral_hook(conv: nn.Module) -> SpectralNorm | None:
+# ----------------------------------------------------------------------------- convs
+def conv_weight(conv: nn.Module) -> torch.Tensor:
+    """The weight a conv uses in eval mode: ``weight_orig / sigma`` under spectral norm."""
     for hook in conv._forward_pre_hooks.values():
         if isinstance(hook, SpectralNorm) and hook.name == "weight":
-            return hook
-    return None
+            return hook.compute_weight(conv, do_power_iteration=False)
+    return conv.weight
 
 
-def conv_weight_key(conv: nn.Module) -> tuple | None:
-    """Cache key of a conv's effective weight and bias (spectral-norm sources included)."""
-    if spectral_hook(conv) is not None:
-        return tensor_key(conv.weight_orig, conv.weight_u, conv.weight_v, conv.bias)
-    return tensor_key(conv.weight, conv.bias)
-
-
-def conv_weight(conv: nn.Module) -> torch.Tensor:
-    """The weight the conv uses in eval mode: ``weight_orig / sigma`` under spectral norm."""
-    hook = spectral_hook(conv)
-    if hook is None:
-        return conv.weight
-    return hook.compute_weight(conv, do_power_iteration=False)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """x's dtype, or autocast's when autocast is on for x's device."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
@@ -178,62 +100,48 @@ def _can_prepack(x: torch.Tensor, dtype: torch.dtype) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def conv2d_cached(owner: nn.Module, slot: str, key, make_weight_bias, x: torch.Tensor,
-                  padding: int, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``conv2d(x, *make_weight_bias(), padding) (+ residual)`` with the weight prepared once.
+def conv2d_prepared(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                    prepared: dict, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding) (+ residual)``, stride 1, with the weight prepared once.
 
-    ``make_weight_bias() -> (weight, bias)`` in any dtype/layout; it is called again only when
-    ``key`` (see :func:`tensor_key`), the compute dtype, x's layout or x's shape change. On
-    CPU with channels_last input the weight is prepacked for oneDNN and the residual add
-    is fused into the convolution.
+    ``prepared`` is the caller's store of prepared weights (one entry per compute dtype and
+    layout; on CPU with channels_last input, per input shape: oneDNN's prepacked layout,
+    with the residual add fused into the convolution). The caller empties it when ``weight``
+    changes. Nothing is stored while compiling.
     """
     global _prepack_broken
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     if _can_prepack(x, dtype):
-        def pack():
-            w, b = make_weight_bias()
-            w = w.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-            p = [padding, padding]
-            packed = _MKLDNN._reorder_convolution_weight(w, p, [1, 1], [1, 1], 1, list(x.shape))
-            return packed, (None if b is None else b.detach().to(dtype))
-        packed, bias = eval_cache(owner, slot, None if key is None else (key, dtype, "packed", tuple(x.shape)), pack)
+        key = ("packed", dtype, tuple(x.shape))
+        if key not in prepared:
+            w = weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+            packed = _MKLDNN._reorder_convolution_weight(w, [padding, padding], [1, 1], [1, 1], 1, list(x.shape))
+            prepared[key] = (packed, None if bias is None else bias.detach().to(dtype))
+        packed, b = prepared[key]
         p = [padding, padding]
         try:
             if residual is None:
-                return _MKLDNN._convolution_pointwise(x, packed, bias, p, [1, 1], [1, 1], 1, "none", [], "")
+                return _MKLDNN._convolution_pointwise(x, packed, b, p, [1, 1], [1, 1], 1, "none", [], "")
             residual = residual.to(dtype).contiguous(memory_format=torch.channels_last)
-            return _MKLDNN._convolution_pointwise.binary(x, residual, packed, bias, p, [1, 1], [1, 1], 1,
+            return _MKLDNN._convolution_pointwise.binary(x, residual, packed, b, p, [1, 1], [1, 1], 1,
                                                          "add", None, None, [], None)
         except RuntimeError:  # an unsupported case on this build: dense weights from now on
             _prepack_broken = True
 
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
         else torch.contiguous_format
-
-    def dense():
-        w, b = make_weight_bias()
-        return w.detach().to(dtype).contiguous(memory_format=fmt), (None if b is None else b.detach().to(dtype))
-    w, b = eval_cache(owner, slot, None if key is None else (key, dtype, fmt), dense)
+    key = ("dense", dtype, fmt)
+    if torch.compiler.is_compiling():
+        w, b = weight.to(dtype).contiguous(memory_format=fmt), None if bias is None else bias.to(dtype)
+    else:
+        if key not in prepared:
+            prepared[key] = (weight.detach().to(dtype).contiguous(memory_format=fmt),
+                             None if bias is None else bias.detach().to(dtype))
+        w, b = prepared[key]
     out = F.conv2d(x, w, b, padding=padding)
     if residual is None:
         return out
     return out.add_(residual) if out.dtype == residual.dtype else out + residual
-
-
-def conv_eval(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``conv(x) (+ residual)`` in eval mode without autograd, with cached weights.
-
-    Falls back to calling the module when it has user hooks or options the fast call does
-    not cover (stride, dilation, groups, non-zero padding modes).
-    """
-    simple = (conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-              and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-              and conv.padding[0] == conv.padding[1] and conv.kernel_size[0] == conv.kernel_size[1])
-    if not simple or has_user_hooks(conv):
-        out = conv(x)
-        return out if residual is None else out + residual
-    return conv2d_cached(conv, "conv", conv_weight_key(conv), lambda: (conv_weight(conv), conv.bias),
-                         x, conv.padding[0], residual)
 
 
 # ----------------------------------------------------------------------------- one-hot convs
@@ -251,43 +159,30 @@ def tap_indices(label: torch.Tensor, kernel_size: int, classes: int) -> torch.Te
     return (torch.stack(taps, dim=-1) + offsets).reshape(n * h * w, kernel_size * kernel_size)
 
 
-def onehot_conv(conv: nn.Conv2d, taps: torch.Tensor, out_size, classes: int,
-                edge: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``conv(cat(one_hot(label, classes), edge))`` as a sum of gathered weight rows.
+def onehot_conv_rows(weight: torch.Tensor, bias: torch.Tensor | None, classes: int) -> torch.Tensor:
+    """The row table of :func:`onehot_conv` for a conv ``weight`` [O, Cin, k, k] whose first
+    ``classes`` input channels are one-hot: one row per (tap, class), a zero row after each
+    tap (padding), the bias last. [k * k * (classes + 1) + 1, O], float32."""
+    w = weight.detach().float()
+    rows = w[:, :classes].permute(2, 3, 1, 0)                  # [k, k, classes, O]
+    rows = F.pad(rows, (0, 0, 0, 1)).reshape(-1, w.shape[0])   # zero row after each tap
+    bias = bias.detach().float()[None] if bias is not None else rows.new_zeros(1, w.shape[0])
+    return torch.cat([rows, bias])
 
-    ``taps`` from :func:`tap_indices`; ``edge`` [N, 1, H, W] the instance-edge channel when the
-    conv has one more input channel than ``classes``. Equal to the convolution up to
-    floating-point summation order; output [N, out_channels, H, W], channels_last.
+
+def onehot_conv(rows: torch.Tensor, taps: torch.Tensor, out_size) -> torch.Tensor:
+    """``conv(one_hot(label))`` as a sum of gathered rows: ``rows`` from
+    :func:`onehot_conv_rows` (in the compute dtype), ``taps`` from :func:`tap_indices`.
+
+    Equal to the convolution up to floating-point summation order; output
+    [N, out_channels, H, W], channels_last. Other input channels (the instance edge) are
+    the caller's to add.
     """
-    k = conv.kernel_size[0]
-
-    def table():
-        w = conv_weight(conv).detach().float()               # [O, Cin, k, k]
-        rows = w[:, :classes].permute(2, 3, 1, 0)           # [k, k, classes, O]
-        rows = F.pad(rows, (0, 0, 0, 1)).reshape(-1, w.shape[0])  # zero row after each tap
-        bias = conv.bias.detach().float()[None] if conv.bias is not None else rows.new_zeros(1, w.shape[0])
-        return torch.cat([rows, bias]).to(dtype)
-    weights = eval_cache(conv, "onehot", (conv_weight_key(conv), dtype, classes), table)
     n = taps.shape[0]
-    bias_row = taps.new_full((n, 1), weights.shape[0] - 1)
-    out = F.embedding_bag(torch.cat([taps, bias_row], 1), weights, mode="sum")
+    bias_row = taps.new_full((n, 1), rows.shape[0] - 1)
+    out = F.embedding_bag(torch.cat([taps, bias_row], 1), rows, mode="sum")
     n_img, (h, w) = n // (out_size[0] * out_size[1]), out_size
-    out = out.view(n_img, h, w, -1).permute(0, 3, 1, 2)
-    if edge is not None:
-        def edge_weight():
-            return conv_weight(conv)[:, classes:].detach(), None
-        out = out + conv2d_cached(conv, "onehot_edge", (conv_weight_key(conv), classes),
-                                  edge_weight, edge.to(dtype), k // 2)
-    return out
-
-
-def onehot_conv_applies(conv: nn.Module, classes: int, has_edge: bool) -> bool:
-    """Whether :func:`onehot_conv` can replace ``conv`` (plain odd-kernel 'same' conv, no hooks)."""
-    return (isinstance(conv, nn.Conv2d) and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
-            and conv.padding == (conv.kernel_size[0] // 2,) * 2
-            and conv.in_channels == classes + int(has_edge) and not has_user_hooks(conv))
+    return out.view(n_img, h, w, -1).permute(0, 3, 1, 2)
 
 
 # ----------------------------------------------------------------------------- class modulation
@@ -382,10 +277,11 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
 
 # ----------------------------------------------------------------------------- accelerate
 class Accelerated(nn.Module):
-    """``G`` behind opt-in accelerations, with G's call signature ``(semantic, z=None, dist=None)``.
+    """A generator (normally the fused model, ``models.fuse_for_inference(G)``) behind opt-in
+    accelerations, with its call signature ``(semantic, z=None, dist=None)``.
 
-    Holds G itself (no weight copy), so it follows later weight changes, except with
-    ``compile=True`` where inductor's freezing snapshots the weights at the first call.
+    Holds the model itself (no weight copy); with ``compile=True`` inductor's freezing
+    snapshots the weights at the first call.
     """
 
     def __init__(self, G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype | None = None,
@@ -408,7 +304,7 @@ class Accelerated(nn.Module):
     def forward(self, semantic: torch.Tensor, z: torch.Tensor | None = None,
                 dist: torch.Tensor | None = None) -> torch.Tensor:
         if self.G.training:
-            raise ValueError("accelerate() is for inference; call G.eval() first (train with G itself)")
+            raise ValueError("accelerate() is for inference; pass models.fuse_for_inference(G) (train with G itself)")
         with torch.inference_mode():
             if self.cuda_graphs and semantic.is_cuda:
                 return self._graphed(semantic, z, dist)
@@ -442,14 +338,15 @@ def accelerate(G: nn.Module, *, channels_last: bool = True, dtype: torch.dtype |
                compile: bool = False, compile_mode: str | None = None,
                cuda_graphs: bool = False, cudnn_benchmark: bool = True,
                cpu_allocator: bool = True) -> Accelerated:
-    """G (in eval mode) behind opt-in inference accelerations; same call signature as G.
+    """A model for inference (normally ``models.fuse_for_inference(G)``) behind opt-in
+    accelerations; same call signature as G.
 
-    - ``dtype``: compute dtype of the fast path, e.g. ``torch.bfloat16`` (weights and
+    - ``dtype``: compute dtype of the fused model, e.g. ``torch.bfloat16`` (weights and
       activations in bf16, tables folded in fp32 then cast; output float32).
     - ``compile``: ``torch.compile`` the call (``compile_mode`` e.g. ``"reduce-overhead"``
       for CUDA graphs through inductor, ``"max-autotune"``). On CPU, inductor's freezing is
       switched on so weights are folded and prepacked at compile time: the compiled
-      callable then snapshots G's weights (accelerate again after changing them).
+      callable then snapshots the weights.
     - ``cuda_graphs``: capture one CUDA graph per input shape and replay it (batch-1
       latency is launch-bound). Returns a copy of the static output.
     - ``cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (autotuned conv algorithms).

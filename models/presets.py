@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_preset  # noqa: F401 (re-exported)
 
-NORMS = ("spade", "clade", "clade-icpe")
+from .registry import norm_spec, registered_norms
+
+# The built-in kinds (models/registry.py); registered_norms() also lists those registered later.
+NORMS = registered_norms()
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
 
 # Network options of the official dataset classes, on top of the dataset facts of data.presets.
@@ -22,11 +25,10 @@ PRESETS: dict[str, dict] = {name: {**facts, "num_upsampling_layers": UPSAMPLING_
 
 
 def canonical_norm(norm: str) -> str:
-    """Return the canonical norm name ('clade_icpe' is accepted for 'clade-icpe')."""
-    name = norm.replace("_", "-").lower()
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
-    return name
+    """Return the registered norm name ('clade_icpe' is accepted for 'clade-icpe')."""
+    if norm in registered_norms():
+        return norm
+    return norm_spec(norm.replace("_", "-").lower()).name
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class LabelConfig:
 class GeneratorConfig(LabelConfig):
     """Every option of the SPADE / CLADE / CLADE-ICPE generator."""
 
-    norm: str = "spade"                  # spade | clade | clade-icpe
+    norm: str = "spade"                  # a registered norm: spade | clade | clade-icpe | ...
     ngf: int = 64                        # channels of the last block; the first has 16 * ngf
     crop_size: int = 256                 # output width
     aspect_ratio: float = 1.0            # width / height
@@ -65,8 +67,7 @@ class GeneratorConfig(LabelConfig):
     spectral: bool = True                # spectral norm on the residual convs
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; expected one of {list(NORMS)}")
+        norm_spec(self.norm)  # ValueError listing the registered norms
         if self.num_upsampling_layers not in UPSAMPLING_DEPTHS:
             raise ValueError(f"num_upsampling_layers={self.num_upsampling_layers!r}; "
                              f"expected one of {list(UPSAMPLING_DEPTHS)}")

@@ -14,7 +14,7 @@ import torch
 from analysis.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops
 from analysis.cost_figures import latency_vs_macs, op_breakdown
 from analysis.costs import generator_inputs
-from models import build_generator
+from models import build_generator, fuse_for_inference
 
 from .. import speed
 from ..context import RunContext
@@ -33,7 +33,7 @@ def _settings(ctx: RunContext) -> dict:
 def _profile(preset: str, norms, device) -> pd.DataFrame:
     tables = []
     for norm in norms:
-        G = build_generator(preset, norm, device=device).eval()
+        G = fuse_for_inference(build_generator(preset, norm, device=device))
         args, kwargs = generator_inputs(G.config, device=device)
         tables.append(profile_ops(forward_fn(G, args, kwargs, device=device), runs=2).assign(preset=preset, norm=norm))
     return pd.concat(tables, ignore_index=True)[["preset", "norm", "op", "calls", "self_ms", "share"]]

@@ -11,7 +11,7 @@ import logging
 import pandas as pd
 
 from analysis.cost_figures import per_layer_bars, stage_share
-from analysis.costs import OVERHEAD_DEFINITION, ROLES, cost_tables
+from analysis.costs import OVERHEAD_DEFINITION, PROGRAM_COUNTED, ROLES, cost_tables
 
 from ..context import RunContext
 
@@ -39,6 +39,7 @@ def run(ctx: RunContext) -> dict:
     summary, per_layer, crosscheck = cost_tables(presets, norms, device="cpu", reference_dir=reference)
     summary = compare_with_spade(summary, crosscheck)
     meta = dict(presets=presets, norms=norms, batch=1, mode="eval, no_grad", reference_dir=str(reference),
+                program=PROGRAM_COUNTED,
                 units="GMACs = 1e9 multiply-accumulates; fvcore counts one multiply-add as one flop",
                 modulation_overhead=OVERHEAD_DEFINITION, roles=ROLES)
     ctx.write_table(summary, "costs", **meta)

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from data.datasets import build_dataset
 from data.labels import make_semantic
-from models import NORMS, load_generator_dir
-from models import release
+from models import NORMS, fuse_for_inference, load_generator_dir, release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
 from models.sample_grid import colorize_labels
@@ -108,6 +107,7 @@ def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dis
 def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
     """Images [N, 3, H, W] in [-1, 1] of ``generator`` (eval mode) for the samples' label maps."""
     cfg = generator.config
+    generator = fuse_for_inference(generator)
     out = []
     with torch.no_grad():
         for i in range(0, len(samples["label"]), batch_size):
@@ -137,7 +137,7 @@ def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFr
                      "gmacs_fvcore": table["gmacs_fvcore"].sum(),
                      "modulation_gmacs_fvcore": modulation["gmacs_fvcore"].sum(),
                      "gmacs_complete": table["gmacs_complete"].sum()})
-        calls[norm] = (lambda g=generator, a=args, k=kwargs: g(*a, **k))
+        calls[norm] = (lambda g=fuse_for_inference(generator), a=args, k=kwargs: g(*a, **k))  # the fused model
     with torch.no_grad():
         times = time_interleaved(calls, warmup=3, repeats=latency_repeats, device=device)
     for row in rows:

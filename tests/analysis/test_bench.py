@@ -62,6 +62,7 @@ def test_bench_generators_returns_documented_columns():
                              repeats=2, warmup=0, ngf=4, crop_size=32)
     assert list(table.columns) == BENCH_COLUMNS
     assert len(table) == 4 and set(table["mode"]) == {"eager"} and set(table["batch"]) == {1, 2}
+    assert set(table["program"]) == {"fused"}
     assert (table.n == 2).all() and (table.median_ms > 0).all() and (table.peak_mem_mb > 0).all()
     assert (table.gmacs_fvcore[table.norm == "spade"].to_numpy() > table.gmacs_fvcore[table.norm == "clade"].to_numpy()).all()
     assert (table.threads == 1).all() and (table.torch == torch.__version__).all()

@@ -12,6 +12,7 @@ from analysis.context import RunContext
 from analysis.options import EvalOptions
 from analysis.report import build_report, write_report
 from fileio import write_json_atomic
+from models import norm_spec
 
 
 def test_pareto_front_on_hand_made_points():
@@ -97,7 +98,7 @@ def test_an_extra_method_gets_its_own_colour_and_legend_entry():
     another = df.iloc[[0]].assign(method="Another clade", norm="clade", miou_proxy=0.3)  # a known norm, again
     df = pd.concat([df, extra, another], ignore_index=True)
     colors = roi.method_colors(roi._methods(df))
-    assert len(set(colors.values())) == 5 and colors["CLADE"] == roi.METHOD_COLORS["clade"]
+    assert len(set(colors.values())) == 5 and colors["CLADE"] == norm_spec("clade").color
     for plot in (roi.plot_quality_vs_cost, roi.plot_modulation_roi):
         fig = plot(df)
         legend = [t.get_text() for t in fig.legends[0].get_texts()]

@@ -1,4 +1,4 @@
-"""The plain-vs-fast comparison (analysis/speed.py) on a tiny generator."""
+"""The reference-vs-fused comparison (analysis/speed.py) on a tiny generator."""
 import importlib
 import json
 import sys
@@ -33,10 +33,10 @@ def test_run_compare_writes_table_and_figure(tmp_path, speed):
     summary = speed.run_compare(ctx)
     df = pd.read_csv(tmp_path / "tables" / "speed_compare.csv")
     assert set(speed.COLUMNS) <= set(df.columns)
-    assert set(df["variant"]) == {"official-equiv", "plain", "fast", "fast-bf16"}
+    assert set(df["variant"]) == {"official-equiv", "reference", "fused", "fused-bf16"}
     assert set(df["norm"]) == {"spade", "clade", "clade-icpe"}
     assert df["within_tolerance"].all(), df[["norm", "variant", "max_abs_diff", "tolerance"]]
-    assert (df.loc[df["variant"] == "plain", "speedup_vs_plain"] == 1).all()
+    assert (df.loc[df["variant"] == "reference", "speedup_vs_reference"] == 1).all()
     assert (tmp_path / "figures" / "speed_compare.png").stat().st_size > 0
     meta = json.loads((tmp_path / "tables" / "speed_compare.meta.json").read_text())
     assert meta["fp32_tolerance"] == speed.FP32_TOLERANCE

@@ -27,12 +27,3 @@ def test_shared_resizing_equals_official_per_layer_resizing(norm, options):
             official = G(semantic, dist=dist)
     assert torch.allclose(ours, official, atol=1e-6)
     assert ours.shape == (2, 3, h, w)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
-@pytest.mark.parametrize("size", [(8, 8), (7, 5), (24, 40), (64, 96)])
-def test_index_resize_picks_the_pixels_interpolate_picks(size, dtype):
-    from models.norms import _nearest, _nearest_gather
-    t = (torch.rand(2, 3, 24, 40) * 100).to(dtype)
-    assert torch.equal(_nearest_gather(t, size), _nearest(t.float(), size).to(dtype))
-    assert _nearest_gather(t, size).dtype == dtype

@@ -1,4 +1,4 @@
-"""The eval fast path (models/fast.py) gives the plain path's result, and steps aside when it must."""
+"""The fused inference model (models.fusion) computes the reference model's function."""
 import copy
 
 import pytest
@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.labels import make_semantic
-from models import build_generator
-from models.fast import _class_affine_expression, accelerate, class_affine, clear_eval_caches, graph_safe, onehot_conv, tap_indices
-from models.norms import Conditioning
+from models import SPADE, CLADE, build_generator, fuse_for_inference
+from models.fast import _class_affine_expression, accelerate, class_affine, graph_safe, onehot_conv, onehot_conv_rows, tap_indices
+from models.fusion import FusedCLADE, FusedConditioning, FusedGenerator, FusedSPADE
 
 FP32_TOL = 1e-4
-BF16_TOL = 5e-2  # analysis.speed.BF16_TOLERANCE: bf16 output vs fp32 plain output (tanh range [-1, 1])
+BF16_TOL = 5e-2  # analysis.speed.BF16_TOLERANCE: bf16 output vs fp32 reference output (tanh range [-1, 1])
 
 CONFIGS = {
     "edge": dict(label_nc=5, ngf=4, crop_size=64, no_instance=False),
@@ -20,7 +20,6 @@ CONFIGS = {
                          no_instance=True),
     "instance-norm": dict(label_nc=4, ngf=4, crop_size=64, param_free_norm="instance"),
 }
-
 
 
 def calibrated(norm, **options):
@@ -52,142 +51,117 @@ def inputs(G, n=2, seed=0):
     return make_semantic(label, instance, G.config), dist
 
 
-def run(G, semantic, dist, fast, **kwargs):
-    G.fast_eval = fast
-    try:
-        with torch.no_grad():
-            return G(semantic, dist=dist, **kwargs)
-    finally:
-        G.fast_eval = True
+def reference(G, semantic, dist):
+    with torch.no_grad():
+        return G.eval()(semantic, dist=dist)
 
 
 @pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_fast_eval_equals_plain(norm, config):
+def test_fused_equals_reference(norm, config):
     G = calibrated(norm, **CONFIGS[config])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
-    fast = run(G, semantic, dist, fast=True)
+    plain = reference(G, semantic, dist)
+    G_fast = fuse_for_inference(G)
+    fast = G_fast(semantic, dist=dist)
     assert plain.abs().max() < 0.99, "saturated output: the comparison would be vacuous"
     assert (fast - plain).abs().max() < FP32_TOL
     assert fast.dtype == plain.dtype and fast.is_contiguous()
-    bf16 = run(G, semantic, dist, fast=True, dtype=torch.bfloat16)
+    bf16 = G_fast(semantic, dist=dist, dtype=torch.bfloat16)
     assert bf16.dtype == torch.float32
     assert (bf16 - plain).abs().max() < BF16_TOL
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = run(G, semantic, dist, fast=True)
+        autocast = G_fast(semantic, dist=dist)
     assert (autocast.float() - plain).abs().max() < BF16_TOL
 
 
-def test_fast_path_is_taken_only_in_eval_without_autograd():
-    G = calibrated("clade", **CONFIGS["edge"])
-    assert not G.train().uses_fast_path()
-    G.eval()
-    assert not G.uses_fast_path()  # autograd on
+def test_vae_generator_is_fused_exactly():
+    G = calibrated("spade", use_vae=True, **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    z = torch.randn(semantic.shape[0], G.config.z_dim)
     with torch.no_grad():
-        assert G.uses_fast_path()
-        G.fast_eval = False
-        assert not G.uses_fast_path()
-    with torch.inference_mode():
-        G.fast_eval = True
-        assert G.uses_fast_path()
+        plain = G(semantic, z=z)
+    assert (fuse_for_inference(G)(semantic, z=z) - plain).abs().max() < FP32_TOL
 
 
-def test_dtype_outside_the_fast_path_is_refused():
+@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
+def test_built_in_layers_are_fused(norm):
+    G_fast = fuse_for_inference(calibrated(norm, **CONFIGS["edge"]))
+    assert type(G_fast) is FusedGenerator
+    assert type(G_fast.up_0.norm_0) is (FusedSPADE if norm == "spade" else FusedCLADE)
+
+
+def test_fusion_leaves_the_reference_unchanged_and_independent():
+    G = calibrated("spade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    state = copy.deepcopy(G.state_dict())
+    G_fast = fuse_for_inference(G)
+    before = G_fast(semantic, dist=dist)
+    assert all(torch.equal(state[k], v) for k, v in G.state_dict().items())
+    assert G.head_0.norm_0.mlp_gamma.weight.requires_grad  # G still trains
+    with torch.no_grad():
+        for p in G.parameters():
+            p.mul_(1.05)
+    assert torch.equal(G_fast(semantic, dist=dist), before)  # conversion reads G's weights once
+    assert (reference(G, semantic, dist) - before).abs().max() > 1e-3
+    assert (fuse_for_inference(G)(semantic, dist=dist) - reference(G, semantic, dist)).abs().max() < FP32_TOL
+
+
+def test_reference_refuses_a_compute_dtype():
     G = calibrated("clade", **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    with pytest.raises(ValueError, match="fast path only"):
-        G.train()(semantic, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="fuse_for_inference"):
+        G(semantic, dtype=torch.bfloat16)
+
+
+class ShiftedSPADE(SPADE):
+    """A user subclass: the fused model must not replace its modulation with SPADE's."""
+
+    def modulation(self, cond, size):
+        scale, shift = super().modulation(cond, size)
+        return scale * 0.5, shift + 1.0
+
+
+class ConstantCLADE(CLADE):
+    def modulation(self, cond, size):
+        gamma, beta = super().modulation(cond, size)
+        return torch.ones_like(gamma), beta
+
+
+@pytest.mark.parametrize("norm,cls", [("spade", ShiftedSPADE), ("clade", ConstantCLADE)])
+def test_subclass_overriding_modulation_stays_unfused(norm, cls):
+    G = calibrated(norm, **CONFIGS["edge"])
+    original = reference(G, *inputs(G))
+    G.up_1.norm_0.__class__ = cls   # same weights, the subclass's modulation
+    semantic, dist = inputs(G)
+    plain = reference(G, semantic, dist)
+    assert (plain - original).abs().max() > 1e-3
+    G_fast = fuse_for_inference(G)
+    assert type(G_fast.up_1.norm_0) is cls and type(G_fast.up_0.norm_0) is not cls
+    assert (G_fast(semantic, dist=dist) - plain).abs().max() < FP32_TOL
+    assert (G_fast(semantic, dist=dist, dtype=torch.bfloat16) - plain).abs().max() < BF16_TOL
+
+
+def test_modulation_override_stays_unfused():
+    G = calibrated("clade", **CONFIGS["edge"])
+    semantic, dist = inputs(G)
+    normal = reference(G, semantic, dist)
+    G.up_1.norm_0.modulation_override = lambda cond, size: (1.0, 0.0)
+    plain = reference(G, semantic, dist)
+    fast = fuse_for_inference(G)(semantic, dist=dist)
+    assert (fast - plain).abs().max() < FP32_TOL
+    assert (fast - normal).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("norm", ["spade", "clade-icpe"])
 def test_channels_last_input_and_accelerate(norm):
     G = calibrated(norm, **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
-    fast = run(G, semantic.contiguous(memory_format=torch.channels_last), dist, fast=True)
-    assert (fast - plain).abs().max() < FP32_TOL
-    assert (accelerate(G)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
-    assert (accelerate(G, dtype=torch.bfloat16)(semantic, dist=dist) - plain).abs().max() < BF16_TOL
-
-
-def test_cached_weights_follow_optimizer_steps_and_load_state_dict():
-    G = calibrated("clade", **CONFIGS["edge"])
-    semantic, dist = inputs(G)
-    before = run(G, semantic, dist, fast=True)  # fills the caches
-    opt = torch.optim.Adam(G.parameters(), lr=1e-2)
-    G.train()
-    G(semantic).square().mean().backward()  # also a spectral-norm power iteration
-    opt.step()
-    G.eval()
-    after = run(G, semantic, dist, fast=True)
-    assert (after - before).abs().max() > 1e-3
-    assert (after - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
-
-    other = calibrated("clade", **CONFIGS["edge"])
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    G.load_state_dict(other.state_dict())
-    assert (run(G, semantic, dist, fast=True) - run(other, semantic, dist, fast=False)).abs().max() < FP32_TOL
-
-
-def test_writes_through_data_need_clear_eval_caches():
-    G = calibrated("clade", **CONFIGS["edge"])
-    semantic, dist = inputs(G)
-    run(G, semantic, dist, fast=True)
-    G.head_0.conv_0.weight_orig.data.mul_(2)  # .data bypasses version counters
-    clear_eval_caches(G)
-    assert (run(G, semantic, dist, fast=True) - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
-
-
-def test_modulation_override_is_respected_in_eval():
-    G = calibrated("clade", **CONFIGS["edge"])
-    semantic, dist = inputs(G)
-    normal = run(G, semantic, dist, fast=True)
-    calls = []
-
-    def identity(cond, size):
-        calls.append(tuple(size))
-        return 1.0, 0.0
-    G.up_1.norm_0.modulation_override = identity
-    plain = run(G, semantic, dist, fast=False)
-    fast = run(G, semantic, dist, fast=True)
-    assert len(calls) == 2
-    assert (fast - plain).abs().max() < FP32_TOL
-    assert (fast - normal).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
-def test_hooked_norm_output_is_not_modified_in_place(norm):
-    G = calibrated(norm, **CONFIGS["edge"])
-    semantic, dist = inputs(G)
-    seen = {}
-    G.up_0.norm_1.register_forward_hook(lambda m, i, o: seen.setdefault(len(seen), o))
-    run(G, semantic, dist, fast=False)
-    run(G, semantic, dist, fast=True)
-    plain, fast = seen[0], seen[1]
-    assert (fast - plain).abs().max() < FP32_TOL
-    assert fast.min() < -1e-3  # leaky_relu did not run in place on it
-
-
-@pytest.mark.parametrize("norm", ["spade", "clade-icpe"])
-def test_train_mode_is_unchanged(norm):
-    """Training never takes the fast path: same outputs, gradients and running statistics."""
-    G1 = calibrated(norm, **CONFIGS["edge"])
-    G2 = copy.deepcopy(G1)
-    G2.fast_eval = False
-    semantic, dist = inputs(G1)
-    outs, grads = [], []
-    for G in (G1, G2):
-        G.train()
-        out = G(semantic, dist=dist)
-        out.square().mean().backward()
-        outs.append(out)
-        grads.append({n: p.grad for n, p in G.named_parameters()})
-    assert torch.equal(outs[0], outs[1])
-    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
-    assert all(torch.equal(a, b) for a, b in zip(G1.buffers(), G2.buffers()))
+    plain = reference(G, semantic, dist)
+    G_fast = fuse_for_inference(G)
+    assert (G_fast(semantic.contiguous(memory_format=torch.channels_last), dist=dist) - plain).abs().max() < FP32_TOL
+    assert (accelerate(G_fast)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
+    assert (accelerate(G_fast, dtype=torch.bfloat16)(semantic, dist=dist) - plain).abs().max() < BF16_TOL
 
 
 def test_eval_with_autograd_gives_input_gradients():
@@ -198,14 +172,14 @@ def test_eval_with_autograd_gives_input_gradients():
     assert semantic.grad is not None and semantic.grad.abs().sum() > 0
 
 
-def test_syncbatchnorm_conversion_keeps_the_fast_path_exact():
+def test_syncbatchnorm_conversion_is_fused_exactly():
     G = nn.SyncBatchNorm.convert_sync_batchnorm(calibrated("clade", **CONFIGS["edge"])).eval()
     semantic, dist = inputs(G)
-    assert (run(G, semantic, dist, fast=True) - run(G, semantic, dist, fast=False)).abs().max() < FP32_TOL
+    assert (fuse_for_inference(G)(semantic, dist=dist) - reference(G, semantic, dist)).abs().max() < FP32_TOL
 
 
-def test_tracing_sees_the_plain_path():
-    """fvcore traces with torch.jit; its counts must be those of the plain (official) ops."""
+def test_tracing_sees_the_reference_ops():
+    """fvcore traces with torch.jit; its counts must be those of the reference (official) ops."""
     G = calibrated("clade", **CONFIGS["edge"])
     semantic, _ = inputs(G, n=1)
     with torch.no_grad():
@@ -223,7 +197,9 @@ def test_onehot_conv_equals_conv(edge):
     edge_map = torch.randint(0, 2, (2, 1, 9, 11)).float() if edge else None
     x = torch.cat([onehot, edge_map], 1) if edge else onehot
     with torch.no_grad():
-        fast = onehot_conv(conv, tap_indices(label, k, classes), (9, 11), classes, edge_map)
+        fast = onehot_conv(onehot_conv_rows(conv.weight, conv.bias, classes), tap_indices(label, k, classes), (9, 11))
+        if edge:
+            fast = fast + F.conv2d(edge_map, conv.weight[:, classes:], padding=1)
         assert (fast - conv(x)).abs().max() < 1e-5
 
 
@@ -232,50 +208,60 @@ def test_soft_semantic_maps_fall_back_to_convolutions():
     semantic, dist = inputs(G)
     soft = semantic.clone()
     soft[:, : G.config.class_nc] = soft[:, : G.config.class_nc] * 0.9 + 0.1 / G.config.class_nc
-    cond = Conditioning(soft, G.config.class_nc, has_edge=True)
-    assert not cond.one_hot_at(soft.shape[-2:])
-    assert Conditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at(semantic.shape[-2:])
-    assert (run(G, soft, dist, fast=True) - run(G, soft, dist, fast=False)).abs().max() < FP32_TOL
+    assert not FusedConditioning(soft, G.config.class_nc, has_edge=True).one_hot_at(soft.shape[-2:])
+    assert FusedConditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at(semantic.shape[-2:])
+    assert (fuse_for_inference(G)(soft, dist=dist) - reference(G, soft, dist)).abs().max() < FP32_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+@pytest.mark.parametrize("size", [(8, 8), (7, 5), (24, 40), (64, 96)])
+def test_index_resize_picks_the_pixels_interpolate_picks(size, dtype):
+    t = (torch.rand(2, 3, 24, 40) * 100).to(dtype)
+    picked = FusedConditioning(t, 3, has_edge=False).resize(t, size)
+    assert torch.equal(picked, F.interpolate(t.float(), size=size, mode="nearest").to(dtype))
+    assert picked.dtype == dtype
 
 
 @pytest.mark.parametrize("norm", ["spade", "clade"])
-def test_graph_safe_mode_equals_plain(norm):
+def test_graph_safe_mode_equals_reference(norm):
     """The mode CUDA graph capture uses (no data-dependent choices): convs stay convs."""
     G = calibrated(norm, **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
+    plain = reference(G, semantic, dist)
+    G_fast = fuse_for_inference(G)
     with graph_safe():
-        assert not Conditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at((4, 4))
-        fast = run(G, semantic, dist, fast=True)
+        assert not FusedConditioning(semantic, G.config.class_nc, has_edge=True).one_hot_at((4, 4))
+        fast = G_fast(semantic, dist=dist)
     assert (fast - plain).abs().max() < FP32_TOL
 
 
 @pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
 def test_warm_graph_safe_path_reads_no_tensor_values(norm, monkeypatch):
     """CUDA graph capture fails on a host read of a device value (a synchronisation). After
-    the warm-up calls ``Accelerated._graphed`` makes, the graph-safe fast path must convert
+    the warm-up calls ``Accelerated._graphed`` makes, the graph-safe fused model must convert
     no tensor to a Python value: checked here on CPU, where a GPU is not at hand."""
     G = calibrated(norm, **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
+    plain = reference(G, semantic, dist)
+    G_fast = fuse_for_inference(G)
     with graph_safe():
-        run(G, semantic, dist, fast=True)   # warm-up: weight and table caches filled
+        G_fast(semantic, dist=dist)   # warm-up: prepared weights and tables
 
         def host_read(*args, **kwargs):
-            raise AssertionError("host read of a tensor value inside the graph-safe fast path")
+            raise AssertionError("host read of a tensor value inside the graph-safe fused model")
         with monkeypatch.context() as patch:
             for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
                 patch.setattr(torch.Tensor, name, host_read)
-            captured = run(G, semantic, dist, fast=True)
+            captured = G_fast(semantic, dist=dist)
     assert (captured - plain).abs().max() < FP32_TOL
 
 
 @pytest.mark.slow
-def test_compiled_equals_plain():
+def test_compiled_equals_reference():
     G = calibrated("clade", **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
-    assert (accelerate(G, compile=True)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
+    plain = reference(G, semantic, dist)
+    assert (accelerate(fuse_for_inference(G), compile=True)(semantic, dist=dist) - plain).abs().max() < FP32_TOL
 
 
 def _class_affine_reference(x, label, table, scales, extra, negative_slope):
@@ -310,21 +296,19 @@ def test_class_affine_tiles_equal_one_pass(icpe, tile_bytes):
 
 
 @pytest.mark.parametrize("norm", ["clade", "clade-icpe"])
-def test_tiled_generator_equals_plain(norm, monkeypatch):
+def test_tiled_generator_equals_reference(norm, monkeypatch):
     import models.fast
     monkeypatch.setattr(models.fast, "TILE_BYTES", 64)  # many tiles per map even at 64x64
     G = calibrated(norm, **CONFIGS["edge"])
     semantic, dist = inputs(G)
-    plain = run(G, semantic, dist, fast=False)
-    assert (run(G, semantic, dist, fast=True) - plain).abs().max() < FP32_TOL
+    assert (fuse_for_inference(G)(semantic, dist=dist) - reference(G, semantic, dist)).abs().max() < FP32_TOL
 
 
 @pytest.mark.parametrize("norm", ["spade", "clade", "clade-icpe"])
-def test_fast_path_traces_as_one_graph(norm):
-    """torch.compile sees the whole eval fast path as one graph (graph breaks cost recompiles
+def test_fused_model_traces_as_one_graph(norm):
+    """torch.compile sees the whole fused model as one graph (graph breaks cost recompiles
     per layer and rule out CUDA graphs); no C++ compiler needed to check it."""
-    G = calibrated(norm, **CONFIGS["edge"])
-    semantic, dist = inputs(G)
-    with torch.no_grad():
-        explained = torch._dynamo.explain(lambda s, d: G(s, dist=d))(semantic, dist)
+    G_fast = fuse_for_inference(calibrated(norm, **CONFIGS["edge"]))
+    semantic, dist = inputs(G_fast)
+    explained = torch._dynamo.explain(lambda s, d: G_fast(s, dist=d))(semantic, dist)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
