@@ -34,6 +34,7 @@ from models.checkpoint_store import DiskFullError, find_resume_target
 from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
+from models.registry import norm_spec
 from models.train_loop import TrainingInterrupted
 from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
 from models.trainer import NonFiniteLossError, Trainer
@@ -295,7 +296,7 @@ def next_run_dir(out: Path, desc: str) -> Path:
 def build_dataset(options: dict):
     """The training set the options name: a real dataset or the synthetic scenes."""
     data, g = options["data"], options["generator"]
-    with_dist = options["norm"] == "clade-icpe"
+    with_dist = norm_spec(options["norm"]).needs_icpe
     if data["dataroot"] is None:
         return SyntheticScenes(data["num_samples"], size=g["crop_size"], seed=data["seed"],
                                with_dist=with_dist, icpe_mode=data["icpe_mode"])

@@ -28,6 +28,7 @@ from torch import nn
 from . import build_generator_from_config
 from .checkpoint import GENERATOR_CONFIG, load_official_checkpoint, read_state_dict
 from .presets import PRESETS, GeneratorConfig, generator_config
+from .registry import norm_spec, recognise_norm, registered_norms
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ RELEASE_PRESETS = {"ade20k": "ade20k", "ade20k_outdoor": "ade20k-outdoor",
                    "cityscapes": "cityscapes", "coco": "coco-stuff"}
 # Suffix -> the norm the release ships in such a folder.
 RELEASE_SUFFIXES = {"": "clade", "_dist": "clade-icpe", "_pretrained": "spade"}
-# Substring of a state_dict key that only this norm's modulation has (most specific first).
-KEY_MARKERS = (("clade-icpe", "dist_conv_w"), ("clade", "class_specified_affine"), ("spade", "mlp_shared"))
 
 
 class ReleaseLayoutError(ValueError):
@@ -94,12 +93,13 @@ def place_folder(name: str) -> tuple[str, str]:
 
 
 def infer_norm(state: dict) -> str:
-    """The norm whose modulation keys the state_dict has (see KEY_MARKERS)."""
-    for norm, marker in KEY_MARKERS:
-        if any(marker in key for key in state):
-            return norm
-    raise ReleaseLayoutError(f"no modulation keys in the state_dict (looked for "
-                             f"{[marker for _, marker in KEY_MARKERS]}); not a SPADE/CLADE generator")
+    """The registered norm whose modulation keys the state_dict has (``NormSpec.key_markers``)."""
+    norm = recognise_norm(state)
+    if norm is None:
+        markers = {name: norm_spec(name).key_markers for name in registered_norms()}
+        raise ReleaseLayoutError(f"no modulation keys in the state_dict (looked for {markers}); "
+                                 f"not a SPADE/CLADE generator")
+    return norm
 
 
 def _shape(state: dict, *keys: str) -> torch.Size:
@@ -132,7 +132,7 @@ def inspect_release_folder(folder: str | Path) -> ReleaseGenerator:
     state, _ = read_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     norm = infer_norm(state)
-    marker = dict(KEY_MARKERS)[norm]
+    marker = ", ".join(norm_spec(norm).key_markers)
     if norm != expected_norm:
         log.warning("%s: the folder name suggests %s, but the keys (%s) say %s; using %s",
                     path, expected_norm, marker, norm, norm)

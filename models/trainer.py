@@ -42,6 +42,7 @@ from .fast import native_bf16
 from .init import init_official
 from .losses import NonFiniteLossError, VGGLoss
 from .presets import DiscriminatorConfig, GeneratorConfig
+from .registry import norm_spec
 from .sample_grid import save_sample_grid
 from .spectral import set_input_scaling
 from .train_recipe import TrainRecipe, discriminator_config_for
@@ -50,11 +51,6 @@ from .vgg import VGG19Features
 log = logging.getLogger(__name__)
 
 AMP_DTYPE = torch.bfloat16  # autocast compute dtype of TrainRecipe.amp
-
-
-def _needs_icpe(config: GeneratorConfig) -> bool:
-    """Whether the generator takes an ICPE map (``dist``) besides the semantic input."""
-    return config.norm == "clade-icpe"
 
 
 class Trainer:
@@ -190,7 +186,7 @@ class Trainer:
         semantic = make_semantic(label, instance, cfg).contiguous(memory_format=self.memory_format)
         image = batch["image"].to(self.device, non_blocking=True).float()
         dist_map = None
-        if _needs_icpe(cfg):
+        if norm_spec(cfg.norm).needs_icpe:
             if batch.get("dist") is None:
                 raise ValueError(f"{cfg.norm} training needs batch['dist'] (build the dataset with with_dist=True)")
             dist_map = batch["dist"].to(self.device, non_blocking=True).float()

@@ -6,7 +6,7 @@ parameters and inputs are redrawn by tests/seeded.py (procedure: tests/reference
 import pytest
 import torch
 
-from models import build_generator
+from models import build_generator, fuse_for_inference
 from tests.seeded import CASES, load_case, seeded_fill, semantic_input
 
 # The official outputs were computed with 2 CPU threads; at that count the reference path
@@ -20,8 +20,8 @@ PRESET = {"noinst": "ade20k", "inst": "coco"}
 
 
 def fused(G):
-    """The fast inference model of ``G``; G.eval() under no_grad takes the fast path."""
-    return G.eval()
+    """The fused inference model of ``G`` (models.fuse_for_inference)."""
+    return fuse_for_inference(G.eval())
 
 
 def _case(case):
