@@ -41,7 +41,7 @@ from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_di
 from models.presets import with_options
 
 from .probe import PARAMS, ProbeStatistics, capture_modulation_statistics, modulation_layers
-from .provenance import provenance, write_json_atomic
+from fileio import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 
