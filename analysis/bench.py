@@ -33,7 +33,8 @@ from models import build_generator, fuse_for_inference
 from models.presets import discriminator_config, generator_config, label_config
 from models.trainer import Trainer, TrainRecipe
 
-from .costs import closed_form_generator_costs, generator_inputs
+from .cost_formulas import closed_form_generator_costs
+from .costs import generator_inputs
 
 log = logging.getLogger(__name__)
 

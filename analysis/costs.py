@@ -32,28 +32,21 @@ see :data:`PROGRAM_COUNTED`. The fused inference model that the latency tables t
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from math import prod
-from pathlib import Path
 
 import pandas as pd
 import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from data.labels import make_semantic
-from models import build_encoder, build_generator_from_config, losses
+from models import build_generator_from_config
 from models.discriminator import MultiscaleDiscriminator
 from models.init import init_official
-from models.losses import VGGLoss
-from models.train_recipe import TrainRecipe, discriminator_config_for
-from models.presets import DiscriminatorConfig, canonical_norm, canonical_preset, generator_config, label_config
-from models.vgg import VGG19Features
-from models.registry import norm_spec, registered_norms
+from models.presets import DiscriminatorConfig, label_config
+from models.registry import norm_spec
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +77,7 @@ _ZERO_COST_OPS = {f"aten::{name}" for name in (
     "expand_as", "flatten", "squeeze", "unsqueeze", "select", "slice", "narrow", "t", "transpose",
     "detach", "chunk", "split", "split_with_sizes", "unbind", "alias", "empty", "new_empty",
     "dropout", "feature_dropout")}
-_MATRIX_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
+MATRIX_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
 
 
 def _numel(value) -> int:
@@ -213,7 +206,7 @@ def _exclusive(per_module: dict[str, Counter], modules: dict[str, nn.Module]) ->
     return own
 
 
-def _fmt_ops(counter: Counter) -> str:
+def format_op_counts(counter: Counter) -> str:
     return ", ".join(f"{op} x{n}" for op, n in sorted(counter.items()))
 
 
@@ -267,7 +260,7 @@ def layer_costs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) 
                 "params": params if role == module_role(name) else 0,
                 "gmacs_fvcore": fvcore / 1e9, "gmacs_complete": sum(ops.values()) / 1e9,
                 "ops": ", ".join(sorted(ops)),
-                "uncounted_ops": _fmt_ops(own_uncounted[name]) if role == module_role(name) else "",
+                "uncounted_ops": format_op_counts(own_uncounted[name]) if role == module_role(name) else "",
             })
     table = pd.DataFrame(rows)
     table = table[(table.params > 0) | (table.gmacs_complete > 0) | (table.uncounted_ops != "")]
@@ -314,297 +307,6 @@ def generator_inputs(config, batch: int = 1, *, device="cpu", seed: int = 0) -> 
     return (semantic,), kwargs
 
 
-# ----------------------------------------------------------------------------------------
-# Closed-form counts, written from the architecture (models/blocks.py, norms.py,
-# generator.py) like nanoGPT's estimate_mfu, so the counters can be checked against
-# arithmetic. ``macs`` follows fvcore's conventions, ``macs_complete`` adds the ops of
-# SKIPPED_OP_HANDLES. Batch 1; eval mode; conv biases are parameters but not MACs (fvcore).
-# They count the reference program (models/generator.py), not the fused inference model
-# (models/fusion.py), which folds BatchNorm away and gathers the one-hot convs' weight rows.
-# Written for the built-in norms; a registered plugin has no closed form (see has_closed_form).
-
-def has_closed_form(config) -> bool:
-    """Whether closed-form costs exist for ``config.norm`` (the built-ins, not plugins)."""
-    return norm_spec(config.norm).source is None
-
-
-def _closed_form_spec(config):
-    spec = norm_spec(config.norm)
-    if spec.source is not None:
-        raise ValueError(f"no closed-form costs for norm {config.norm!r} (registered by {spec.source}); "
-                         f"the closed forms cover the built-in norms {[n for n in registered_norms() if norm_spec(n).source is None]}")
-    return spec
-
-
-def _conv(cin: int, cout: int, k: int, hw: int, *, bias: bool = True, spectral: bool = False) -> dict:
-    weights = cout * cin * k * k
-    # Spectral norm recomputes its weight every call (eval: mv + dot + div, no power iteration).
-    weight_update = 2 * weights + cout if spectral else 0
-    return {"params": weights + (cout if bias else 0), "macs": weights * hw, "macs_complete": weights * hw + weight_update}
-
-
-def _add(total: dict, part: dict) -> dict:
-    for key, value in part.items():
-        total[key] = total.get(key, 0) + value
-    return total
-
-
-def _norm_layer_costs(channels: int, hw: int, config) -> dict:
-    """One SPADE / CLADE layer without the conditioning resize (see _conditioning_costs)."""
-    c = channels
-    spec = _closed_form_spec(config)
-    cost = {"params": 0, "macs": c * hw, "macs_complete": c * hw}  # parameter-free BatchNorm
-    if not spec.class_adaptive:                              # SPADE
-        k, hidden = config.spade_kernel_size, config.spade_hidden
-        for conv in (_conv(config.semantic_nc, hidden, k, hw), _conv(hidden, c, k, hw), _conv(hidden, c, k, hw)):
-            _add(cost, conv)
-        # relu of the shared MLP; 1 + gamma; x_hat * scale; + shift
-        cost["macs_complete"] += hidden * hw + 3 * c * hw
-        return cost
-    cost["params"] += 2 * config.class_nc * c               # gamma and beta tables
-    cost["macs_complete"] += 2 * c * hw + 2 * c * hw         # two embedding lookups; mul, add
-    if spec.needs_icpe:
-        for _ in range(2):                                   # dist_conv_w, dist_conv_b (2 -> 1, 1x1)
-            _add(cost, _conv(2, 1, 1, hw))
-        cost["macs_complete"] += 2 * (hw + c * hw)           # gamma * (1 + w . icpe), same for beta
-    if not config.no_instance:
-        _add(cost, _conv(1, 1, 1, hw))                       # inst_conv on the edge map
-        cost["macs_complete"] += (c + 1) * hw                # cat of the edge feature
-    return cost
-
-
-def _conditioning_costs(h: int, w: int, config) -> dict:
-    """Bringing the conditioning maps to (h, w); done once per resolution (Conditioning)."""
-    hw, full = h * w, config.output_size
-    resized = (h, w) != tuple(full)
-    spec = _closed_form_spec(config)
-    if not spec.class_adaptive:                              # SPADE resizes the semantic map
-        macs = config.semantic_nc * hw if resized else 0
-        return {"params": 0, "macs": macs, "macs_complete": macs}
-    channels = 1 + int(not config.no_instance) + 2 * int(spec.needs_icpe)  # label, edge, icpe
-    macs = channels * hw if resized else 0
-    # label index map: float() of the full-size map, then long() of the resized one
-    return {"params": 0, "macs": macs, "macs_complete": macs + full[0] * full[1] + hw}
-
-
-def closed_form_block_costs(fin: int, fout: int, h: int, w: int, config, *,
-                            resize: bool = True) -> dict:
-    """Params and MACs of one residual block (models/blocks.py) at resolution ``h x w``.
-
-    ``config`` gives the norm kind, instance edge, SPADE width and the output size;
-    ``resize``: whether this block is the first at its resolution, and so pays for
-    bringing the conditioning maps there (Conditioning shares them with later blocks).
-    Returns ``{"params", "macs" (fvcore convention), "macs_complete"}`` for batch 1. Not
-    included: CLADE's label argmax, done once per forward in the first norm layer
-    (``class_nc * H * W`` at the output size, see :func:`closed_form_generator_costs`).
-    Only ``param_free_norm='batch'`` is covered.
-    """
-    if config.param_free_norm != "batch":
-        raise ValueError(f"closed-form costs cover param_free_norm='batch', got {config.param_free_norm!r}")
-    hw = h * w
-    extra = _closed_form_spec(config).extra_channels(config)
-    fmid = min(fin, fout)
-    sn = config.spectral
-    cost = {"params": 0, "macs": 0, "macs_complete": 0}
-    _add(cost, _conv(fin + extra, fmid, 3, hw, spectral=sn))
-    _add(cost, _conv(fmid + extra, fout, 3, hw, spectral=sn))
-    norm_channels = [fin, fmid]
-    if fin != fout:
-        _add(cost, _conv(fin + extra, fout, 1, hw, bias=False, spectral=sn))
-        norm_channels.append(fin)
-    for channels in norm_channels:
-        _add(cost, _norm_layer_costs(channels, hw, config))
-    if resize:
-        _add(cost, _conditioning_costs(h, w, config))
-    # two leaky_relu (on norm outputs, edge channel included) and the residual add
-    cost["macs_complete"] += (fin + extra) * hw + (fmid + extra) * hw + fout * hw
-    return cost
-
-
-def generator_block_layout(config) -> list[dict]:
-    """The residual blocks of a generator in call order: name, fin, fout, (h, w), resize."""
-    nf, (h, w) = config.ngf, config.latent_size
-    layout = [("head_0", 16 * nf, 16 * nf, 1), ("G_middle_0", 16 * nf, 16 * nf, 2)]
-    scale = 4 if config.num_upsampling_layers in ("more", "most") else 2
-    layout.append(("G_middle_1", 16 * nf, 16 * nf, scale))
-    channels = [16 * nf, 8 * nf, 4 * nf, 2 * nf, nf] + ([nf // 2] if config.num_upsampling_layers == "most" else [])
-    for i in range(len(channels) - 1):
-        scale *= 2
-        layout.append((f"up_{i}", channels[i], channels[i + 1], scale))
-    seen, blocks = set(), []
-    for name, fin, fout, s in layout:
-        blocks.append({"name": name, "fin": fin, "fout": fout, "size": (h * s, w * s), "resize": s not in seen})
-        seen.add(s)
-    return blocks
-
-
-def closed_form_generator_costs(config) -> dict:
-    """Params and MACs of a whole generator (batch 1), with the per-block breakdown.
-
-    Returns ``{"params", "macs", "macs_complete", "blocks": {name: block costs}}``.
-    Covers ``use_vae=False`` (the segmap-fed generator, as in every official preset).
-    """
-    if config.use_vae:
-        raise ValueError("closed-form generator costs cover use_vae=False only")
-    (sh, sw), (H, W) = config.latent_size, config.output_size
-    final_nc = config.ngf // 2 if config.num_upsampling_layers == "most" else config.ngf
-    total = {"params": 0, "macs": 0, "macs_complete": 0}
-    down = config.semantic_nc * sh * sw                    # segmap resized to the latent size
-    _add(total, {"macs": down, "macs_complete": down})
-    _add(total, _conv(config.semantic_nc, 16 * config.ngf, 3, sh * sw))      # fc
-    blocks = {}
-    previous_size = (sh, sw)
-    for block in generator_block_layout(config):
-        (h, w) = block["size"]
-        if (h, w) != previous_size:                        # nearest 2x upsampling of the features
-            grow = block["fin"] * h * w
-            _add(total, {"macs": grow, "macs_complete": grow})
-        previous_size = (h, w)
-        blocks[block["name"]] = closed_form_block_costs(block["fin"], block["fout"], h, w, config,
-                                                        resize=block["resize"])
-        _add(total, blocks[block["name"]])
-    if _closed_form_spec(config).class_adaptive:
-        total["macs_complete"] += config.class_nc * H * W  # label argmax, once per forward
-        blocks["head_0"]["macs_complete"] += config.class_nc * H * W
-    _add(total, _conv(final_nc, 3, 3, H * W))                                 # conv_img
-    total["macs_complete"] += final_nc * H * W + 3 * H * W                    # leaky_relu, tanh
-    total["blocks"] = blocks
-    return total
-
-
-def official_resize_macs(config) -> int:
-    """fvcore MACs of the conditioning resizes *as the official code does them*.
-
-    The official SPADE / CLADE layers each resize the whole semantic map (``semantic_nc``
-    channels, and CLADE-ICPE also the 2-channel ICPE map) to their own resolution, even
-    when it already has that size: ``sum over norm layers of channels * h * w``. Our
-    Conditioning resizes once per resolution and CLADE only the label index map, so our
-    fvcore totals are lower by ``official_resize_macs - our resize MACs``.
-    """
-    channels = config.semantic_nc + 2 * int(norm_spec(config.norm).needs_icpe)
-    total = 0
-    for block in generator_block_layout(config):
-        h, w = block["size"]
-        layers = 2 + int(block["fin"] != block["fout"])
-        total += layers * channels * h * w
-    return total
-
-
-# ----------------------------------------------------------------------------------------
-# Cross-checks with torch's own counter and with the official numbers
-
-def flop_counter_gmacs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) -> dict:
-    """GMACs per op of one eval forward, from ``torch.utils.flop_counter.FlopCounterMode``.
-
-    FlopCounterMode counts 2 flops per multiply-add and only matrix ops (convolution, mm,
-    addmm, bmm, attention); the values here are its flops / 2. Works on the meta device,
-    so full-size models cost no compute: ``build_generator(..., device="meta")``.
-    """
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*inputs, **(kwargs or {}))
-    return {str(op).removeprefix("aten.").removesuffix(".default"): flops / 2e9
-            for op, flops in counter.get_flop_counts()["Global"].items()}
-
-
-def matrix_gmacs(table: pd.DataFrame) -> float:
-    """GMACs of convolutions and matrix products in a :func:`layer_costs` table."""
-    return sum(v for op, v in table.attrs["gmacs_by_op"].items() if op in _MATRIX_OPS)
-
-
-def flop_counter_crosscheck(table: pd.DataFrame, model: nn.Module, inputs: tuple, *,
-                            kwargs: dict | None = None) -> dict:
-    """FlopCounterMode total (as GMACs) against fvcore's conv / linear GMACs of ``table``."""
-    counted = sum(flop_counter_gmacs(model, inputs, kwargs=kwargs).values())
-    fvcore = matrix_gmacs(table)
-    return {"gmacs_flopcounter": counted, "gmacs_fvcore_matrix_ops": fvcore,
-            "rel_error": abs(counted - fvcore) / fvcore}
-
-
-def load_reference_costs(reference_dir) -> pd.DataFrame:
-    """The official generator / discriminator counts from ``<reference_dir>/README.md``.
-
-    Columns: preset, norm ('discriminator' for D), params, gmacs_fvcore, modulation_params,
-    modulation_gmacs_fvcore (NaN for D). Raises FileNotFoundError if the file is absent.
-    """
-    text = (Path(reference_dir) / "README.md").read_text()
-    rows = []
-    number = lambda s: float(s.replace(",", ""))
-    for m in re.finditer(r"^\|\s*(\w+)\s*\|\s*(spade|clade|clade_icpe)\s*\|\s*([\d,]+)\s*\|\s*([\d.]+)\s*\|"
-                         r"\s*([\d,]+)\s*\|\s*([\d.]+)\s*\|", text, flags=re.M):
-        rows.append({"preset": canonical_preset(m[1]), "norm": canonical_norm(m[2]), "params": int(number(m[3])),
-                     "gmacs_fvcore": number(m[4]), "modulation_params": int(number(m[5])),
-                     "modulation_gmacs_fvcore": number(m[6])})
-    for m in re.finditer(r"(cityscapes|ade20k|coco) ([\d,]+)(?: params)? / (\d+\.\d+)", text):
-        rows.append({"preset": canonical_preset(m[1]), "norm": "discriminator", "params": int(number(m[2])),
-                     "gmacs_fvcore": number(m[3])})
-    if not rows:
-        raise ValueError(f"no cost table found in {reference_dir}/README.md")
-    return pd.DataFrame(rows)
-
-
-def training_step_gmacs(config, *, recipe: TrainRecipe | None = None, batch: int = 1, d_config=None) -> dict:
-    """Matrix-op GMACs of one official training iteration, counted by running it.
-
-    Runs, on the meta device (shapes only, no compute) under FlopCounterMode, the trainer's
-    own loss functions (:func:`models.losses.generator_losses` and
-    :func:`models.losses.discriminator_losses`, as ``models.trainer.Trainer.train_step``
-    does) and their backward: a generator step (encoder when ``config.use_vae``, G in train
-    mode, D frozen on ``cat(fake, real)``, the recipe's loss terms) and a discriminator step
-    (G without grad, D on ``cat(fake.detach(), real)``). ``recipe`` (default: the official
-    :class:`TrainRecipe`) decides the loss terms, e.g. ``use_vgg``. Counts convolutions and
-    matrix products only (FlopCounterMode flops / 2); elementwise work and the optimizer
-    updates are not included. ``d_config``: the discriminator (default: the official one for
-    ``config``'s labels). Returns GMACs for ``g_forward`` (eval), ``g_step``, ``d_step``,
-    ``vgg`` (its share of the G step) and ``train_step``.
-    """
-    recipe = recipe or TrainRecipe()
-
-    def count(fn) -> float:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        return counter.get_total_flops() / 2e9
-
-    G = build_generator_from_config(config, "meta")
-    E = build_encoder(config, "meta") if config.use_vae else None
-    with torch.device("meta"):
-        D = MultiscaleDiscriminator(d_config or discriminator_config_for(config))
-        vgg_loss = VGGLoss(VGG19Features()) if recipe.use_vgg else None
-    (semantic,), kwargs = generator_inputs(config, batch, device="meta")
-    real = torch.empty(batch, 3, *config.output_size, device="meta")
-    shared = dict(recipe=recipe, dist=kwargs.get("dist"), encoder=E)
-
-    def generator_step(vgg):
-        losses.generator_losses(G, D, semantic, real, vgg_loss=vgg, **shared).total.backward()
-
-    def discriminator_step():
-        losses.discriminator_losses(G, D, semantic, real, **shared).total.backward()
-
-    G.eval()
-    with torch.no_grad():
-        g_forward = count(lambda: G(semantic, **kwargs))
-    for net in (G, D, E):
-        if net is not None:
-            net.train()
-    g_step = count(lambda: generator_step(vgg_loss))
-    vgg_part = g_step - count(lambda: generator_step(None)) if vgg_loss is not None else 0.0
-    d_step = count(discriminator_step)
-    return {"g_forward": g_forward, "g_step": g_step, "d_step": d_step, "vgg": vgg_part,
-            "train_step": g_step + d_step}
-
-
-# ----------------------------------------------------------------------------------------
-# Summary across presets and norms
-
-OVERHEAD_DEFINITION = ("modulation_overhead = modulation GMACs / backbone GMACs, where modulation is "
-                       "everything inside the norm_0/norm_1/norm_s layers and backbone is the rest of "
-                       "the generator: the compute modulation adds on top of the backbone")
-
-
-def _modulation(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table.role.map(is_modulation)]
-
-
 def generator_costs(config, *, device="cpu") -> pd.DataFrame:
     """:func:`layer_costs` of a freshly built generator for ``config`` (batch 1)."""
     G = build_generator_from_config(config, device)
@@ -618,127 +320,3 @@ def discriminator_costs(config, *, device="cpu") -> pd.DataFrame:
         D = init_official(MultiscaleDiscriminator(DiscriminatorConfig(**vars(label_config(config)))))
     x = torch.randn(1, D.config.input_nc, *config.output_size, device=device)
     return layer_costs(D, (x,))
-
-
-def summarize_generator(table: pd.DataFrame, config) -> dict:
-    """One summary row from a generator's :func:`layer_costs` table (see :func:`cost_tables`)."""
-    mod = _modulation(table)
-    resize = float(table.loc[table.role == "modulation_resize", "gmacs_fvcore"].sum())
-    official_resize = official_resize_macs(config) / 1e9
-    row = {
-        "params": int(table.params.sum()), "modulation_params": int(mod.params.sum()),
-        "gmacs_fvcore": float(table.gmacs_fvcore.sum()), "modulation_gmacs_fvcore": float(mod.gmacs_fvcore.sum()),
-        "gmacs_complete": float(table.gmacs_complete.sum()),
-        "modulation_gmacs_complete": float(mod.gmacs_complete.sum()),
-    }
-    row["modulation_param_share"] = row["modulation_params"] / row["params"]
-    for kind in ("fvcore", "complete"):
-        backbone = row[f"gmacs_{kind}"] - row[f"modulation_gmacs_{kind}"]
-        suffix = "" if kind == "fvcore" else "_complete"
-        row[f"modulation_overhead{suffix}"] = row[f"modulation_gmacs_{kind}"] / backbone
-    row["gmacs_fvcore_official_resize"] = row["gmacs_fvcore"] - resize + official_resize
-    row["modulation_gmacs_fvcore_official_resize"] = row["modulation_gmacs_fvcore"] - resize + official_resize
-    row["uncounted_ops"] = _fmt_ops(Counter(table.attrs["uncounted_ops"]))
-    return row
-
-
-def _check(preset, norm, check, expected, measured, tolerance) -> dict:
-    rel = abs(measured - expected) / abs(expected) if expected else abs(measured)
-    return {"preset": preset, "norm": norm, "check": check, "expected": expected, "measured": measured,
-            "rel_error": rel, "tolerance": tolerance, "ok": bool(rel <= tolerance)}
-
-
-def _closed_form_checks(preset, norm, config, row) -> list[dict]:
-    """Counted params / GMACs against the closed forms; for a norm without one, a single
-    row saying the check was skipped and why (``ok`` is None: neither passed nor failed)."""
-    if not has_closed_form(config):
-        return [{"preset": preset, "norm": norm, "check": "closed form", "expected": None, "measured": None,
-                 "rel_error": None, "tolerance": None, "ok": None,
-                 "skipped": f"no closed form for the plugin norm {norm!r} ({norm_spec(norm).source})"}]
-    closed = closed_form_generator_costs(config)
-    return [_check(preset, norm, "params == closed form", closed["params"], row["params"], 0.0),
-            _check(preset, norm, "gmacs_fvcore == closed form", closed["macs"] / 1e9, row["gmacs_fvcore"], 1e-12),
-            _check(preset, norm, "gmacs_complete == closed form", closed["macs_complete"] / 1e9,
-                   row["gmacs_complete"], 1e-12)]
-
-
-def _reference_checks(preset, norm, row, reference: pd.DataFrame) -> list[dict]:
-    ref = reference[(reference.preset == preset) & (reference.norm == norm)]
-    if ref.empty:
-        return []
-    ref = ref.iloc[0]
-    checks = [_check(preset, norm, "params == official", ref.params, row["params"], 0.0),
-              _check(preset, norm, "modulation_params == official", ref.modulation_params,
-                     row["modulation_params"], 0.0),
-              _check(preset, norm, "gmacs_fvcore_official_resize ~ official GFLOPs", ref.gmacs_fvcore,
-                     row["gmacs_fvcore_official_resize"], 1e-3)]
-    # The official modulation GMACs have 3 decimals: allow half a unit of the last one.
-    mod_tol = max(1e-3, 0.0005 / ref.modulation_gmacs_fvcore)
-    checks.append(_check(preset, norm, "modulation_gmacs_fvcore_official_resize ~ official", ref.modulation_gmacs_fvcore,
-                         row["modulation_gmacs_fvcore_official_resize"], mod_tol))
-    return checks
-
-
-def cost_tables(presets, norms, *, device="cpu", reference_dir=None, train_step: bool = True,
-                **overrides) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(summary, per_layer, crosscheck)`` for every preset x norm, batch 1.
-
-    ``summary`` has one row per generator: params, modulation params and share, GMACs
-    (fvcore and complete) with their modulation part, ``modulation_overhead`` (see
-    :data:`OVERHEAD_DEFINITION`), the fvcore totals with the official per-layer resize
-    (comparable with the official tables), the discriminator (``d_params``, ``d_gmacs_*``)
-    and, if ``train_step``, the counted matrix-op GMACs of a training iteration
-    (:func:`training_step_gmacs`), and ``uncounted_ops`` (ops no handle counts).
-    ``per_layer`` stacks the :func:`layer_costs` tables. ``crosscheck`` compares with
-    closed-form arithmetic, FlopCounterMode and, when ``reference_dir`` holds the official
-    numbers and no ``overrides`` are given, with those. Identical configs (e.g. ade20k and
-    ade20k-outdoor) are traced once.
-    """
-    # The official numbers only apply to the official architectures (no overrides).
-    use_reference = reference_dir is not None and not overrides
-    reference = load_reference_costs(reference_dir) if use_reference else pd.DataFrame(columns=["preset", "norm"])
-    done: dict = {}
-    d_done: dict = {}
-    rows, layers, checks = [], [], []
-    for preset, norm in tqdm([(p, n) for p in presets for n in norms], desc="costs", unit="model"):
-        config = generator_config(preset, norm, **overrides)
-        if config not in done:
-            log.info("tracing %s / %s generator (%dx%d)", preset, norm, *config.output_size)
-            table = generator_costs(config, device=device)
-            row = summarize_generator(table, config)
-            meta_G = build_generator_from_config(config, "meta")
-            args, kwargs = generator_inputs(config, device="meta")
-            counter = flop_counter_crosscheck(table, meta_G, args, kwargs=kwargs)
-            check_rows = _closed_form_checks(preset, norm, config, row) + [
-                _check(preset, norm, "FlopCounterMode / 2 == fvcore conv+linear", counter["gmacs_fvcore_matrix_ops"],
-                       counter["gmacs_flopcounter"], 1e-12),
-                _check(preset, norm, "ops left uncounted by gmacs_complete", 0, sum(table.attrs["uncounted_ops"].values()), 0.0)]
-            if train_step:
-                steps = training_step_gmacs(config)
-                row.update({f"{k}_gmacs_matrix": v for k, v in steps.items()})
-                row["train_step_over_g_forward"] = steps["train_step"] / steps["g_forward"]
-            done[config] = (row, table, check_rows)
-        row, table, check_rows = done[config]
-        d_key = (config.label_nc, config.contain_dontcare_label, config.no_instance, config.output_size)
-        if d_key not in d_done:
-            d_done[d_key] = discriminator_costs(config, device=device)
-        d_table = d_done[d_key]
-        rows.append({"preset": preset, "norm": norm, "output_size": "x".join(map(str, config.output_size)), **row,
-                     "d_params": int(d_table.params.sum()), "d_gmacs_fvcore": float(d_table.gmacs_fvcore.sum()),
-                     "d_gmacs_complete": float(d_table.gmacs_complete.sum())})
-        layers.append(table.assign(preset=preset, norm=norm))
-        checks += [{**c, "preset": preset} for c in check_rows]
-        checks += _reference_checks(preset, norm, rows[-1], reference)
-        d_ref = reference[(reference.preset == preset) & (reference.norm == "discriminator")]
-        if norm == norms[0] and not d_ref.empty:
-            checks.append(_check(preset, "discriminator", "params == official", d_ref.params.iloc[0], rows[-1]["d_params"], 0.0))
-            checks.append(_check(preset, "discriminator", "gmacs_fvcore ~ official GFLOPs", d_ref.gmacs_fvcore.iloc[0],
-                                 rows[-1]["d_gmacs_fvcore"], max(1e-3, 0.0005 / d_ref.gmacs_fvcore.iloc[0])))
-    per_layer = pd.concat(layers, ignore_index=True)
-    per_layer = per_layer[["preset", "norm"] + [c for c in per_layer.columns if c not in ("preset", "norm")]]
-    return pd.DataFrame(rows), per_layer, pd.DataFrame(checks)
-
-
-def cost_summary(presets, norms, **kwargs) -> pd.DataFrame:
-    """The summary table of :func:`cost_tables` (one row per preset x norm)."""
-    return cost_tables(presets, norms, **kwargs)[0]

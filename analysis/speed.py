@@ -61,7 +61,8 @@ from models.vgg import SLICES, VGG19_FILE, VGG19Features
 
 from .bench import summarize_times, synthetic_batch, time_interleaved
 from .context import RunContext
-from .costs import closed_form_generator_costs, generator_inputs
+from .cost_formulas import closed_form_generator_costs
+from .costs import generator_inputs
 from .options import CompareOptions, OptionParser, add_options, options_from_args
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import logging
 import pandas as pd
 
 from analysis.cost_figures import per_layer_bars, stage_share
-from analysis.costs import OVERHEAD_DEFINITION, PROGRAM_COUNTED, ROLES, cost_tables
+from analysis.cost_tables import OVERHEAD_DEFINITION, cost_tables
+from analysis.costs import PROGRAM_COUNTED, ROLES
 
 from ..context import RunContext
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis import costs
-from analysis.costs import (closed_form_block_costs, closed_form_generator_costs, flop_counter_crosscheck,
-                            generator_inputs, layer_costs, load_reference_costs, official_resize_macs,
-                            role_totals, summarize_generator, training_step_gmacs)
+from analysis import cost_formulas, cost_tables, costs
+from analysis.cost_checks import flop_counter_crosscheck, load_reference_costs, training_step_gmacs
+from analysis.cost_formulas import closed_form_block_costs, closed_form_generator_costs, official_resize_macs
+from analysis.costs import generator_inputs, layer_costs, role_totals
 from models import build_generator, build_generator_from_config, count_parameters
 from models.blocks import ResnetBlock
 from models.norms import Conditioning
@@ -193,9 +193,9 @@ def test_training_step_count_follows_the_recipe():
 
 def test_cost_tables_trace_identical_configs_once(monkeypatch):
     calls = []
-    original = costs.generator_costs
-    monkeypatch.setattr(costs, "generator_costs", lambda config, **kw: calls.append(config) or original(config, **kw))
-    summary, per_layer, crosscheck = costs.cost_tables(["ade20k", "ade20k-outdoor"], ["clade"],
+    original = cost_tables.generator_costs
+    monkeypatch.setattr(cost_tables, "generator_costs", lambda config, **kw: calls.append(config) or original(config, **kw))
+    summary, per_layer, crosscheck = cost_tables.cost_tables(["ade20k", "ade20k-outdoor"], ["clade"],
                                                        train_step=False, ngf=4, crop_size=32)
     assert len(calls) == 1 and len(summary) == 2
     assert crosscheck.ok.all() and not crosscheck.check.str.contains("official").any()
@@ -224,8 +224,8 @@ def test_official_params_and_closed_form_match_reference(reference_dir, preset, 
     config = generator_config(preset, norm)
     assert count_parameters(build_generator(preset, norm, device="meta")) == ref.params
     closed = closed_form_generator_costs(config)
-    ours_resize = sum(costs._conditioning_costs(*b["size"], config)["macs"]
-                      for b in costs.generator_block_layout(config) if b["resize"])
+    ours_resize = sum(cost_formulas._conditioning_costs(*b["size"], config)["macs"]
+                      for b in cost_formulas.generator_block_layout(config) if b["resize"])
     official = (closed["macs"] - ours_resize + official_resize_macs(config)) / 1e9
     assert official == pytest.approx(ref.gmacs_fvcore, rel=1e-3)
 
@@ -238,7 +238,7 @@ def _slow_unless(*keep):
 def test_official_fvcore_trace_matches_reference(reference_dir, preset, norm):
     ref = _reference_row(reference_dir, preset, norm)
     config = generator_config(preset, norm)
-    row = summarize_generator(costs.generator_costs(config), config)
+    row = cost_tables.summarize_generator(costs.generator_costs(config), config)
     assert row["params"] == ref.params and row["modulation_params"] == ref.modulation_params
     assert row["gmacs_fvcore_official_resize"] == pytest.approx(ref.gmacs_fvcore, rel=1e-3)
     assert row["modulation_gmacs_fvcore_official_resize"] == pytest.approx(ref.modulation_gmacs_fvcore,
@@ -258,7 +258,7 @@ def test_official_discriminator_matches_reference(reference_dir, preset):
 def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     from analysis.context import RunContext
     from analysis.stages import costs as stage
-    monkeypatch.setattr(stage, "cost_tables", functools.partial(costs.cost_tables, ngf=4, crop_size=64))
+    monkeypatch.setattr(stage, "cost_tables", functools.partial(cost_tables.cost_tables, ngf=4, crop_size=64))
     from analysis.options import CostsOptions
     ctx = RunContext(out=tmp_path, quick=True, costs=CostsOptions(presets=("ade20k",), norms=("spade", "clade")))
     summary = stage.run(ctx)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.bench import synthetic_batch
-from analysis.costs import (closed_form_generator_costs, generator_inputs, has_closed_form, is_modulation,
-                            layer_costs)
+from analysis.cost_formulas import closed_form_generator_costs, has_closed_form
+from analysis.costs import generator_inputs, is_modulation, layer_costs
 from analysis.probe import (ablation_effects, capture_modulation_statistics, layer_summary, modulation_layers,
                             variance_decomposition)
 from analysis.speed import calibrate_batchnorm
