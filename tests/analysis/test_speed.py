@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import analysis
+from analysis import train_speed
 from analysis.context import RunContext
 from analysis.options import CompareOptions
 
@@ -68,15 +69,15 @@ def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, spe
                                             overrides=dict(ngf=4, crop_size=64)))
     summary = speed.run_compare_training(ctx, speed._settings(ctx))
     df = pd.read_csv(tmp_path / "tables" / "speed_train.csv")
-    assert list(df.columns) == speed.TRAIN_COLUMNS
-    expected = {k for k, v in speed.TRAIN_VARIANTS.items() if not v["amp"] or native_bf16("cpu")}
+    assert list(df.columns) == train_speed.TRAIN_COLUMNS
+    expected = {k for k, v in train_speed.TRAIN_VARIANTS.items() if not v["amp"] or native_bf16("cpu")}
     assert set(df["variant"]) == expected and (df["use_vgg"]).all()
     assert (df["vgg_weights"] == "random (timing only)").all()
     eager = df.set_index("variant").loc["fp32-eager"]
     assert eager["speedup_vs_fp32_eager"] == 1 and eager["first_step_max_rel_loss_diff"] == 0
     assert df["within_tolerance"].all(), df[["variant", "first_step_max_rel_loss_diff", "loss_tolerance"]]
     ran = df.set_index("variant")   # what each trainer used (Trainer.use_amp, its recipe), per recipe asked
-    for name, options in speed.TRAIN_VARIANTS.items():
+    for name, options in train_speed.TRAIN_VARIANTS.items():
         if name in ran.index:
             assert ran.loc[name, "channels_last"] == options["channels_last"]
             assert ran.loc[name, "spectral_input_scaling"] == options.get("spectral_input_scaling", True)
@@ -86,5 +87,5 @@ def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, spe
 
 def test_timing_vgg_weights_load_strictly(tmp_path, speed):
     from models.vgg import VGG19Features
-    vgg = VGG19Features.from_pretrained(speed.timing_vgg_weights(tmp_path))
+    vgg = VGG19Features.from_pretrained(train_speed.timing_vgg_weights(tmp_path))
     assert sum(p.numel() for p in vgg.parameters()) == 12_944_960   # VGG19 conv1_1 .. conv5_1
