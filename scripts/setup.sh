@@ -20,6 +20,14 @@ if ! "${PYTHON:-python3}" -c 'import sys; sys.exit(not (3, 10) <= sys.version_in
     exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
+# constraints.txt holds the exact versions of the default set-up, resolved for Python 3.11 (some of
+# its pins, e.g. numpy, have no wheels for 3.10); other versions get pyproject's ranges.
+pins=(-c constraints.txt)
+if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "setup.sh: $(.venv/bin/python --version): installing pyproject.toml's version ranges" \
+         "(constraints.txt pins the Python 3.11 set-up)" >&2
+    pins=()
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[dev]" 2>&1 \
     | grep -v "is ignored: it is neither" || true
 .venv/bin/python -c "import torch, torchvision, fvcore, models" || { echo "setup.sh: install failed" >&2; exit 1; }
