@@ -34,6 +34,8 @@ from models.checkpoint_store import DiskFullError, find_resume_target
 from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
+from models.plugins import load_plugins, split_plugin_args
+from models.registry import norm_spec
 from models.train_loop import TrainingInterrupted
 from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
 from models.trainer import NonFiniteLossError, Trainer
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     official name, each with its default in --help (read from the dataclass that declares it)."""
     p = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, RunOptions)
+    p.add_argument("--plugin", action="append", metavar="FILE", help="a Python file registering a norm with "
+                   "models.register_norm, loaded first so --norm accepts its name (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
@@ -295,7 +299,7 @@ def next_run_dir(out: Path, desc: str) -> Path:
 def build_dataset(options: dict):
     """The training set the options name: a real dataset or the synthetic scenes."""
     data, g = options["data"], options["generator"]
-    with_dist = options["norm"] == "clade-icpe"
+    with_dist = norm_spec(options["norm"]).needs_icpe
     if data["dataroot"] is None:
         return SyntheticScenes(data["num_samples"], size=g["crop_size"], seed=data["seed"],
                                with_dist=with_dist, icpe_mode=data["icpe_mode"])
@@ -324,6 +328,7 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
 
 
 def main(argv=None) -> int:
+    load_plugins(split_plugin_args(sys.argv[1:] if argv is None else list(argv))[0])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     run_dir, checkpoint = find_run_to_resume(args, run_options(args)) if args.resume else (None, None)

@@ -68,6 +68,8 @@ ROLES = {
     "modulation_icpe": "CLADE-ICPE dist_conv_w/b and the scaling gamma*(1+w.icpe), beta*(1+w'.icpe)",
     "modulation_edge": "CLADE inst_conv on the instance-edge map",
     "modulation_norm": "parameter-free BatchNorm / InstanceNorm of the norm layer",
+    "modulation_plugin": "the other submodules of a plugin's norm layer (models.register_norm): its own "
+                         "scale/shift predictors",
     "modulation_apply": "x_hat * scale + shift (SPADE: scale = 1 + gamma) and CLADE's edge concatenation",
     "backbone": "everything outside the norm layers: residual convs, fc, conv_img, activations, "
                 "upsampling, residual adds, spectral-norm weight recomputation",
@@ -189,7 +191,7 @@ def module_role(name: str) -> str:
         return "modulation_icpe" if len(inner) > 1 else "modulation_clade_affine"
     return {"mlp_shared": "modulation_spade_shared", "mlp_gamma": "modulation_spade_gamma",
             "mlp_beta": "modulation_spade_beta", "param_free_norm": "modulation_norm",
-            "inst_conv": "modulation_edge"}.get(inner[0], "modulation_apply")
+            "inst_conv": "modulation_edge"}.get(inner[0], "modulation_plugin")
 
 
 def op_role(name: str, op: str) -> str:
