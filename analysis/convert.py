@@ -35,13 +35,13 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from fileio import provenance, write_json_atomic
 from models import (build_generator, build_generator_from_config, load_generator_dir, load_official_checkpoint,
                     save_generator_dir)
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
 from models.presets import with_options
 
 from .probe import PARAMS, ProbeStatistics, capture_modulation_statistics, modulation_layers
-from .provenance import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -614,6 +614,14 @@ def generator_costs(config, *, device="cpu") -> pd.DataFrame:
     return layer_costs(G, args, kwargs=kwargs)
 
 
+def generator_gmacs(config) -> float:
+    """fvcore GMACs of one image: the closed form for a built-in norm, counted by fvcore for a
+    plugin's norm (which has no closed form)."""
+    if has_closed_form(config):
+        return closed_form_generator_costs(config)["macs"] / 1e9
+    return float(generator_costs(config).gmacs_fvcore.sum())
+
+
 def discriminator_costs(config, *, device="cpu") -> pd.DataFrame:
     """:func:`layer_costs` of the official discriminator matching ``config``'s labels and size."""
     with torch.device(device):
