@@ -102,7 +102,7 @@ def run(ctx: RunContext) -> dict:
                                       classes_unseen=len(record["unseen_classes"]))
     ctx.write_table(table, "conversion", source=str(source), images=images_text, stand_in=stand_in)
     notes = [f"SPADE `{source}` converted to CLADE over {int(record['images'])} label maps ({images_text}); "
-             f"{len(record['unseen_classes'])} classes missing at some layer's resolution got that layer's "
+             f"{len(record['unseen_classes'])} class(es) missing at some layer's resolution got that layer's "
              f"overall mean. The eval stage scores `{CONVERTED}`"
              + (f" and `{FINETUNED}` ({opts.finetune_steps} fine-tuning steps, fresh discriminator)."
                 if opts.finetune_steps > 0 else ".")]

@@ -28,8 +28,8 @@ def compare_with_spade(summary: pd.DataFrame, crosscheck: pd.DataFrame) -> pd.Da
     spade = out[out.norm == "spade"].set_index("preset")
     for cost in ("params", "gmacs_fvcore", "gmacs_complete"):
         out[f"{cost}_vs_spade"] = out[cost] / out.preset.map(spade[cost])
-    checks = crosscheck.groupby(["preset", "norm"]).ok.agg(["sum", "size"])
-    out["crosschecks_passed"] = [f"{checks.loc[key, 'sum']}/{checks.loc[key, 'size']}" if key in checks.index
+    checks = crosscheck.groupby(["preset", "norm"]).ok.agg(["sum", "count"])  # count: skipped (None) rows left out
+    out["crosschecks_passed"] = [f"{checks.loc[key, 'sum']}/{checks.loc[key, 'count']}" if key in checks.index
                                  else "none run" for key in zip(out.preset, out.norm)]
     return out
 

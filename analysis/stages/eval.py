@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from data.datasets import build_dataset
 from data.labels import make_semantic
-from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, release
+from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
 from models.sample_grid import colorize_labels
@@ -39,7 +39,8 @@ from ..costs import generator_inputs, is_modulation, layer_costs
 from ..options import EvalOptions
 
 log = logging.getLogger(__name__)
-METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
+METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE",
+                "spade-to-clade": "SPADE converted to CLADE", "spade-to-clade-ft": "SPADE converted to CLADE, fine-tuned"}
 
 
 # --- generators ---------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def run(ctx: RunContext) -> dict:
 
     rows, samples = [], {"real image": val["image"][:4]}
     for name, generator in tqdm(generators.items(), desc="eval methods"):
-        method = METHOD_NAMES.get(name, name)
+        method = norm_spec(name).label if name in registered_norms() else METHOD_NAMES.get(name, name)
         images = generate(generator, val, opts.batch_size, device)
         samples[method] = images[:4]
         seg, stats = score_images(images, val["label"], segmenter, extractors, opts.batch_size, device)
