@@ -54,12 +54,6 @@ def finetune(ctx: RunContext, clade, steps: int) -> dict:
     """Train the converted ``clade`` ``steps`` steps under the train stage's recipe; export it to
     ``checkpoints/spade-to-clade-ft/``; returns its row of the conversion table."""
     config = clade.config
-    synthetic = DATASETS["synthetic"]
-    if ctx.dataroot is None and (config.label_nc, config.contain_dontcare_label) != (
-            synthetic["label_nc"], synthetic["contain_dontcare_label"]):
-        raise ValueError(f"fine-tuning a generator of {config.label_nc} classes needs its dataset: pass "
-                         f"--dataroot, or --convert-finetune-steps 0 (the built-in synthetic scenes have "
-                         f"{synthetic['label_nc']} classes)")
     use_vgg, vgg_text = vgg_status(ctx.train.vgg_weights)
     recipe = TrainRecipe(use_vgg=use_vgg, batch_size=ctx.train.batch_size, seed=ctx.seed)
     trainer = Trainer(g_config=config, d_config=discriminator_config_for(config, ndf=ctx.train.ndf),
@@ -80,6 +74,17 @@ def finetune(ctx: RunContext, clade, steps: int) -> dict:
             else float("nan")}
 
 
+def check_finetune_data(ctx: RunContext, config, steps: int) -> None:
+    """ValueError before any work when fine-tuning is asked for a generator whose classes the
+    built-in synthetic scenes do not have and no --dataroot is given."""
+    synthetic = DATASETS["synthetic"]
+    if steps > 0 and ctx.dataroot is None and (config.label_nc, config.contain_dontcare_label) != (
+            synthetic["label_nc"], synthetic["contain_dontcare_label"]):
+        raise ValueError(f"fine-tuning a generator of {config.label_nc} classes needs its dataset: pass "
+                         f"--dataroot, or --convert-finetune-steps 0 (the built-in synthetic scenes have "
+                         f"{synthetic['label_nc']} classes)")
+
+
 def run(ctx: RunContext) -> dict:
     opts = ctx.convert
     source = spade_source(ctx)
@@ -88,6 +93,7 @@ def run(ctx: RunContext) -> dict:
         return {"skipped": f"no SPADE generator in {ctx.checkpoint_dir('spade')} (train spade, or pass "
                            f"--convert-checkpoint PATH)"}
     spade = load_spade_generator(source, preset=ctx.preset, device=ctx.device).eval()
+    check_finetune_data(ctx, spade.config, opts.finetune_steps)
     batches, images_text, stand_in = probe_batches(ctx, spade.config, opts.images, ctx.train.batch_size)
     start = time.perf_counter()
     folder = write_clade_dir(spade, batches, ctx.checkpoint_dir(CONVERTED), images=opts.images, source=str(source))

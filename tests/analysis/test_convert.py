@@ -193,6 +193,16 @@ def test_convert_stage_without_a_spade_generator_is_skipped(tmp_path):
     assert "no SPADE generator" in json.loads((tmp_path / "stages" / "convert.json").read_text())["skipped"]
 
 
+def test_convert_command_refuses_to_finetune_without_the_dataset_before_converting(tmp_path):
+    save_state_dict_atomic(build_generator("ade20k", "spade", ngf=2, crop_size=32).state_dict(),
+                           tmp_path / "latest_net_G.pth")
+    argv = ["convert", "--checkpoint", str(tmp_path / "latest_net_G.pth"), "--preset", "ade20k",
+            "--out", str(tmp_path / "run"), "--quick", "--device", "cpu"]
+    with pytest.raises(ValueError, match="needs its dataset: pass --dataroot, or --convert-finetune-steps 0"):
+        run_analysis.main(argv)
+    assert not (tmp_path / "run" / "checkpoints" / "spade-to-clade").exists()
+
+
 def test_bad_inputs_are_explained():
     G = build_generator("synthetic", "spade", ngf=4)
     stats = capture_modulation_statistics(G, label_batches(G.config, 1), basis="linear", progress=False)
