@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -41,13 +42,19 @@ CONVERTED = "spade-to-clade"        # checkpoints/<CONVERTED>/: the training-fre
 FINETUNED = "spade-to-clade-ft"     # checkpoints/<FINETUNED>/: the same after --convert-finetune-steps
 
 
-def spade_source(ctx: RunContext) -> Path | None:
-    """The SPADE generator to convert: ``--convert-checkpoint``, else the run's checkpoints/spade
-    when it exists, else None."""
+def spade_source(ctx: RunContext) -> tuple[Path | None, str]:
+    """(the SPADE generator to convert, or None with the reason): ``--convert-checkpoint``, else
+    the run's checkpoints/spade when it exists. Folders given with ``--checkpoints`` are the
+    user's: nothing is written into them unless ``--convert-checkpoint`` asks for it."""
     if ctx.convert.checkpoint is not None:
-        return Path(ctx.convert.checkpoint)
+        return Path(ctx.convert.checkpoint), ""
     folder = ctx.checkpoint_dir("spade")
-    return folder if (folder / GENERATOR_WEIGHTS).is_file() else None
+    if not (folder / GENERATOR_WEIGHTS).is_file():
+        return None, f"no SPADE generator in {folder} (train spade, or pass --convert-checkpoint PATH)"
+    if ctx.checkpoints is not None:
+        return None, (f"--checkpoints {ctx.checkpoints} holds your generators and is left as it is; convert "
+                      f"with: run_analysis.py convert --checkpoint {folder} --out OUT")
+    return folder, ""
 
 
 def finetune(ctx: RunContext, clade, steps: int) -> dict:
@@ -62,6 +69,8 @@ def finetune(ctx: RunContext, clade, steps: int) -> dict:
         if net is not None:
             net.load_state_dict(clade.state_dict())
     work = ctx.out / "train" / FINETUNED
+    if work.exists():  # a short run from the converted weights, never resumed
+        shutil.rmtree(work)
     settings = {"planned_steps": steps, "batch_size": ctx.train.batch_size, "crop_size": config.output_size[0]}
     history = trainer.fit(training_dataset(ctx, config.norm, settings, config.output_size), steps=steps,
                           out_dir=work, log_every=max(1, steps // 10), save_every=steps, sample_every=steps,
@@ -87,11 +96,10 @@ def check_finetune_data(ctx: RunContext, config, steps: int) -> None:
 
 def run(ctx: RunContext) -> dict:
     opts = ctx.convert
-    source = spade_source(ctx)
+    source, reason = spade_source(ctx)
     if source is None:
-        log.info("[convert] no SPADE generator under %s; nothing to convert", ctx.checkpoint_dir("spade"))
-        return {"skipped": f"no SPADE generator in {ctx.checkpoint_dir('spade')} (train spade, or pass "
-                           f"--convert-checkpoint PATH)"}
+        log.info("[convert] nothing converted: %s", reason)
+        return {"skipped": reason, "notes": [f"Nothing converted: {reason}."]}
     spade = load_spade_generator(source, preset=ctx.preset, device=ctx.device).eval()
     check_finetune_data(ctx, spade.config, opts.finetune_steps)
     batches, images_text, stand_in = probe_batches(ctx, spade.config, opts.images, ctx.train.batch_size)

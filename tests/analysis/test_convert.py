@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import run_analysis
+from analysis.context import RunContext
 from analysis.convert import (clade_from_statistics, first_images, load_spade_generator, spade_to_clade,
                               unseen_classes, write_clade_dir)
 from analysis.probe import ablate, capture_modulation_statistics, modulation_layers, prepare_inputs
+from analysis.stages import convert as convert_stage
 from models import build_generator, load_generator_dir, load_official_checkpoint, save_generator_dir
 from models.checkpoint import save_state_dict_atomic
 
@@ -191,6 +193,14 @@ def test_convert_stage_without_a_spade_generator_is_skipped(tmp_path):
     argv = ["convert", "--out", str(tmp_path), "--quick", "--device", "cpu"]
     assert run_analysis.main(argv) == 0
     assert "no SPADE generator" in json.loads((tmp_path / "stages" / "convert.json").read_text())["skipped"]
+
+
+def test_convert_stage_writes_nothing_into_a_checkpoints_folder_given_by_the_user(tmp_path):
+    save_generator_dir(build_generator("synthetic", "spade", ngf=4, crop_size=32), tmp_path / "mine" / "spade")
+    ctx = RunContext(out=tmp_path / "run", checkpoints=tmp_path / "mine", quick=True)
+    record = convert_stage.run(ctx)
+    assert "left as it is" in record["skipped"] and record["notes"]
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["spade"]
 
 
 def test_convert_command_refuses_to_finetune_without_the_dataset_before_converting(tmp_path):
