@@ -34,7 +34,7 @@ from models.checkpoint_store import DiskFullError, find_resume_target
 from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
-from models.plugins import load_plugins, split_plugin_args
+from models.plugins import load_plugins, plugin_files, split_plugin_args
 from models.registry import norm_spec
 from models.train_loop import TrainingInterrupted
 from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
@@ -347,7 +347,8 @@ def main(argv=None) -> int:
         options["run"]["world_size"] = info.world_size
         options["run"]["effective_batch_size"] = recipe.batch_size * info.world_size
         if info.is_main:
-            write_json_atomic(run_dir / "options.json", {**options, "provenance": provenance(info.device)})
+            write_json_atomic(run_dir / "options.json", {**options, "plugin_files": plugin_files([options["norm"]]),
+                                                         "provenance": provenance(info.device)})
         log.info("run folder %s; %d process(es) on %s; effective batch size %d", run_dir,
                  info.world_size, info.device, recipe.batch_size * info.world_size)
         if not recipe.use_vgg:

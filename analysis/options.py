@@ -37,7 +37,8 @@ def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any
            cli: bool = True):
     """A dataclass field with its default, help text and command-line spelling.
 
-    ``default`` may be a callable (evaluated when resolved, e.g. the registered norms).
+    ``default`` may be a callable (evaluated when resolved, e.g. the registered norms), and so may
+    ``choices`` (evaluated when the parser is built, after ``--plugin`` files are loaded).
     ``quick`` / ``cpu``: the default under ``--quick`` / on a CPU device (quick wins); a field
     with either holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
     with a clear error below it). ``flag``: the option's spelling when not ``--<prefix>-<name>``.
