@@ -5,6 +5,8 @@ evaluation and report, written under ``reports/<run>/``.
     python run_analysis.py                 # everything, on the built-in synthetic scenes
     python run_analysis.py --quick         # CI-sized run (< 3 minutes on CPU)
     python run_analysis.py costs --out reports/costs
+    python run_analysis.py --plugin examples/lowrank_clade.py --train-norms spade,clade,lowrank-clade
+    python run_analysis.py convert --checkpoint runs/00001-synthetic-spade/generator --out reports/conv
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ from analysis.options import (STAGE_OPTIONS, CompareOptions, OptionParser, add_o
                               options_dict, options_from_args, positive_int)
 from fileio import write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
+from models.plugins import load_plugins, split_plugin_args  # noqa: E402
 
 # Stage name -> module under analysis/stages with ``run(ctx) -> dict`` (a short summary recorded in
 # stages/<name>.json); its options are the dataclass analysis.options.STAGE_OPTIONS[name].
-STAGES = ["costs", "bench", "train", "probe", "eval", "report"]
+STAGES = ["costs", "bench", "train", "probe", "convert", "eval", "report"]
 log = logging.getLogger("run_analysis")
 
 
@@ -51,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{GENERATOR_WEIGHTS} + {GENERATOR_CONFIG}) instead of training (default: none)")
     parser.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
                         help="probe stage: probe this one generator, a .pth file or a folder with "
-                             f"{GENERATOR_CONFIG} (same as --probe-checkpoint; default: none)")
+                             f"{GENERATOR_CONFIG} (same as --probe-checkpoint); convert stage: the SPADE "
+                             "generator to convert (same as --convert-checkpoint; default: none)")
+    parser.add_argument("--plugin", action="append", type=Path, metavar="FILE",
+                        help="a Python file registering a norm with models.register_norm, loaded first so "
+                             "--train-norms etc. accept its name (repeatable; see examples/)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU); sets the "
                                                              "--quick defaults below")
     parser.add_argument("--force", action="store_true", help="recompute finished stages")
@@ -68,19 +75,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def probe_checkpoint(args: argparse.Namespace) -> Path | None:
-    """The one generator the probe stage reads (--checkpoint or --probe-checkpoint), checked:
-    SystemExit with what was found and what to pass instead when it names no single generator."""
-    path, same = args.checkpoint, args.probe_checkpoint
-    if path is None:
-        return same
-    if same is not None and Path(same) != path:
-        raise SystemExit(f"--checkpoint {path} and --probe-checkpoint {same} differ; pass one of them")
-    if args.stage != "probe":
+def probe_checkpoint(args: argparse.Namespace, stage: str = "probe") -> Path | None:
+    """The one generator the probe or convert ``stage`` reads (--checkpoint, or --<stage>-checkpoint),
+    checked: SystemExit with what was found and what to pass instead when it names no single generator."""
+    path, same = args.checkpoint, getattr(args, f"{stage}_checkpoint")
+    if path is not None and args.stage not in ("probe", "convert"):
         raise SystemExit(f"--checkpoint {path}: one generator is read by the probe stage only "
-                         f"(run_analysis.py probe --checkpoint PATH); to use a folder of generator folders "
+                         f"(run_analysis.py probe --checkpoint PATH) and converted by the convert stage "
+                         f"(run_analysis.py convert --checkpoint PATH); to use a folder of generator folders "
                          f"in every stage pass --checkpoints DIR, to score one more generator in eval pass "
                          f"--eval-generator DIR")
+    if path is None or args.stage != stage:
+        return same
+    if same is not None and Path(same) != path:
+        raise SystemExit(f"--checkpoint {path} and --{stage}-checkpoint {same} differ; pass one of them")
     if path.is_file():
         return path
     if not path.exists():
@@ -105,6 +113,7 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     out = args.out if args.out is not None else Path("reports") / ("default" if args.stage == "all" else args.stage)
     stages = {name: options_from_args(args, STAGE_OPTIONS[name], name) for name in STAGES}
     stages["probe"].checkpoint = probe_checkpoint(args)
+    stages["convert"].checkpoint = probe_checkpoint(args, "convert")
     try:
         return RunContext(out=out, device=args.device or default_device(), preset=args.preset,
                           dataroot=args.dataroot, checkpoints=args.checkpoints, quick=args.quick,
@@ -136,6 +145,7 @@ def run_stage(name: str, ctx: RunContext) -> dict:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    load_plugins(split_plugin_args(sys.argv[1:] if argv is None else list(argv))[0])
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

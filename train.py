@@ -34,6 +34,7 @@ from models.checkpoint_store import DiskFullError, find_resume_target
 from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
+from models.plugins import load_plugins, plugin_files, split_plugin_args
 from models.registry import norm_spec
 from models.train_loop import TrainingInterrupted
 from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     official name, each with its default in --help (read from the dataclass that declares it)."""
     p = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, RunOptions)
+    p.add_argument("--plugin", action="append", metavar="FILE", help="a Python file registering a norm with "
+                   "models.register_norm, loaded first so --norm accepts its name (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
@@ -325,6 +328,7 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> None:
 
 
 def main(argv=None) -> int:
+    load_plugins(split_plugin_args(sys.argv[1:] if argv is None else list(argv))[0])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     run_dir, checkpoint = find_run_to_resume(args, run_options(args)) if args.resume else (None, None)
@@ -343,7 +347,8 @@ def main(argv=None) -> int:
         options["run"]["world_size"] = info.world_size
         options["run"]["effective_batch_size"] = recipe.batch_size * info.world_size
         if info.is_main:
-            write_json_atomic(run_dir / "options.json", {**options, "provenance": provenance(info.device)})
+            write_json_atomic(run_dir / "options.json", {**options, "plugin_files": plugin_files([options["norm"]]),
+                                                         "provenance": provenance(info.device)})
         log.info("run folder %s; %d process(es) on %s; effective batch size %d", run_dir,
                  info.world_size, info.device, recipe.batch_size * info.world_size)
         if not recipe.use_vgg:

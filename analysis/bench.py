@@ -33,8 +33,7 @@ from models import build_generator, fuse_for_inference
 from models.presets import discriminator_config, generator_config, label_config
 from models.trainer import Trainer, TrainRecipe
 
-from .cost_formulas import closed_form_generator_costs
-from .costs import generator_inputs
+from .costs import generator_gmacs, generator_inputs
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +203,7 @@ def bench_generators(presets, norms, batch_sizes, dtypes, compiled: bool, device
     for preset in presets:
         models = {norm: build_generator(preset, norm, device=device, **overrides).eval() for norm in norms}
         fused = {norm: fuse_for_inference(G) for norm, G in models.items()}
+        gmacs_per_image = {norm: generator_gmacs(G.config) for norm, G in models.items()}
         for batch in batch_sizes:
             for dtype in tqdm(dtypes, desc=f"bench {preset} batch {batch}", unit="dtype"):
                 fns = {}
@@ -216,9 +216,8 @@ def bench_generators(presets, norms, batch_sizes, dtypes, compiled: bool, device
                 log.info("timing %s batch %d %s: %s", preset, batch, dtype, [f"{n}/{m}" for n, m in fns])
                 table = bench_callables(fns, device=device, repeats=repeats, warmup=warmup)
                 for (norm, mode), row in zip(fns, table.to_dict("records")):
-                    gmacs = closed_form_generator_costs(models[norm].config)["macs"] / 1e9 * batch
                     rows.append({**row, "preset": preset, "norm": norm, "batch": batch, "dtype": dtype,
-                                 "program": "fused", "mode": mode, "gmacs_fvcore": gmacs})
+                                 "program": "fused", "mode": mode, "gmacs_fvcore": gmacs_per_image[norm] * batch})
     return pd.DataFrame(rows)[BENCH_COLUMNS]
 
 

@@ -11,13 +11,13 @@ import torch
 
 from fileio import atomic_path, provenance, write_json_atomic
 
-from .options import (BenchOptions, CompareOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
+from .options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
                       TrainOptions, options_dict, resolve)
 
 # What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.
 SYNTHETIC_DATAROOT = "built-in synthetic scenes"
 # RunContext fields holding one options dataclass each.
-STAGE_FIELDS = ("costs", "bench", "train", "probe", "eval", "report", "compare")
+STAGE_FIELDS = ("costs", "bench", "train", "probe", "convert", "eval", "report", "compare")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class RunContext:
     bench: BenchOptions = field(default_factory=BenchOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     probe: ProbeOptions = field(default_factory=ProbeOptions)
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
     report: ReportOptions = field(default_factory=ReportOptions)
     compare: CompareOptions = field(default_factory=CompareOptions)

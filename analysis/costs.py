@@ -48,6 +48,8 @@ from models.init import init_official
 from models.presets import DiscriminatorConfig, label_config
 from models.registry import norm_spec
 
+from .cost_formulas import closed_form_generator_costs, has_closed_form
+
 log = logging.getLogger(__name__)
 
 ROLES = {
@@ -61,6 +63,8 @@ ROLES = {
     "modulation_icpe": "CLADE-ICPE dist_conv_w/b and the scaling gamma*(1+w.icpe), beta*(1+w'.icpe)",
     "modulation_edge": "CLADE inst_conv on the instance-edge map",
     "modulation_norm": "parameter-free BatchNorm / InstanceNorm of the norm layer",
+    "modulation_plugin": "the other submodules of a plugin's norm layer (models.register_norm): its own "
+                         "scale/shift predictors",
     "modulation_apply": "x_hat * scale + shift (SPADE: scale = 1 + gamma) and CLADE's edge concatenation",
     "backbone": "everything outside the norm layers: residual convs, fc, conv_img, activations, "
                 "upsampling, residual adds, spectral-norm weight recomputation",
@@ -182,7 +186,7 @@ def module_role(name: str) -> str:
         return "modulation_icpe" if len(inner) > 1 else "modulation_clade_affine"
     return {"mlp_shared": "modulation_spade_shared", "mlp_gamma": "modulation_spade_gamma",
             "mlp_beta": "modulation_spade_beta", "param_free_norm": "modulation_norm",
-            "inst_conv": "modulation_edge"}.get(inner[0], "modulation_apply")
+            "inst_conv": "modulation_edge"}.get(inner[0], "modulation_plugin")
 
 
 def op_role(name: str, op: str) -> str:
@@ -312,6 +316,14 @@ def generator_costs(config, *, device="cpu") -> pd.DataFrame:
     G = build_generator_from_config(config, device)
     args, kwargs = generator_inputs(config, device=device)
     return layer_costs(G, args, kwargs=kwargs)
+
+
+def generator_gmacs(config) -> float:
+    """fvcore GMACs of one image: the closed form for a built-in norm, counted by fvcore for a
+    plugin's norm (which has no closed form)."""
+    if has_closed_form(config):
+        return closed_form_generator_costs(config)["macs"] / 1e9
+    return float(generator_costs(config).gmacs_fvcore.sum())
 
 
 def discriminator_costs(config, *, device="cpu") -> pd.DataFrame:

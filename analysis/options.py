@@ -20,7 +20,8 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Callable
 
-from models.presets import NORMS, OFFICIAL_PRESETS
+from models.presets import OFFICIAL_PRESETS
+from models.registry import registered_norms
 
 from .fid_protocol import PROTOCOLS
 from .probe import BASES
@@ -36,7 +37,8 @@ def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any
            cli: bool = True):
     """A dataclass field with its default, help text and command-line spelling.
 
-    ``default`` may be a callable (evaluated when resolved, e.g. the registered norms).
+    ``default`` may be a callable (evaluated when resolved, e.g. the registered norms), and so may
+    ``choices`` (evaluated when the parser is built, after ``--plugin`` files are loaded).
     ``quick`` / ``cpu``: the default under ``--quick`` / on a CPU device (quick wins); a field
     with either holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
     with a clear error below it). ``flag``: the option's spelling when not ``--<prefix>-<name>``.
@@ -48,7 +50,7 @@ def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any
 
 
 def _all_norms() -> tuple[str, ...]:
-    return tuple(NORMS)
+    return registered_norms()  # plugins loaded before the options are resolved included
 
 
 def _reference_if_present() -> Path | None:
@@ -123,7 +125,8 @@ class TrainOptions:
     crop_size: int = option(64, "image size", minimum=1)
     max_seconds: float = option(150.0, "wall-clock cap per method, 0 = no cap; when a method hits it, the "
                                 "methods after it train as many steps as it did", quick=25.0, minimum=0)
-    norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train", metavar="NORM")
+    norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train (space- or "
+                                    "comma-separated: spade,clade,my-norm)", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
                                       "VGG loss off if absent)")
     threads: int | None = option(None, "torch CPU threads while training (default: unchanged; 1 is steadier "
@@ -141,7 +144,7 @@ class ProbeOptions:
                                      "official-format latest_net_G.pth (architecture from --preset and "
                                      "--probe-norm); run_analysis.py probe --checkpoint PATH is the same")
     norm: str | None = option(None, "modulation of a bare --probe-checkpoint .pth (default: read from its keys)",
-                              choices=NORMS)
+                              choices=registered_norms)
     images: int = option(64, "val images probed per model; the ablation runs on a quarter of them (at least 2)",
                          quick=8, minimum=1)
     basis: str = option("quadratic", "regression basis on the ICPE coordinates for the positional part",
@@ -191,12 +194,28 @@ class EvalOptions:
 
 
 @dataclass
+class ConvertOptions:
+    """Stage 'convert': the trained SPADE turned into CLADE (per-class mean modulation), then fine-tuned."""
+
+    checkpoint: Path | None = option(None, "SPADE generator to convert: a folder with generator.json or an "
+                                     "official latest_net_G.pth (architecture from --preset); "
+                                     "run_analysis.py convert --checkpoint PATH is the same (default: the "
+                                     "run's checkpoints/spade)")
+    images: int = option(64, "label maps whose per-class mean gamma/beta become the CLADE tables", quick=16,
+                         minimum=1)
+    finetune_steps: int = option(50, "training steps of the converted CLADE under the train stage's recipe "
+                                 "(fresh discriminator), written as a second folder; 0 = none", quick=10,
+                                 minimum=0)
+
+
+@dataclass
 class ReportOptions:
     """Stage 'report': assembles report.md from the stage records; it has no options of its own."""
 
 
 STAGE_OPTIONS: dict[str, type] = {"costs": CostsOptions, "bench": BenchOptions, "train": TrainOptions,
-                                  "probe": ProbeOptions, "eval": EvalOptions, "report": ReportOptions}
+                                  "probe": ProbeOptions, "convert": ConvertOptions, "eval": EvalOptions,
+                                  "report": ReportOptions}
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -299,7 +318,8 @@ def add_options(parser, cls, prefix: str = "") -> None:
             kwargs["action" if md["append"] else "nargs"] = "append" if md["append"] else "+"
         if kind in (int, float):
             kind = _checked(kind, md["minimum"], flag)
-        parser.add_argument(flag, type=kind, choices=md["choices"], metavar=md["metavar"] or f.name.upper(), **kwargs)
+        choices = md["choices"]() if callable(md["choices"]) else md["choices"]
+        parser.add_argument(flag, type=kind, choices=choices, metavar=md["metavar"] or f.name.upper(), **kwargs)
 
 
 def options_from_args(args: argparse.Namespace, cls, prefix: str = ""):
@@ -307,6 +327,10 @@ def options_from_args(args: argparse.Namespace, cls, prefix: str = ""):
     given = {}
     for f in fields(cls):
         value = getattr(args, dest_name(f, prefix), None) if f.metadata.get("cli", True) else None
+        if isinstance(value, list) and not f.metadata.get("append"):
+            # "a,b c" -> (a, b, c): lists of names may be comma- or space-separated
+            value = tuple(part for item in value for part in (item.split(",") if isinstance(item, str) else [item])
+                          if part != "")
         given[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**given)
 
@@ -342,6 +366,6 @@ def options_dict(opts) -> dict:
             for k, v in asdict(opts).items()}
 
 
-__all__ = ["BenchOptions", "CompareOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
+__all__ = ["BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
            "ReportOptions", "STAGE_OPTIONS", "TrainOptions", "add_options", "default_text", "option",
            "options_dict", "options_from_args", "positive_int", "resolve"]

@@ -273,11 +273,12 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
         def capture(cond, size):
             scale, shift = inner(cond, size)
             size = tuple(size)
+            full_scale, full_shift = per_pixel(name, module, scale, shift, cond.semantic.shape[0], size)
             if size not in positions_at:
                 positions_at[size] = F.interpolate(positions_at["full"], size=size, mode="nearest")
             if name not in stats.layers:
-                stats.layers[name] = LayerStatistics(name, size, scale.shape[1], config.class_nc, basis)
-            stats.layers[name].update(cond.label_at(size), positions_at[size], scale, shift)
+                stats.layers[name] = LayerStatistics(name, size, full_scale.shape[1], config.class_nc, basis)
+            stats.layers[name].update(cond.label_at(size), positions_at[size], full_scale, full_shift)
             return scale, shift
         return capture
 
@@ -289,8 +290,30 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
             positions_at["full"] = dist
             _generate(generator, semantic, dist)
             stats.images += semantic.shape[0]
+    silent = [f"{n} ({type(m).__name__})" for n, m in modules.items() if n not in stats.layers]
+    if silent and stats.images:
+        raise ValueError(f"modulation layers {silent} never called modulation(cond, size) in the forward pass; "
+                         f"the probe reads and replaces modulation, so a layer must compute its scale and "
+                         f"shift there (ModulatedNorm.forward calls it) rather than in a forward of its own")
     log.info("probe: captured %d layers over %d images", len(stats.layers), stats.images)
     return stats
+
+
+def per_pixel(name: str, module: nn.Module, scale, shift, batch: int, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale`` / ``shift`` of one layer as [N, C, H, W] tensors: a layer may return values that
+    broadcast to that (per channel [1, C, 1, 1], one number); anything else is refused naming the layer."""
+    if not (torch.is_tensor(scale) and torch.is_tensor(shift)):
+        scale, shift = torch.as_tensor(scale), torch.as_tensor(shift)
+    try:
+        scale, shift = torch.broadcast_tensors(scale, shift)
+        channels = scale.shape[1] if scale.dim() == 4 else 1
+        if scale.dim() > 4:
+            raise RuntimeError("more than 4 dimensions")
+        return scale.expand(batch, channels, *size), shift.expand(batch, channels, *size)
+    except RuntimeError as exc:
+        raise ValueError(f"layer {name} ({type(module).__name__}): modulation(cond, size) returned scale "
+                         f"{tuple(scale.shape)} and shift {tuple(shift.shape)}; expected tensors that broadcast "
+                         f"to [N, C, {size[0]}, {size[1]}] ({exc})") from None
 
 
 def variance_decomposition(stats: ProbeStatistics, exclude_dontcare: bool = False) -> pd.DataFrame:

@@ -25,12 +25,13 @@ from fileio import write_text_atomic
 
 from .roi import format_value, to_markdown
 
-STAGE_ORDER = ("costs", "bench", "train", "probe", "eval")
+STAGE_ORDER = ("costs", "bench", "train", "probe", "convert", "eval")
 STAGE_TITLES = {
     "costs": "Costs: parameters and GMACs of the official configurations",
     "bench": "Benchmark: measured latency",
     "train": "Training: SPADE, CLADE and CLADE-ICPE under one recipe",
     "probe": "Probe: what the modulation layers do",
+    "convert": "SPADE converted to CLADE without training",
     "eval": "Evaluation and return on investment",
 }
 MAX_TABLE_ROWS = 20

@@ -162,6 +162,7 @@ def save_state_dict_atomic(state: dict, path) -> None:
 
 GENERATOR_WEIGHTS = "latest_net_G.pth"
 GENERATOR_CONFIG = "generator.json"
+PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that registered the norm (plugin norms only)
 
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
@@ -169,7 +170,9 @@ def save_generator_dir(generator: nn.Module, folder) -> Path:
     folder = Path(folder)
     save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
                            folder / GENERATOR_WEIGHTS)
-    write_json_atomic(folder / GENERATOR_CONFIG, config_to_dict(generator.config))
+    record = config_to_dict(generator.config)
+    source = norm_spec(generator.config.norm).source
+    write_json_atomic(folder / GENERATOR_CONFIG, record | ({PLUGIN_FILE_KEY: source} if source else {}))
     return folder
 
 
@@ -182,7 +185,13 @@ def load_generator_dir(folder, device=None) -> nn.Module:
         raise FileNotFoundError(f"{str(config_path)!r} is missing; expected the generator options as JSON "
                                 f"(GeneratorConfig fields, e.g. {{\"label_nc\": 150, \"norm\": \"clade\"}})")
     try:
-        config = GeneratorConfig(**json.loads(config_path.read_text()))
+        record = json.loads(config_path.read_text())
+        plugin = record.pop(PLUGIN_FILE_KEY, None)
+        if plugin is not None and record.get("norm") not in registered_norms():
+            raise ValueError(f"{str(config_path)!r} holds a {record.get('norm')!r} generator, a norm registered "
+                             f"by the plugin {plugin!r}, which is not loaded; pass --plugin {plugin} (or call "
+                             f"models.plugins.load_plugin({plugin!r}) first)")
+        config = GeneratorConfig(**record)
     except (TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from exc
     generator = build_generator_from_config(config)

@@ -31,6 +31,7 @@ def test_quick_run_writes_the_full_report(tmp_path):
         assert title in report, title
     assert "tables/evaluation.csv" in report and "figures/roi_quality_vs_cost.png" in report
     assert "miou_proxy" in report and "fd_proxy_features" in report
+    assert "| SPADE converted to CLADE, fine-tuned " in report and "| spade-to-clade " in report
     for link in (tmp_path / "figures").glob("*.png"):
         assert link.stat().st_size > 0
     if elapsed > 180:   # a budget, not a correctness property: flag it without failing on a busy machine

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from data.datasets import build_dataset
 from data.labels import make_semantic
-from models import NORMS, fuse_for_inference, load_generator_dir, release
+from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
 from models.sample_grid import colorize_labels
@@ -39,7 +39,8 @@ from ..costs import generator_inputs, is_modulation, layer_costs
 from ..options import EvalOptions
 
 log = logging.getLogger(__name__)
-METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
+METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE",
+                "spade-to-clade": "SPADE converted to CLADE", "spade-to-clade-ft": "SPADE converted to CLADE, fine-tuned"}
 
 
 # --- generators ---------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
         for i in range(0, len(samples["label"]), batch_size):
             part = {k: v[i:i + batch_size].to(device) for k, v in samples.items()}
             semantic = make_semantic(part["label"], part.get("instance"), cfg)
-            dist = part.get("dist") if cfg.norm == "clade-icpe" else None
+            dist = part.get("dist") if norm_spec(cfg.norm).needs_icpe else None
             out.append(generator(semantic, dist=dist).clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -243,7 +244,7 @@ def run(ctx: RunContext) -> dict:
     size = cfg.output_size[0]
     log.info("evaluating %s on %d val images of %dx%d", list(generators), opts.images, *cfg.output_size)
 
-    with_dist = any(g.config.norm == "clade-icpe" for g in generators.values())
+    with_dist = any(norm_spec(g.config.norm).needs_icpe for g in generators.values())
     val = load_samples(ctx, "val", opts.images, size, with_dist=with_dist)
     floor = load_samples(ctx, "val", opts.images, size, with_dist=False, skip=opts.images)
     needs_proxy = opts.segmenter is None or not _inception_present(opts)
@@ -270,7 +271,7 @@ def run(ctx: RunContext) -> dict:
 
     rows, samples = [], {"real image": val["image"][:4]}
     for name, generator in tqdm(generators.items(), desc="eval methods"):
-        method = METHOD_NAMES.get(name, name)
+        method = norm_spec(name).label if name in registered_norms() else METHOD_NAMES.get(name, name)
         images = generate(generator, val, opts.batch_size, device)
         samples[method] = images[:4]
         seg, stats = score_images(images, val["label"], segmenter, extractors, opts.batch_size, device)

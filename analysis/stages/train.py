@@ -28,6 +28,7 @@ from data.datasets import build_dataset
 from data.synthetic import SyntheticScenes
 from models.checkpoint_store import SettingsMismatchError, has_checkpoint, remove_training_state
 from models.presets import generator_config
+from models.registry import norm_spec
 from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
 
@@ -54,7 +55,7 @@ def vgg_status(path=None) -> tuple[bool, str]:
 
 def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int]):
     """Identical samples and order for every method; ICPE maps only where they are used."""
-    with_dist = norm == "clade-icpe"
+    with_dist = norm_spec(norm).needs_icpe
     # One pass over new scenes; sized by the planned budget so a cap never changes the order.
     num_samples = s["planned_steps"] * s["batch_size"]
     if ctx.dataroot is None:

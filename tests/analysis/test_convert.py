@@ -5,9 +5,12 @@ import logging
 import pytest
 import torch
 
+import run_analysis
+from analysis.context import RunContext
 from analysis.convert import (clade_from_statistics, first_images, load_spade_generator, spade_to_clade,
                               unseen_classes, write_clade_dir)
 from analysis.probe import ablate, capture_modulation_statistics, modulation_layers, prepare_inputs
+from analysis.stages import convert as convert_stage
 from models import build_generator, load_generator_dir, load_official_checkpoint, save_generator_dir
 from models.checkpoint import save_state_dict_atomic
 
@@ -163,6 +166,51 @@ def test_spade_loads_from_a_folder_or_an_official_file(tmp_path):
     save_generator_dir(build_generator("synthetic", "clade", ngf=8), tmp_path / "clade")
     with pytest.raises(ValueError, match="expects a SPADE generator"):
         load_spade_generator(tmp_path / "clade")
+
+
+def test_convert_command_writes_the_converted_and_the_finetuned_generator(tmp_path):
+    spade = trained_like_spade("synthetic", ngf=4, crop_size=32)
+    save_generator_dir(spade, tmp_path / "spade")
+    out = tmp_path / "run"
+    argv = ["convert", "--checkpoint", str(tmp_path / "spade"), "--out", str(out), "--quick", "--device", "cpu",
+            "--convert-images", "6", "--convert-finetune-steps", "2", "--train-batch-size", "2"]
+    assert run_analysis.main(argv) == 0
+    converted = load_generator_dir(out / "checkpoints" / "spade-to-clade")
+    finetuned = load_generator_dir(out / "checkpoints" / "spade-to-clade-ft")
+    assert converted.config.norm == finetuned.config.norm == "clade" and converted.config.ngf == 4
+    load_official_checkpoint(build_generator("synthetic", "clade", ngf=4, crop_size=32),
+                             out / "checkpoints" / "spade-to-clade" / "latest_net_G.pth")
+    assert json.loads((out / "checkpoints" / "spade-to-clade" / "conversion.json").read_text())["images"] == 6
+    changed = [k for k, v in converted.state_dict().items() if not torch.equal(v, finetuned.state_dict()[k])]
+    assert any("class_specified_affine" in k for k in changed)  # fine-tuning moved the tables
+    record = json.loads((out / "stages" / "convert.json").read_text())
+    assert record["options"]["finetune_steps"] == 2 and len(record["checkpoints"]) == 2
+    table = (out / "tables" / "conversion.csv").read_text()
+    assert "spade-to-clade-ft" in table
+
+
+def test_convert_stage_without_a_spade_generator_is_skipped(tmp_path):
+    argv = ["convert", "--out", str(tmp_path), "--quick", "--device", "cpu"]
+    assert run_analysis.main(argv) == 0
+    assert "no SPADE generator" in json.loads((tmp_path / "stages" / "convert.json").read_text())["skipped"]
+
+
+def test_convert_stage_writes_nothing_into_a_checkpoints_folder_given_by_the_user(tmp_path):
+    save_generator_dir(build_generator("synthetic", "spade", ngf=4, crop_size=32), tmp_path / "mine" / "spade")
+    ctx = RunContext(out=tmp_path / "run", checkpoints=tmp_path / "mine", quick=True)
+    record = convert_stage.run(ctx)
+    assert "left as it is" in record["skipped"] and record["notes"]
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["spade"]
+
+
+def test_convert_command_refuses_to_finetune_without_the_dataset_before_converting(tmp_path):
+    save_state_dict_atomic(build_generator("ade20k", "spade", ngf=2, crop_size=32).state_dict(),
+                           tmp_path / "latest_net_G.pth")
+    argv = ["convert", "--checkpoint", str(tmp_path / "latest_net_G.pth"), "--preset", "ade20k",
+            "--out", str(tmp_path / "run"), "--quick", "--device", "cpu"]
+    with pytest.raises(ValueError, match="needs its dataset: pass --dataroot, or --convert-finetune-steps 0"):
+        run_analysis.main(argv)
+    assert not (tmp_path / "run" / "checkpoints" / "spade-to-clade").exists()
 
 
 def test_bad_inputs_are_explained():

@@ -194,7 +194,7 @@ def test_report_stage_records_what_it_included(run_folder):
 
     summary = report_stage.run(run_folder)
     assert summary["stages_included"] == ["costs", "eval"]
-    assert summary["stages_missing"] == ["bench", "train", "probe"]
+    assert summary["stages_missing"] == ["bench", "train", "probe", "convert"]
     assert (run_folder.out / summary["report"]).is_file()
 
 
@@ -203,7 +203,7 @@ def test_report_for_existing_checkpoints_does_not_ask_for_training(run_folder, t
 
     run_folder.checkpoints = tmp_path / "ckpts"
     summary = report_stage.run(run_folder)
-    assert summary["stages_missing"] == ["bench", "probe"]
+    assert summary["stages_missing"] == ["bench", "probe", "convert"]
     text = (run_folder.out / "report.md").read_text()
     assert f"evaluated checkpoints (not trained in this run): `{tmp_path / 'ckpts'}`" in text
     assert "| train |" not in text
@@ -211,7 +211,7 @@ def test_report_for_existing_checkpoints_does_not_ask_for_training(run_folder, t
 
 def test_report_with_no_stages(tmp_path):
     text = build_report(tmp_path, {"preset": "synthetic", "quick": True})
-    assert "**Missing stages:** `costs`, `bench`, `train`, `probe`, `eval`" in text
+    assert "**Missing stages:** `costs`, `bench`, `train`, `probe`, `convert`, `eval`" in text
     assert "--quick" in text and "Nothing recorded as proxy" in text
     assert json.dumps(text)  # plain text
 
