@@ -116,13 +116,18 @@ class CompareOptions(TimedGenerators):
 class TrainOptions:
     """Stage 'train': the three methods under one recipe, data order and budget."""
 
-    steps: int = option(300, "iterations per method", quick=25, minimum=1)
+    steps: int = option(150, "iterations per method and seed", quick=12, minimum=1)
     ngf: int = option(16, "generator width", quick=8, minimum=1)
     ndf: int = option(32, "discriminator width", quick=16, minimum=1)
     batch_size: int = option(8, "batch size", quick=4, minimum=1)
-    crop_size: int = option(64, "image size", minimum=1)
-    max_seconds: float = option(150.0, "wall-clock cap per method, 0 = no cap; when a method hits it, the "
-                                "methods after it train as many steps as it did", quick=25.0, minimum=0)
+    crop_size: int = option(32, "image size", minimum=1)
+    max_seconds: float = option(45.0, "wall-clock cap per training run, 0 = no cap; when a run hits it, every "
+                                "later run trains as many steps as it did", quick=10.0, minimum=0)
+    seeds: int = option(3, "training seeds per method (seed k uses --seed + k for weights and data order)",
+                        quick=2, minimum=1)
+    kernel_variants: bool = option(True, "also train a 1x1-kernel SPADE (purely per-pixel) beside the 3x3 one")
+    mask_factor: int = option(4, "input-mask experiment: also train SPADE and CLADE on label maps this many times "
+                              "coarser, nearest-upsampled to the output size (1 = no experiment)", minimum=1)
     norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
                                       "VGG loss off if absent)")
