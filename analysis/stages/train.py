@@ -48,11 +48,11 @@ from models.trainer import Trainer, TrainRecipe, discriminator_config_for
 from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
 
 from ..context import RunContext
+from ..quality_seeds import VARIANT_FILE
 from ..options import options_dict
 
 log = logging.getLogger(__name__)
 METHOD_LABELS = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE"}
-VARIANT_FILE = "variant.json"
 
 
 class CoarseMasks(Dataset):
