@@ -55,7 +55,7 @@ SUPPORTED, NOT_SUPPORTED, WITHIN_NOISE = "supported", "not supported", "within n
 NO_VERDICT, NOT_MEASURED, CONTEXT = "no verdict", "not measured", "context"
 # The stage that writes each table, for "not measured in this run (stage X skipped)".
 TABLE_STAGES = {"costs": "costs", "bench": "bench", "probe_resolutions": "probe", "probe_ablation": "probe",
-                "neighbourhood": "probe", "quality_seeds": "eval", "ablation_quality": "eval"}
+                "neighbourhood": "eval", "quality_seeds": "eval", "ablation_quality": "eval"}
 FRECHET_COLUMNS = ("fid", "fid_clean", "fd_proxy_features")
 
 
