@@ -161,14 +161,16 @@ def map_layers(stats: probe.ProbeStatistics, count: int = 3) -> list[str]:
 
 
 def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int,
-                stand_in: bool = False):
-    """(channels, ablation, maps figure) of one generator."""
+                stand_in: bool = False, *, ablation_images: int | None = None, per_layer: bool = True):
+    """(channels, ablation, maps figure) of one generator; the ablation on ``ablation_images``
+    (default ``opts.ablation_images``), each layer alone too when ``per_layer``."""
     cfg = generator.config
     stats = probe.capture_modulation_statistics(generator, batches, basis=opts.basis)
     ids = dict(model=name, norm=cfg.norm, spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
     channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
-    ablation_batches = batches[: max(1, -(-opts.ablation_images // batch_size))]
-    ablation = probe.ablation_effects(generator, stats, ablation_batches).assign(**ids)
+    count = ablation_images or opts.ablation_images
+    ablation_batches = batches[: max(1, -(-count // batch_size))]
+    ablation = probe.ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
     maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
     figure = plot_modulation_maps(maps, channels, cfg.class_nc,
                                   title=f"{name}: gamma (scale) maps of one val image next to its label map"
@@ -180,14 +182,19 @@ def run(ctx: RunContext) -> dict:
     opts = ctx.probe
     generators = find_generators(ctx, opts)
     channels, ablations, sources, data, stand_in = [], [], {}, {}, False
-    figures = []
+    figures, counts = [], {}
     for name, (source, generator) in generators.items():
         cfg = generator.config
         batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
-        batches, description, is_stand_in = probe_batches(ctx, cfg, opts.images, batch_size)
+        # A --probe-checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
+        images = opts.checkpoint_images if opts.checkpoint else opts.images
+        budget = dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if opts.checkpoint else {}
+        batches, description, is_stand_in = probe_batches(ctx, cfg, images, batch_size)
         log.info("probe: %s (%s) on %s", name, source, description)
         model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size,
-                                                            is_stand_in)
+                                                            is_stand_in, **budget)
+        counts[name] = {"images": images, "ablation_images": budget.get("ablation_images", opts.ablation_images),
+                        "per_layer_ablation": budget.get("per_layer", True)}
         channels.append(model_channels)
         ablations.append(ablation)
         sources[name], data[name], stand_in = source, description, stand_in or is_stand_in
@@ -210,8 +217,8 @@ def run(ctx: RunContext) -> dict:
                        "caption": "Share of each modulation layer's gamma / beta variance explained by the "
                                   f"class (semantic), by position within the class region (ICPE "
                                   f"regression) and neither, layers by depth.{note}"})
-    meta = dict(models=sources, data=data, stand_in=stand_in, images=opts.images,
-                ablation_images=opts.ablation_images, basis=probe.BASES[opts.basis],
+    meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
+                ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=probe.BASES[opts.basis],
                 dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
                 positions="ICPE map given to the generator (dataset's, else data.icpe corrected mode), "
                           "nearest-resized to each layer",
@@ -222,7 +229,7 @@ def run(ctx: RunContext) -> dict:
         "probe_channels": "The same decomposition for every channel of every modulation layer.",
         "probe_resolutions": "Variance shares aggregated per resolution stage.",
         "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
-                          "by their per-class means (all layers, then one layer at a time) or ICPE's positional "
+                          "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
                           "input is removed.",
     }
     ratios = ["semantic_ratio", "positional_ratio", "residual_ratio"]
@@ -238,6 +245,10 @@ def run(ctx: RunContext) -> dict:
         tables.append({"file": str(path), "caption": captions[table] + note,
                        **({"columns": shown[table]} if table in shown else {})})
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
-    return {"models": list(generators), "images": opts.images, "stand_in": stand_in,
+    probed = "; ".join(f"{n}: {c['images']} images, ablation on {c['ablation_images']}"
+                       + ("" if c["per_layer_ablation"] else " (all layers at once only; --probe-checkpoint-per-layer "
+                                                              "for each layer alone)") for n, c in counts.items())
+    return {"models": list(generators), "images": counts, "stand_in": stand_in,
+            "notes": [f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images)."],
             "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},
             "figures": figures, "tables": tables}
