@@ -167,11 +167,13 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
     if spade.empty:
         return [Finding("semantic_share", claim, "not measured in this run (no SPADE model probed)", "",
                         NOT_MEASURED, "tables/probe_resolutions.csv")]
-    models = [c for c in ("model", "spade_kernel_size") if c in spade]
+    # several seeds of one training run share its ``run`` (one row per seed: an interval)
+    models = [c for c in ("run" if "run" in spade else "model", "spade_kernel_size") if c in spade]
     out = []
     for key, rows in spade.groupby([*models, "resolution"], sort=False, dropna=False):
         key = dict(zip([*models, "resolution"], key))
-        label = key["resolution"] + (f"; {key['model']}" if "model" in key else "") + (
+        name = key.get("run", key.get("model"))
+        label = key["resolution"] + (f"; {name}" if name is not None else "") + (
             f", {int(key['spade_kernel_size'])}x{int(key['spade_kernel_size'])} kernel"
             if pd.notna(key.get("spade_kernel_size", np.nan)) else "")
         parts, verdicts, notes, spreads = [], [], [], []
