@@ -149,8 +149,8 @@ class ProbeOptions:
                               choices=NORMS)
     images: int = option(64, "val images probed per model; the ablation runs on a quarter of them (at least 2)",
                          quick=8, minimum=1)
-    checkpoint_images: int = option(12, "val images probed for a --probe-checkpoint generator (full-size ade20k "
-                                    "SPADE: about 2-3 s per image and pass on a 2-core CPU); its ablation runs on "
+    checkpoint_images: int = option(6, "val images probed for a --probe-checkpoint generator (full-size ade20k "
+                                    "SPADE: 5-15 s per image and pass on a 2-core CPU); its ablation runs on "
                                     "2 of them, all layers at once", minimum=1)
     checkpoint_per_layer: bool = option(False, "with --probe-checkpoint also ablate each layer alone (one more "
                                         "generator pass per layer and ablation image; minutes on a CPU)")

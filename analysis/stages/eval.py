@@ -12,8 +12,18 @@ split's images from its label maps, score them with a segmenter (yours, or a pro
 on the real training images) and a Frechet distance (FID with the Inception weights, else on the
 proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
 others.
-Writes ``tables/evaluation.csv`` (+ .md), ``tables/roi.csv``, ``tables/roi_modulation.csv``
-(+ .md) and the figures ``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``.
+Seeds and variants: a folder's ``variant.json`` (written by the train stage) names its run,
+method, seed, steps, SPADE kernel size and mask resolution; coarse-mask runs are scored on label
+maps coarsened the way they were trained. Every model gets a ``quality_seeds`` row with bootstrap
+intervals over the images (``analysis.quality_seeds``); ``evaluation.csv`` holds one row per run
+with the mean over its seeds and a Student-t interval; every 3x3 SPADE seed at full mask
+resolution is also scored with its gamma/beta replaced by class means (``ablation_quality``), and
+``neighbourhood`` gives the share of single-class 3x3 windows at each generator resolution.
+Generation uses the fused model (``models.fuse_for_inference``); the ablation the reference one.
+Writes ``tables/evaluation.csv`` (+ .md), ``quality_seeds.csv``, ``ablation_quality.csv``,
+``neighbourhood.csv``, ``tables/roi.csv``, ``tables/roi_modulation.csv`` (+ .md) and the figures
+``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``. The module is over 400 lines: the
+stage, its folder discovery and its per-seed scoring share the run's loaded data and segmenter.
 """
 from __future__ import annotations
 
