@@ -276,8 +276,8 @@ def quality_findings(tables: dict) -> list[Finding]:
     floors, source = noise_floors(tables), "tables/quality_seeds.csv"
     kernel = table.spade_kernel_size.fillna(3) if "spade_kernel_size" in table else pd.Series(3, index=table.index)
     conditions = table.mask_resolution if "mask_resolution" in table else pd.Series("", index=table.index)
-    out = []
-    for condition in conditions.drop_duplicates():
+    out = []   # the real-vs-real rows belong to no mask resolution
+    for condition in conditions[table.norm != "real"].dropna().drop_duplicates():
         here = conditions == condition
         suffix = f" (masks {condition})" if condition else ""
         pick = lambda norm, k=3: table[here & (table.norm == norm) & ((kernel == k) | (norm != "spade"))]

@@ -74,3 +74,12 @@ def test_findings_are_regenerated_from_the_tables(tmp_path):
     seeds.assign(miou_proxy=0.3).to_csv(tmp_path / "tables" / "quality_seeds.csv", index=False)
     again = build_report(tmp_path, {"preset": "synthetic"}, stages=())
     assert "CLADE 0.3 vs SPADE 0.3" in again and "**not supported**" not in again.split("## 2.")[0]
+
+
+def test_quality_findings_compare_within_each_mask_resolution():
+    rows = [{"method": m, "norm": n, "seed": s, "mask_resolution": r, "miou_proxy": v + 0.01 * s}
+            for s in range(3) for r in ("32x32", "8x8") for m, n, v in (("SPADE", "spade", 0.5), ("CLADE", "clade", 0.5))]
+    rows.append({"method": "real images", "norm": "real", "seed": 0, "miou_proxy": 0.9})
+    lines = [f for f in F.quality_findings({"quality_seeds": pd.DataFrame(rows)}) if f.key == "clade_vs_spade"]
+    assert [f.claim for f in lines] == [f"CLADE matches SPADE's quality (masks {r}) [miou_proxy]" for r in ("32x32", "8x8")]
+    assert all(f.verdict == F.WITHIN_NOISE for f in lines)
