@@ -279,7 +279,9 @@ def run_variant(folder: Path, generator, name: str) -> dict:
     seed = int(info["seed"])
     run = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
     factor = int(info["mask_factor"])
-    return {**info, "run": run, "seed": seed, "mask_factor": factor, "mask_resolution": f"{h // factor}x{w // factor}"}
+    masks = f"{h // factor}x{w // factor}"
+    method = info["method"] + (f" ({masks} masks)" if factor > 1 else "")   # one label per table row
+    return {**info, "method": method, "run": run, "seed": seed, "mask_factor": factor, "mask_resolution": masks}
 
 
 def coarse_samples(samples: dict, factor: int) -> dict:
