@@ -83,3 +83,17 @@ def test_quality_findings_compare_within_each_mask_resolution():
     lines = [f for f in F.quality_findings({"quality_seeds": pd.DataFrame(rows)}) if f.key == "clade_vs_spade"]
     assert [f.claim for f in lines] == [f"CLADE matches SPADE's quality (masks {r}) [miou_proxy]" for r in ("32x32", "8x8")]
     assert all(f.verdict == F.WITHIN_NOISE for f in lines)
+
+
+def test_probing_a_checkpoint_uses_the_small_default_budget_and_says_so(tmp_path):
+    from analysis.context import RunContext
+    from analysis.options import ProbeOptions
+    from analysis.stages import probe as stage
+    from models import save_generator_dir
+
+    save_generator_dir(build_generator("synthetic", "spade", ngf=4, crop_size=32), tmp_path / "g")
+    ctx = RunContext(out=tmp_path / "out", quick=True, probe=ProbeOptions(checkpoint=tmp_path / "g", checkpoint_images=2))
+    summary = stage.run(ctx)
+    ablation = pd.read_csv(tmp_path / "out" / "tables" / "probe_ablation.csv")
+    assert set(ablation.ablated) == {"all"} and (ablation.images == 2).all()
+    assert "2 images, ablation on 2 (all layers at once only" in summary["notes"][0]
