@@ -85,6 +85,9 @@ class TimedGenerators:
 class BenchOptions(TimedGenerators):
     """Stage 'bench': latency and memory of the generators, a training step, an op profile."""
 
+    presets: tuple[str, ...] = option(("ade20k", "cityscapes", "coco-stuff"), "presets to time (on a CPU ade20k "
+                                      "only: the three take over 3 minutes of the default run)",
+                                      cpu=("ade20k",), quick=("ade20k",), metavar="PRESET")
     dtypes: tuple[str, ...] = option(("fp32", "bf16"), "autocast dtypes", cpu=("fp32",), quick=("fp32",),
                                      choices=("fp32", "bf16", "fp16"))
     repeats: int = option(10, "timed calls per model", cpu=3, minimum=1)
