@@ -75,11 +75,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 3, r
 
 
 def summarize_times(seconds: list[float]) -> dict:
-    """Median, 90th percentile and minimum in milliseconds, and the number of samples."""
+    """Median, 10th and 90th percentile and minimum in milliseconds, and the number of samples."""
     if len(seconds) == 0:
         raise ValueError("summarize_times got no samples")
     ms = np.asarray(seconds, dtype=float) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)),
             "min_ms": float(ms.min()), "n": int(ms.size)}
 
 
@@ -181,7 +182,7 @@ def bench_callables(fns: dict[str, Callable[[], object]], *, device="cpu", repea
 # ----------------------------------------------------------------------------------------
 # Generator forward and training-step benchmarks
 
-BENCH_COLUMNS = ["preset", "norm", "batch", "dtype", "program", "mode", "median_ms", "p90_ms", "min_ms", "n",
+BENCH_COLUMNS = ["preset", "norm", "batch", "dtype", "program", "mode", "median_ms", "p10_ms", "p90_ms", "min_ms", "n",
                  "peak_mem_mb", "gmacs_fvcore", "device", "device_name", "torch", "threads", "memory_method"]
 
 

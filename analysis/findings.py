@@ -55,7 +55,7 @@ SUPPORTED, NOT_SUPPORTED, WITHIN_NOISE = "supported", "not supported", "within n
 NO_VERDICT, NOT_MEASURED, CONTEXT = "no verdict", "not measured", "context"
 # The stage that writes each table, for "not measured in this run (stage X skipped)".
 TABLE_STAGES = {"costs": "costs", "bench": "bench", "probe_resolutions": "probe", "probe_ablation": "probe",
-                "neighbourhood": "probe", "quality_seeds": "eval", "ablation_quality": "eval"}
+                "neighbourhood": "eval", "quality_seeds": "eval", "ablation_quality": "eval"}
 FRECHET_COLUMNS = ("fid", "fid_clean", "fd_proxy_features")
 
 
@@ -167,21 +167,30 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
     if spade.empty:
         return [Finding("semantic_share", claim, "not measured in this run (no SPADE model probed)", "",
                         NOT_MEASURED, "tables/probe_resolutions.csv")]
-    models = [c for c in ("model", "spade_kernel_size") if c in spade]
+    # several seeds of one training run share its ``run`` (one row per seed: an interval)
+    models = [c for c in ("run" if "run" in spade else "model", "spade_kernel_size") if c in spade]
     out = []
     for key, rows in spade.groupby([*models, "resolution"], sort=False, dropna=False):
         key = dict(zip([*models, "resolution"], key))
-        label = key["resolution"] + (f"; {key['model']}" if "model" in key else "") + (
+        name = key.get("run", key.get("model"))
+        label = key["resolution"] + (f"; {name}" if name is not None else "") + (
             f", {int(key['spade_kernel_size'])}x{int(key['spade_kernel_size'])} kernel"
             if pd.notna(key.get("spade_kernel_size", np.nan)) else "")
         parts, verdicts, notes, spreads = [], [], [], []
         for param, group in rows.groupby("param", sort=False):
             semantic, positional = group.semantic_ratio.to_numpy(float), group.positional_ratio.to_numpy(float)
-            if len(group) >= 2:                   # one row per seed
+            defined = np.isfinite(semantic) & np.isfinite(positional)   # NaN: no variance at all there
+            if not defined.any():
+                parts.append(f"{param}: no variance (ratios undefined)")
+                notes.append(f"{param}: zero variance at this resolution")
+                verdicts.append(NO_VERDICT)
+                continue
+            semantic, positional = semantic[defined], positional[defined]
+            if len(semantic) >= 2:                # one row per seed
                 result = stats.compare(semantic, positional, paired=True)
                 verdicts.append({"higher": SUPPORTED, "lower": NOT_SUPPORTED}.get(result.verdict, WITHIN_NOISE))
                 difference = result.difference.text("{:.2f}")
-                notes.append(f"{param} semantic - positional {difference} over {len(group)} seeds")
+                notes.append(f"{param} semantic - positional {difference} over {len(semantic)} seeds")
             else:
                 verdicts.append(NO_VERDICT)       # as stats.compare: one seed has no interval
                 if "semantic_ratio_q10" in group:
@@ -274,8 +283,9 @@ def quality_findings(tables: dict) -> list[Finding]:
     floors, source = noise_floors(tables), "tables/quality_seeds.csv"
     kernel = table.spade_kernel_size.fillna(3) if "spade_kernel_size" in table else pd.Series(3, index=table.index)
     conditions = table.mask_resolution if "mask_resolution" in table else pd.Series("", index=table.index)
-    out = []
-    for condition in conditions.drop_duplicates():
+    out = []   # the real-vs-real rows belong to no mask resolution
+    present = list(conditions[table.norm != "real"].dropna().drop_duplicates())
+    for condition in present:
         here = conditions == condition
         suffix = f" (masks {condition})" if condition else ""
         pick = lambda norm, k=3: table[here & (table.norm == norm) & ((kernel == k) | (norm != "spade"))]
@@ -284,6 +294,8 @@ def quality_findings(tables: dict) -> list[Finding]:
         pairs.insert(1, ("kernel", pick("spade", 1), pick("spade"), ("SPADE 1x1", "SPADE 3x3")))
         for key, a, b, names in pairs:
             if a.empty or b.empty:
+                if condition != present[0]:    # the mask experiment covers SPADE and CLADE only
+                    continue
                 absent = names[0] if a.empty else names[1]
                 out.append(Finding(key, claims[key] + suffix, f"not measured in this run (no {absent} rows)", "",
                                    NOT_MEASURED, source))

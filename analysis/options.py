@@ -87,6 +87,9 @@ class TimedGenerators:
 class BenchOptions(TimedGenerators):
     """Stage 'bench': latency and memory of the generators, a training step, an op profile."""
 
+    presets: tuple[str, ...] = option(("ade20k", "cityscapes", "coco-stuff"), "presets to time (on a CPU ade20k "
+                                      "only: the three take over 3 minutes of the default run)",
+                                      cpu=("ade20k",), quick=("ade20k",), metavar="PRESET")
     dtypes: tuple[str, ...] = option(("fp32", "bf16"), "autocast dtypes", cpu=("fp32",), quick=("fp32",),
                                      choices=("fp32", "bf16", "fp16"))
     repeats: int = option(10, "timed calls per model", cpu=3, minimum=1)
@@ -118,13 +121,18 @@ class CompareOptions(TimedGenerators):
 class TrainOptions:
     """Stage 'train': the three methods under one recipe, data order and budget."""
 
-    steps: int = option(300, "iterations per method", quick=25, minimum=1)
+    steps: int = option(150, "iterations per method and seed", quick=12, minimum=1)
     ngf: int = option(16, "generator width", quick=8, minimum=1)
     ndf: int = option(32, "discriminator width", quick=16, minimum=1)
     batch_size: int = option(8, "batch size", quick=4, minimum=1)
-    crop_size: int = option(64, "image size", minimum=1)
-    max_seconds: float = option(150.0, "wall-clock cap per method, 0 = no cap; when a method hits it, the "
-                                "methods after it train as many steps as it did", quick=25.0, minimum=0)
+    crop_size: int = option(32, "image size", minimum=1)
+    max_seconds: float = option(45.0, "wall-clock cap per training run, 0 = no cap; when a run hits it, every "
+                                "later run trains as many steps as it did", quick=10.0, minimum=0)
+    seeds: int = option(3, "training seeds per method (seed k uses --seed + k for weights and data order)",
+                        quick=2, minimum=1)
+    kernel_variants: bool = option(True, "also train a 1x1-kernel SPADE (purely per-pixel) beside the 3x3 one")
+    mask_factor: int = option(4, "input-mask experiment: also train SPADE and CLADE on label maps this many times "
+                              "coarser, nearest-upsampled to the output size (1 = no experiment)", minimum=1)
     norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train (space- or "
                                     "comma-separated: spade,clade,my-norm)", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
@@ -147,6 +155,11 @@ class ProbeOptions:
                               choices=registered_norms)
     images: int = option(64, "val images probed per model; the ablation runs on a quarter of them (at least 2)",
                          quick=8, minimum=1)
+    checkpoint_images: int = option(6, "val images probed for a --probe-checkpoint generator (full-size ade20k "
+                                    "SPADE: 5-15 s per image and pass on a 2-core CPU); its ablation runs on "
+                                    "2 of them, all layers at once", minimum=1)
+    checkpoint_per_layer: bool = option(False, "with --probe-checkpoint also ablate each layer alone (one more "
+                                        "generator pass per layer and ablation image; minutes on a CPU)")
     basis: str = option("quadratic", "regression basis on the ICPE coordinates for the positional part",
                         choices=tuple(BASES))
     exclude_dontcare: bool = option(False, "leave 'unknown' pixels out of the variance decomposition (by "

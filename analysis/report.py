@@ -8,6 +8,11 @@ A stage record is ``{"stage", "seconds", ...summary}``; the report reads from th
 numbers are proxies, collected into the provenance section). Any subset of stages works: the
 missing ones are listed with the command that produces them.
 
+Order: "Findings" first (``analysis.findings`` of the run's own ``tables/*.csv``: one line per
+claim of the paper with number, interval, verdict and link), then the paper's published numbers
+beside ours (``analysis.paper``), then one section per stage, and last the wall time per stage
+and the provenance.
+
 A table entry may also name the ``columns`` the report shows (the CSV keeps all of them):
 ``{"file": "tables/costs.csv", "caption": "...", "columns": ["preset", "norm", "params"]}``.
 Without ``columns``, a table wider than ``MAX_TABLE_COLUMNS`` / ``MAX_TABLE_WIDTH`` is shown
@@ -23,6 +28,8 @@ import pandas as pd
 
 from fileio import write_text_atomic
 
+from . import paper
+from .findings import TABLE_STAGES, findings, render_findings
 from .roi import format_value, to_markdown
 
 STAGE_ORDER = ("costs", "bench", "train", "probe", "convert", "eval")
@@ -160,13 +167,10 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
         lines += [f"> `{stage_command(s, out, quick)}`  " for s in missing]
         lines += ["> and then `" + stage_command("report", out, quick) + " --force`.", ""]
 
-    lines += ["## Wall time per stage", "", "| stage | wall time (s) |", "| --- | ---: |"]
-    lines += [f"| {name} | {records[name].get('seconds', float('nan')):.1f} |" if name in records
-              else f"| {name} | not run |" for name in stages]
-    total = sum(rec.get("seconds", 0) for rec in records.values())
-    lines += [f"| **total** | **{total:.1f}** |", ""]
-
-    for number, (name, rec) in enumerate(records.items(), 1):
+    tables = run_tables(out)
+    lines += ["## 1. Findings", "", render_findings(findings(tables))]
+    lines += ["## 2. The paper's numbers beside this toolkit's", "", *paper_section(tables, meta), ""]
+    for number, (name, rec) in enumerate(records.items(), 3):
         lines += [f"## {number}. {STAGE_TITLES.get(name, name)}", "",
                   f"Stage `{name}`, {rec.get('seconds', float('nan')):.1f} s.", ""]
         lines += [f"- {note}" for note in rec.get("notes", [])]
@@ -177,6 +181,12 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
         for entry in rec.get("figures", []):
             lines += [render_figure(out, entry), ""]
 
+    lines += ["## Wall time per stage", "", "| stage | wall time (s) |", "| --- | ---: |"]
+    lines += [f"| {name} | {records[name].get('seconds', float('nan')):.1f} |" if name in records
+              else f"| {name} | not run |" for name in stages]
+    total = sum(rec.get("seconds", 0) for rec in records.values())
+    lines += [f"| **total** | **{total:.1f}** |", ""]
+
     lines += ["## Provenance", ""]
     lines += [f"- {label}: `{meta[key]}`" for key, label in PROVENANCE_KEYS if meta.get(key) is not None]
     lines += ["- per-table provenance (config, seed, versions, device): `tables/<name>.meta.json`", ""]
@@ -186,6 +196,38 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
     lines += ["- Columns and axes whose name contains `proxy` come from networks trained by the toolkit "
               "on the run's own data; compare them between methods of this run, not with published numbers.", ""]
     return "\n".join(lines)
+
+
+def run_tables(out: Path) -> dict[str, pd.DataFrame]:
+    """{name: table} of the run's ``tables/<name>.csv`` that the Findings read (those present)."""
+    names = (*TABLE_STAGES, "costs_per_layer", "evaluation")
+    return {n: pd.read_csv(Path(out) / "tables" / f"{n}.csv") for n in names
+            if (Path(out) / "tables" / f"{n}.csv").is_file()}
+
+
+def paper_section(tables: dict, meta: dict) -> list[str]:
+    """Markdown lines: the abstract's overhead figures under every stated definition
+    (``analysis.paper``), and SPADE's published quality beside this run's."""
+    lines = ["Definitions: *extra* = everything inside the norm layers (or that minus the parameter-free "
+             "BatchNorm); *denominator* = the backbone (generator without the extra) or the whole generator; "
+             "computation counted as fvcore MACs, complete MACs (elementwise work too) or FLOPs. A published "
+             "figure counts as reproduced when a definition gives it to the published rounding; none is tuned.", ""]
+    layers = tables.get("costs_per_layer")
+    try:
+        comparison = paper.paper_comparison(layers, tables.get("costs")) if layers is not None else None
+    except ValueError as exc:          # the costs stage counted other presets
+        comparison, reason = None, str(exc)
+    else:
+        reason = "the costs stage did not run (tables/costs_per_layer.csv missing)"
+    if comparison is None:
+        lines.append(f"- Overhead figures: not compared in this run: {reason}.")
+    else:
+        verdicts = paper.paper_verdicts(comparison)
+        lines += [f"- {'**reproduced**' if r.reproduced else '**not reproduced**'}: {r.statement}"
+                  for r in verdicts.itertuples()]
+    quality = paper.paper_quality_comparison(tables.get("evaluation"), str(meta.get("preset", "")))
+    lines += ["", to_markdown(quality[["preset", "metric", "published", "measured", "note"]])]
+    return lines
 
 
 def write_report(out: Path, meta: dict, stages=STAGE_ORDER, **kwargs) -> Path:

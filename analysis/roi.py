@@ -19,6 +19,8 @@ import pandas as pd
 
 from models.registry import norm_spec, registered_norms
 
+from . import stats
+
 # Quality columns, lower-is-better ones first; names ending in _proxy are proxy figures.
 LOWER_IS_BETTER = ("fid", "fid_clean", "fd_proxy_features")
 HIGHER_IS_BETTER = ("miou", "miou_proxy", "accuracy", "accuracy_proxy")
@@ -101,11 +103,20 @@ def roi_table(evaluation: pd.DataFrame) -> pd.DataFrame:
     """Methods with their costs, qualities and ``pareto_<cost>`` flags.
 
     ``pareto_<cost>`` is True when no other method is at least as cheap on that cost axis and
-    at least as good on every quality column, and strictly better somewhere.
+    at least as good on every quality column, and strictly better somewhere. With intervals over
+    seeds (``<quality>_ci_low`` / ``_ci_high`` of ``stats.seed_summary``), ``<quality>_tie_group``
+    numbers the groups of methods whose difference is inside the intervals (``stats.ties``,
+    noise floor from the 'real images' row): methods sharing a group are tied, not ranked.
     """
     df = _methods(evaluation)
     quality, costs = quality_columns(df), cost_columns(df)
-    table = df[["method", "norm", *costs, *quality]].copy()
+    intervals = [c for q in quality for c in (f"{q}_ci_low", f"{q}_ci_high") if c in df]
+    table = df[["method", "norm", *[c for c in ("n_seeds",) if c in df], *costs, *quality, *intervals]].copy()
+    real = evaluation[evaluation["norm"] == "real"]
+    for q in quality:
+        if f"{q}_ci_low" in df and f"{q}_ci_high" in df:
+            floor = float(real[q].iloc[0]) if q in LOWER_IS_BETTER and len(real) and pd.notna(real[q].iloc[0]) else 0.0
+            table[f"{q}_tie_group"] = stats.ties(df.rename(columns={q: f"{q}_mean"}), q, noise_floor=floor).to_numpy()
     higher = [q in HIGHER_IS_BETTER for q in quality]
     for cost in costs:
         table[f"pareto_{cost}"] = pareto_front(df[cost], df[quality].to_numpy(float), higher)
@@ -159,6 +170,10 @@ def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, colors: dict, refere
                             marker="o" if on_front else "X", edgecolor="black" if on_front else "white",
                             linewidth=1.2)
         points.append((marker, row["method"]))
+        low, high = row.get(f"{quality}_ci_low", np.nan), row.get(f"{quality}_ci_high", np.nan)
+        if np.isfinite(low) and np.isfinite(high):   # the interval over seeds
+            ax.errorbar(row[cost], row[quality], yerr=[[row[quality] - low], [high - row[quality]]], fmt="none",
+                        ecolor=colors[row["method"]], elinewidth=1.2, capsize=3, zorder=2)
     if reference is not None and np.isfinite(reference):
         ax.axhline(reference, color="0.4", lw=1, ls=":")
     ax.set_xlabel(column_label(cost), fontsize=9)

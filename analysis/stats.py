@@ -351,17 +351,25 @@ def timing_reliability(repeats_ms: Sequence[float], reference_before_ms, referen
     benchmark (a scalar or its repeats; medians compared) drifted by more than ``max_drift``,
     or when fewer than 3 repeats leave the spread unmeasured. ``reason`` says which, in words."""
     times = _values(repeats_ms, "timing_reliability repeats_ms")
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return summary_reliability(p10, median, p90, times.size, reference_before_ms, reference_after_ms,
+                               max_spread=max_spread, max_drift=max_drift)
+
+
+def summary_reliability(p10_ms: float, median_ms: float, p90_ms: float, n: int, reference_before_ms,
+                        reference_after_ms, *, max_spread: float = MAX_SPREAD,
+                        max_drift: float = MAX_DRIFT) -> TimingReliability:
+    """:func:`timing_reliability` from a row's summary (p10, median, p90 of ``n`` repeats), as the
+    benchmark tables store it."""
     before = float(np.median(_values(reference_before_ms, "timing_reliability reference_before_ms")))
     after = float(np.median(_values(reference_after_ms, "timing_reliability reference_after_ms")))
     if before <= 0 or after <= 0:
         raise ValueError(f"timing_reliability: reference times must be > 0 ms, got {before} and {after}")
-    median = float(np.median(times))
-    p10, p90 = np.percentile(times, [10, 90])
-    spread = float((p90 - p10) / median) if times.size >= 3 else np.nan
+    spread = float((p90_ms - p10_ms) / median_ms) if n >= 3 else np.nan
     drift = abs(after - before) / before
     reasons = []
-    if times.size < 3:
-        reasons.append(f"only {times.size} repeat(s): spread not measurable (need >= 3)")
+    if n < 3:
+        reasons.append(f"only {n} repeat(s): spread not measurable (need >= 3)")
     elif spread > max_spread:
         reasons.append(f"repeats spread by {spread:.0%} ((p90-p10)/median; limit {max_spread:.0%})")
     if drift > max_drift:

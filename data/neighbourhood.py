@@ -79,3 +79,19 @@ def single_class_fraction(labels: torch.Tensor | Iterable[torch.Tensor], sizes: 
     return pd.DataFrame([{"resolution": f"{h}x{w}", "height": h, "width": w, "kernel": kernel,
                           "single_class_fraction": single[(h, w)] / (images * h * w),
                           "pixels": images * h * w, "images": images} for h, w in shapes])
+
+
+def coarsen_labels(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Integer label (or instance) map [..., H, W] made ``factor`` times coarser and
+    nearest-upsampled back to H x W (the input-mask resolution experiment); factor 1 returns it."""
+    if factor < 1 or labels.shape[-1] % factor or labels.shape[-2] % factor:
+        raise ValueError(f"coarsen_labels: factor={factor} must be >= 1 and divide the map size "
+                         f"{tuple(labels.shape[-2:])}")
+    if factor == 1:
+        return labels
+    if labels.dtype.is_floating_point:
+        raise ValueError(f"coarsen_labels: dtype {labels.dtype}; expected integer ids")
+    h, w = labels.shape[-2:]
+    flat = labels.reshape(-1, 1, h, w).float()
+    coarse = F.interpolate(flat, size=(h // factor, w // factor), mode="nearest")
+    return F.interpolate(coarse, size=(h, w), mode="nearest").to(labels.dtype).reshape(labels.shape)

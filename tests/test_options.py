@@ -25,7 +25,7 @@ def test_every_stage_option_is_in_help_with_its_declared_default():
             shown = default_text(f)
             if shown:
                 assert " ".join(shown.split()) in text, (stage, f.name, shown)
-    assert "--train-steps STEPS iterations per method (default 300; --quick 25)" in text
+    assert "--train-steps STEPS iterations per method and seed (default 150; --quick 12)" in text
     assert "(default 10; on CPU 3)" in text   # --bench-repeats
 
 
@@ -37,8 +37,8 @@ def test_train_py_help_shows_defaults():
 
 
 def test_defaults_follow_quick_and_the_device():
-    assert resolve(TrainOptions(), quick=True).steps == 25
-    assert resolve(TrainOptions(), quick=False).steps == 300
+    assert resolve(TrainOptions(), quick=True).steps == 12
+    assert resolve(TrainOptions(), quick=False).steps == 150
     assert resolve(BenchOptions(), cuda=True).repeats == 10
     assert resolve(BenchOptions(), cuda=False).repeats == 3
     assert resolve(BenchOptions(), quick=True, cuda=True).dtypes == ("fp32",)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 import torch
 
-from analysis.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops
+from analysis.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops, time_interleaved
 from analysis.cost_figures import latency_vs_macs, op_breakdown
 from analysis.costs import generator_inputs
 from models import build_generator, fuse_for_inference
 
-from .. import speed
+from .. import speed, stats
 from ..context import RunContext
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ def _profile(preset: str, norms, device) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)[["preset", "norm", "op", "calls", "self_ms", "share"]]
 
 
+def reference_kernel_ms(device, repeats: int = 15) -> list[float]:
+    """Times (ms) of a fixed 384x384 float32 matmul: timed before and after the benchmark, its
+    drift says whether the machine's load changed meanwhile."""
+    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0)).to(device)
+    times = time_interleaved({"reference": lambda: a @ a}, warmup=3, repeats=repeats, device=device)["reference"]
+    return [t * 1e3 for t in times]
+
+
 def run(ctx: RunContext) -> dict:
     s = _settings(ctx)
     torch.manual_seed(ctx.seed)
@@ -46,15 +55,26 @@ def run(ctx: RunContext) -> dict:
     meta = dict(settings=s, memory_method=memory_method(ctx.device),
                 timing="median / p90 over repeats after warm-up, models interleaved round-robin per "
                        "(preset, batch, dtype); peak_mem_mb excludes weights and inputs")
+    before = reference_kernel_ms(ctx.device)
     bench = bench_generators(s["presets"], s["norms"], s["batch_sizes"], s["dtypes"], s["compiled"], ctx.device,
                              s["repeats"], s["warmup"])
+    after = reference_kernel_ms(ctx.device)
+    checks = [stats.summary_reliability(r.p10_ms, r.median_ms, r.p90_ms, r.n, before, after)
+              for r in bench.itertuples()]
+    bench["reliable"] = [c.reliable for c in checks]
+    bench["unreliable_reason"] = [c.reason for c in checks]
+    bench["reference_before_ms"], bench["reference_after_ms"] = float(np.median(before)), float(np.median(after))
     keys = ["preset", "batch", "dtype", "mode"]
     spade = bench[bench["norm"] == "spade"][keys + ["median_ms"]].rename(columns={"median_ms": "spade_ms"})
     bench["ratio_to_spade"] = bench["median_ms"] / bench[keys].merge(spade, how="left", on=keys)["spade_ms"].to_numpy()
     ctx.write_table(bench, "bench", **meta)
     tables = [{"file": "tables/bench.csv",
-               "caption": "Generator forward latency (median, p90 ms) and peak memory per preset, norm, batch, "
-                          "dtype and mode, with the ratio to SPADE from the same interleaved run."}]
+               "caption": "Generator forward latency (median, p10, p90 ms) and peak memory per preset, norm, batch, "
+                          "dtype and mode, with the ratio to SPADE from the same interleaved run; 'reliable' is "
+                          "False (and unreliable_reason says why) when the repeats spread too much or a reference "
+                          "matmul timed before and after the benchmark drifted: no speed verdict is drawn then.",
+               "columns": ["preset", "norm", "batch", "dtype", "mode", "median_ms", "p10_ms", "p90_ms",
+                           "ratio_to_spade", "reliable", "unreliable_reason"]}]
     figures = []
 
     first = bench[(bench["batch"] == bench["batch"].min()) & (bench["dtype"] == s["dtypes"][0])
@@ -88,7 +108,13 @@ def run(ctx: RunContext) -> dict:
                        "caption": "Images per second of a full training iteration (G step + D step, official "
                                   "losses without VGG) per generator."})
         summary["train_images_per_s"] = train[["preset", "norm", "images_per_s"]].to_dict("records")
-    summary.update(tables=tables, figures=figures)
+    unreliable = bench[~bench["reliable"]]
+    notes = ([f"**Unreliable timing** in {len(unreliable)} of {len(bench)} rows (e.g. {unreliable.norm.iloc[0]}, "
+              f"{unreliable.preset.iloc[0]}: {unreliable.unreliable_reason.iloc[0]}); the Findings draw no speed "
+              f"conclusion from them. Re-run the bench stage on a quiet machine."] if len(unreliable) else
+             [f"Timing reliable: repeats within {stats.MAX_SPREAD:.0%} of their median and the reference matmul "
+              f"within {stats.MAX_DRIFT:.0%} before vs after ({np.median(before):.3g} vs {np.median(after):.3g} ms)."])
+    summary.update(tables=tables, figures=figures, notes=notes)
     if ctx.bench.compare:
         summary = _merge(summary, speed.run_compare(ctx))
     return summary

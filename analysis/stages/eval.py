@@ -12,11 +12,22 @@ split's images from its label maps, score them with a segmenter (yours, or a pro
 on the real training images) and a Frechet distance (FID with the Inception weights, else on the
 proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
 others.
-Writes ``tables/evaluation.csv`` (+ .md), ``tables/roi.csv``, ``tables/roi_modulation.csv``
-(+ .md) and the figures ``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``.
+Seeds and variants: a folder's ``variant.json`` (written by the train stage) names its run,
+method, seed, steps, SPADE kernel size and mask resolution; coarse-mask runs are scored on label
+maps coarsened the way they were trained. Every model gets a ``quality_seeds`` row with bootstrap
+intervals over the images (``analysis.quality_seeds``); ``evaluation.csv`` holds one row per run
+with the mean over its seeds and a Student-t interval; every 3x3 SPADE seed at full mask
+resolution is also scored with its gamma/beta replaced by class means (``ablation_quality``), and
+``neighbourhood`` gives the share of single-class 3x3 windows at each generator resolution.
+Generation uses the fused model (``models.fuse_for_inference``); the ablation the reference one.
+Writes ``tables/evaluation.csv`` (+ .md), ``quality_seeds.csv``, ``ablation_quality.csv``,
+``neighbourhood.csv``, ``tables/roi.csv``, ``tables/roi_modulation.csv`` (+ .md) and the figures
+``eval_samples``, ``roi_quality_vs_cost``, ``roi_modulation``. The module is over 400 lines: the
+stage, its folder discovery and its per-seed scoring share the run's loaded data and segmenter.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -27,27 +38,35 @@ from tqdm.auto import tqdm
 
 from data.datasets import build_dataset
 from data.labels import make_semantic
+from data.neighbourhood import coarsen_labels, single_class_fraction
 from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
 from models.sample_grid import colorize_labels
 
-from .. import fid_protocol, metrics, roi, segmenters
+from .. import fid_protocol, metrics, quality_seeds, roi, segmenters, stats
 from ..bench import summarize_times, time_interleaved
 from ..context import RunContext
 from ..costs import generator_inputs, is_modulation, layer_costs
 from ..options import EvalOptions
+from ..probe import capture_modulation_statistics
 
 log = logging.getLogger(__name__)
-METHOD_NAMES = {"spade": "SPADE", "clade": "CLADE", "clade-icpe": "CLADE-ICPE",
-                "spade-to-clade": "SPADE converted to CLADE", "spade-to-clade-ft": "SPADE converted to CLADE, fine-tuned"}
+# Generator folders that are not a registered norm's name but have a display name of their own.
+CONVERTED_NAMES = {"spade-to-clade": "SPADE converted to CLADE",
+                   "spade-to-clade-ft": "SPADE converted to CLADE, fine-tuned"}
+
+
+def method_name(name: str) -> str:
+    """Display name of the generator folder ``name``: its norm's label, or the converted models'."""
+    return norm_spec(name).label if name in registered_norms() else CONVERTED_NAMES.get(name, name)
 
 
 # --- generators ---------------------------------------------------------------------------
 
 def generator_folders(ctx: RunContext, extra_folders=()) -> dict[str, Path]:
     """{name: folder} of the generators to score, in table order: ``<checkpoints>/<norm>/`` of
-    the three methods (METHOD_NAMES order), the root's other subfolders holding
+    the registered methods (registry order), the root's other subfolders holding
     ``latest_net_G.pth`` (sorted, named after the folder), then ``extra_folders``
     (``"DIR"`` or ``"NAME=DIR"``, as --eval-generator)."""
     root = ctx.checkpoint_root
@@ -184,46 +203,6 @@ def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str
     return extractors, []
 
 
-def score_images(images: torch.Tensor, labels: torch.Tensor, segmenter, extractors: dict,
-                 batch_size: int, device) -> tuple[dict, dict]:
-    """(segmentation scores, {column: ActivationStats}) of one image set."""
-    meter = segmenters.SegmentationMeter()
-    stats = {name: metrics.ActivationStats() for name in extractors}
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(device)
-            logits = segmenter(x)
-            meter.update(logits, segmenter.target(labels[i:i + batch_size].to(device), logits.shape[1]))
-            for name, (extract, transform, _) in extractors.items():
-                stats[name].update(extract(transform(x) if transform else x))
-    return meter.scores(), stats
-
-
-def reference_statistics(ctx: RunContext, extractors: dict, opts: EvalOptions, val: dict, device) -> dict:
-    """Statistics of the real val images per extractor; Inception ones cached under <out>/cache."""
-    images = val["image"]
-    out = {}
-    for name, (extract, transform, _) in extractors.items():
-        def compute(extract=extract, transform=transform):
-            return metrics.activation_statistics(_batches(images, opts.batch_size), extract, device, transform)
-
-        if name == "fd_proxy_features":   # the proxy is retrained every run: nothing to cache
-            out[name] = compute()
-            continue
-        out[name] = metrics.cached_reference_statistics(
-            ctx.out / "cache" / "fid", compute, split="val", count=len(images), preset=ctx.preset,
-            dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, val stream",
-            image_size=list(images.shape[-2:]),
-            resize=metrics.CLEAN_RESIZE if name == "fid_clean" else metrics.FID_RESIZE,
-            extractor=f"pytorch-fid InceptionV3 pool3 (2048-d), {metrics.FID_WEIGHTS_FILE}")
-    return out
-
-
-def frechet_columns(stats: dict, reference: dict, extractors: dict) -> dict:
-    return {name: metrics.stats_distance(stats[name], reference[name], name, extractors[name][2])
-            for name in extractors}
-
-
 # --- the stage ----------------------------------------------------------------------------
 
 def run(ctx: RunContext) -> dict:
@@ -263,40 +242,133 @@ def run(ctx: RunContext) -> dict:
             dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, train stream")
         extractors["fid"] = (extractors["fid"][0], official.transform, metrics.FID_MIN_SAMPLES)
         notes.append(official.note)
-    reference = reference_statistics(ctx, {k: v for k, v in extractors.items() if not (official and k == "fid")},
-                                     opts, val, device)
-    if official:
-        reference["fid"] = official.statistics
+    fixed = {"fid": official.statistics} if official else {}
     suffix = "_proxy" if segmenter.is_proxy else ""
 
-    rows, samples = [], {"real image": val["image"][:4]}
-    for name, generator in tqdm(generators.items(), desc="eval methods"):
-        method = norm_spec(name).label if name in registered_norms() else METHOD_NAMES.get(name, name)
-        images = generate(generator, val, opts.batch_size, device)
-        samples[method] = images[:4]
-        seg, stats = score_images(images, val["label"], segmenter, extractors, opts.batch_size, device)
-        rows.append({"method": method, "norm": name, **frechet_columns(stats, reference, extractors),
-                     f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]})
-    seg, _ = score_images(val["image"], val["label"], segmenter, {}, opts.batch_size, device)
-    real = {"method": "real images", "norm": "real", f"miou{suffix}": seg["miou"], f"accuracy{suffix}": seg["accuracy"]}
-    if floor is not None:   # FD of other real images: the noise floor at this sample count
-        _, stats = score_images(floor["image"], floor["label"], segmenter, extractors, opts.batch_size, device)
-        real.update(frechet_columns(stats, reference, extractors))
-    rows.append(real)
-
-    costs = generator_costs(generators, opts.latency_repeats, device)
-    table = pd.DataFrame(rows).merge(costs, on="norm", how="left")
+    runs = {name: run_variant(folder, generators[name], name) for name, folder in folders.items()}
+    quality, ablation, samples = score_runs(ctx, opts, generators, runs, val, floor, segmenter, extractors, suffix,
+                                            device, fixed)
+    table = seed_means(quality, runs)
+    base = {r["run"]: name for name, r in runs.items() if r["seed"] == 0}
+    costs = generator_costs({run: generators[name] for run, name in base.items()}, opts.latency_repeats, device)
+    table = table.merge(costs.rename(columns={"norm": "run"}), on="run", how="left")
     for column in ("fid", "fid_clean", "fd_proxy_features"):
         if column not in table:
             table[column] = float("nan")
-    order = ["method", "norm", "fid", "fid_clean", "fd_proxy_features", f"miou{suffix}", f"accuracy{suffix}",
-             "params", "modulation_params", "gmacs_fvcore", "modulation_gmacs_fvcore", "gmacs_complete", "latency_ms"]
-    table = table[order]
+    table = table.rename(columns={"norm": "modulation", "run": "norm"})
+    intervals = [c for c in table if c.endswith(("_ci_low", "_ci_high"))]
+    order = ["method", "norm", "modulation", "n_seeds", "steps", "mask_resolution", "fid", "fid_clean",
+             "fd_proxy_features", f"miou{suffix}", f"accuracy{suffix}", "params", "modulation_params", "gmacs_fvcore",
+             "modulation_gmacs_fvcore", "gmacs_complete", "latency_ms", *intervals]
+    table = table[[c for c in order if c in table]]
     table["n_images"] = opts.images
     table["segmenter"] = segmenter.description
+    neighbourhood = single_class_fraction(val["label"], generator_resolutions(cfg)).assign(
+        dataset=ctx.preset if ctx.dataroot else "synthetic scenes")
     fid_reference = official.provenance if official else fid_protocol.toolkit_provenance()
     return write_outputs(ctx, opts, table, samples, val["label"][:4], cfg, notes, segmenter, extractors,
-                         fid_reference=fid_reference)
+                         fid_reference=fid_reference, quality=quality, ablation=ablation, neighbourhood=neighbourhood)
+
+
+# --- seeds, variants, intervals -----------------------------------------------------------
+
+def run_variant(folder: Path, generator, name: str) -> dict:
+    """What the train stage recorded about a checkpoint (``variant.json``), else what its name
+    and config say: run (name without the seed suffix), method, norm, seed, steps, kernel size,
+    mask factor and resolution."""
+    cfg = generator.config
+    h, w = cfg.output_size
+    info = {"method": method_name(name), "norm": cfg.norm, "seed": 0, "steps": float("nan"),
+            "spade_kernel_size": cfg.spade_kernel_size, "mask_factor": 1}
+    path = folder / quality_seeds.VARIANT_FILE
+    if path.is_file():
+        info.update(json.loads(path.read_text()))
+    seed = int(info["seed"])
+    run = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
+    factor = int(info["mask_factor"])
+    masks = f"{h // factor}x{w // factor}"
+    method = info["method"] + (f" ({masks} masks)" if factor > 1 else "")   # one label per table row
+    return {**info, "method": method, "run": run, "seed": seed, "mask_factor": factor, "mask_resolution": masks}
+
+
+def coarse_samples(samples: dict, factor: int) -> dict:
+    """The samples with label and instance maps ``factor`` times coarser (nearest-upsampled)."""
+    return {k: coarsen_labels(v, factor) if k in ("label", "instance") else v for k, v in samples.items()}
+
+
+def generator_resolutions(cfg) -> list[tuple[int, int]]:
+    """The feature-map sizes of the generator's norm layers, coarse to fine."""
+    h, w = cfg.latent_size
+    return [(h * 2 ** i, w * 2 ** i) for i in range(cfg.num_up_layers + 1)]
+
+
+def score_runs(ctx, opts, generators: dict, runs: dict, val: dict, floor, segmenter, extractors: dict, suffix: str,
+               device, fixed: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(quality_seeds, ablation_quality, sample images): every generator scored with bootstrap
+    intervals over images, the real-vs-real rows, and the class-mean ablation of each 3x3 SPADE
+    at full mask resolution (every layer, then each resolution stage). Frechet columns are
+    against the real val images, except those in ``fixed`` ({column: ActivationStats}, e.g. the
+    official protocol's training-set FID statistics: no bootstrap interval)."""
+    real_scores = quality_seeds.image_scores(val["image"], val["label"], segmenter, extractors, opts.batch_size,
+                                             device)
+    rows, ablation, samples = [], [], {"real image": val["image"][:4]}
+    for name, generator in tqdm(generators.items(), desc="eval runs"):
+        r = runs[name]
+        data = val if r["mask_factor"] == 1 else coarse_samples(val, r["mask_factor"])
+        images = generate(generator, data, opts.batch_size, device)
+        if r["seed"] == 0:
+            samples[r["method"] if r["run"] in registered_norms() or r["run"] in CONVERTED_NAMES else r["run"]] = images[:4]
+        scores = quality_seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
+        keys = {k: r[k] for k in ("run", "method", "norm", "seed", "steps", "spade_kernel_size", "mask_resolution")}
+        row = {**keys, "images": len(images), **quality_seeds.quality_row(scores, real_scores, extractors,
+                                                                          suffix=suffix, seed=ctx.seed, fixed=fixed)}
+        rows.append(row)
+        if r["norm"] == "spade" and r["spade_kernel_size"] == 3 and r["mask_factor"] == 1:
+            ablation += class_mean_rows(ctx, opts, generator, val, row, real_scores, segmenter, extractors, suffix,
+                                        device, fixed)
+    real = {"run": "real", "method": "real images", "norm": "real", "seed": 0, "images": len(val["image"]),
+            **quality_seeds.quality_row(real_scores, None, extractors, suffix=suffix, seed=ctx.seed)}
+    if floor is not None:   # other real images against the val images: the Frechet noise floor
+        other = quality_seeds.image_scores(floor["image"], floor["label"], None, extractors, opts.batch_size, device)
+        real.update(quality_seeds.quality_row(other, real_scores, extractors, suffix=suffix, seed=ctx.seed,
+                                              fixed=fixed))
+    rows.append(real)
+    return pd.DataFrame(rows), pd.DataFrame(ablation), samples
+
+
+def class_mean_rows(ctx, opts, generator, val: dict, unablated: dict, real_scores, segmenter, extractors: dict,
+                    suffix: str, device, fixed: dict) -> list[dict]:
+    """Rows of ``ablation_quality`` for one SPADE: as trained ('none'), every layer replaced by its
+    class means ('all'), then each resolution stage alone ('HxW')."""
+    batches = [{k: v[i:i + opts.batch_size] for k, v in val.items()} for i in range(0, len(val["label"]),
+                                                                                   opts.batch_size)]
+    captured = capture_modulation_statistics(generator, batches, progress=False)
+    keys = {"model": unablated["method"], "norm": "spade", "seed": unablated["seed"], "steps": unablated["steps"]}
+    metric_columns = {k: v for k, v in unablated.items() if k not in (*keys, "run", "method", "spade_kernel_size",
+                                                                       "mask_resolution", "images")}
+    out = [{**keys, "ablated": "none", "images": unablated["images"], **metric_columns}]
+    stages = {"all": None, **quality_seeds.resolution_stages(captured)}
+    for ablated, layers in stages.items():
+        images = quality_seeds.ablated_images(generator, val, captured, layers, opts.batch_size, device)
+        scores = quality_seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
+        out.append({**keys, "ablated": ablated, "images": len(images),
+                    **quality_seeds.quality_row(scores, real_scores, extractors, suffix=suffix, seed=ctx.seed,
+                                                fixed=fixed)})
+    return out
+
+
+def seed_means(quality: pd.DataFrame, runs: dict) -> pd.DataFrame:
+    """One row per run (method variant): metric means over seeds with Student-t intervals
+    (``<metric>_ci_low`` / ``_ci_high``), ``n_seeds``, the steps run; the real row as is."""
+    metrics_present = [c for c in quality if c in roi.quality_columns(quality)]
+    summary = stats.seed_summary(quality, metrics_present, by=("run",))
+    summary = summary.rename(columns={f"{m}_mean": m for m in metrics_present})
+    first = quality.drop_duplicates("run").set_index("run")
+    steps = quality.groupby("run").steps.agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))))
+    for column in ("method", "norm", "mask_resolution"):
+        summary[column] = summary.run.map(first[column])
+    summary["steps"] = summary.run.map(steps)
+    return summary
 
 
 def _inception_present(opts: EvalOptions) -> bool:
@@ -308,12 +380,17 @@ def _inception_present(opts: EvalOptions) -> bool:
 
 
 def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg,
-                  notes: list, segmenter, extractors: dict, fid_reference: dict | None = None) -> dict:
+                  notes: list, segmenter, extractors: dict, fid_reference: dict | None = None, *,
+                  quality: pd.DataFrame, ablation: pd.DataFrame, neighbourhood: pd.DataFrame) -> dict:
     """Tables (CSV + Markdown), figures and the stage summary."""
     timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
     meta = dict(eval_images=opts.images, segmenter=segmenter.description,
                 latency=f"median of {opts.latency_repeats} forward passes ({timing})", fid_reference=fid_reference)
     ctx.write_table(table, "evaluation", **meta)
+    ctx.write_table(quality, "quality_seeds", **meta, bootstrap=f"percentile, {stats.N_BOOT} resamples of the images")
+    if not ablation.empty:
+        ctx.write_table(ablation, "ablation_quality", **meta)
+    ctx.write_table(neighbourhood, "neighbourhood", **meta)
     log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
     ctx.write_table(roi_table, "roi", **meta)
@@ -341,9 +418,27 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
         "proxy": ([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
         "tables": [
             {"file": "tables/evaluation.csv",
-             "caption": f"Quality of each method on {opts.images} val label maps (Frechet distances, "
-                        f"segmentation scores{' from the proxy segmenter' if segmenter.is_proxy else ''}) "
-                        f"next to its params, GMACs and measured latency."},
+             "caption": f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
+                        f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
+                        f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
+                        f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
+                        f"model's params, GMACs and measured latency."},
+            {"file": "tables/quality_seeds.csv",
+             "caption": f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
+                        f"val label maps, with the 95 % percentile bootstrap interval over those images "
+                        f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
+             "columns": [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
+                         if c in quality]},
+            *([{"file": "tables/ablation_quality.csv",
+                "caption": "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
+                           "class means in every layer ('all') or in the layers of one resolution stage, scored "
+                           "like the methods (bootstrap intervals in the CSV).",
+                "columns": [c for c in ("model", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation]}]
+              if not ablation.empty else []),
+            {"file": "tables/neighbourhood.csv",
+             "caption": f"Share of pixels whose 3x3 neighbourhood holds a single class in the "
+                        f"{int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's norm layers: there SPADE's 3x3 conv "
+                        "sees one class only and cannot be more than class-adaptive."},
             {"file": "tables/roi.csv",
              "caption": "Costs and qualities per method; pareto_<cost> says whether no other method is at "
                         "least as cheap on that axis and at least as good on every quality column."},

@@ -25,9 +25,11 @@ Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_ch
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
@@ -41,6 +43,7 @@ from data.synthetic import SyntheticScenes
 from .. import probe
 from ..context import RunContext
 from ..options import ProbeOptions
+from ..quality_seeds import VARIANT_FILE
 from ..probe_figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
 
 log = logging.getLogger(__name__)
@@ -161,14 +164,19 @@ def map_layers(stats: probe.ProbeStatistics, count: int = 3) -> list[str]:
 
 
 def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int,
-                stand_in: bool = False):
-    """(channels, ablation, maps figure) of one generator."""
+                stand_in: bool = False, *, ablation_images: int | None = None, per_layer: bool = True,
+                run: str | None = None, seed: int = 0):
+    """(channels, ablation, maps figure) of one generator; the ablation on ``ablation_images``
+    (default ``opts.ablation_images``), each layer alone too when ``per_layer``. ``run`` / ``seed``:
+    the training run and seed it belongs to (several seeds of one run give intervals)."""
     cfg = generator.config
     stats = probe.capture_modulation_statistics(generator, batches, basis=opts.basis)
-    ids = dict(model=name, norm=cfg.norm, spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
+    ids = dict(model=name, run=run or name, seed=seed, norm=cfg.norm,
+               spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
     channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
-    ablation_batches = batches[: max(1, -(-opts.ablation_images // batch_size))]
-    ablation = probe.ablation_effects(generator, stats, ablation_batches).assign(**ids)
+    count = ablation_images or opts.ablation_images
+    ablation_batches = batches[: max(1, -(-count // batch_size))]
+    ablation = probe.ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
     maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
     figure = plot_modulation_maps(maps, channels, cfg.class_nc,
                                   title=f"{name}: gamma (scale) maps of one val image next to its label map"
@@ -180,18 +188,35 @@ def run(ctx: RunContext) -> dict:
     opts = ctx.probe
     generators = find_generators(ctx, opts)
     channels, ablations, sources, data, stand_in = [], [], {}, {}, False
-    figures = []
+    figures, counts = [], {}
     for name, (source, generator) in generators.items():
         cfg = generator.config
+        variant_file = Path(source) / VARIANT_FILE
+        variant = json.loads(variant_file.read_text()) if variant_file.is_file() else {}
+        if variant.get("mask_factor", 1) > 1:   # trained on coarse masks: the eval stage scores it
+            log.info("probe: %s skipped (trained on %s masks)", name, variant.get("mask_resolution"))
+            continue
+        seed = int(variant.get("seed", 0))
+        run_name = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
         batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
-        batches, description, is_stand_in = probe_batches(ctx, cfg, opts.images, batch_size)
+        # A --probe-checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
+        images = opts.checkpoint_images if opts.checkpoint else opts.images
+        budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if opts.checkpoint
+                  else dict(per_layer=seed == 0))   # per layer once per run; every seed for 'all'
+        budget.update(run=run_name, seed=seed)
+        batches, description, is_stand_in = probe_batches(ctx, cfg, images, batch_size)
         log.info("probe: %s (%s) on %s", name, source, description)
         model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size,
-                                                            is_stand_in)
+                                                            is_stand_in, **budget)
+        counts[name] = {"images": images, "ablation_images": budget.get("ablation_images", opts.ablation_images),
+                        "per_layer_ablation": budget.get("per_layer", True)}
         channels.append(model_channels)
         ablations.append(ablation)
         sources[name], data[name], stand_in = source, description, stand_in or is_stand_in
         note = " Stand-in label maps (no real dataset)." if is_stand_in else ""
+        if seed:
+            plt.close(maps_figure)
+            continue
         figures.append({"file": str(ctx.write_figure(maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
                         "caption": f"{name}: the three highest-variance gamma channels of the three "
                                    f"highest-resolution layers for one image, beside its label map.{note}"})
@@ -205,13 +230,21 @@ def run(ctx: RunContext) -> dict:
     resolutions = probe.resolution_summary(channels)
     ablation = pd.concat(ablations, ignore_index=True).astype(kernel)
     note = " Stand-in label maps (no real dataset)." if stand_in else ""
-    figures.insert(0, {"file": str(ctx.write_figure(plot_ratio_bars(layers), "probe_ratio_bars")
+    # A model whose ratio is 1 in every layer (CLADE: per-class tables) gets a line of text, not a panel.
+    first_seed = layers[layers.seed == 0]   # one panel per run; every seed is in the tables
+    constant = [m for m, g in first_seed.groupby("model", sort=False)
+                if g.semantic_ratio_weighted.dropna().between(1 - 1e-6, 1 + 1e-6).all()]
+    drawn = first_seed[~first_seed.model.isin(constant)] if len(constant) < first_seed.model.nunique() else first_seed
+    constant = [m for m in constant if m not in set(drawn.model)]
+    figures.insert(0, {"file": str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars")
                                    .relative_to(ctx.out)),
                        "caption": "Share of each modulation layer's gamma / beta variance explained by the "
                                   f"class (semantic), by position within the class region (ICPE "
-                                  f"regression) and neither, layers by depth.{note}"})
-    meta = dict(models=sources, data=data, stand_in=stand_in, images=opts.images,
-                ablation_images=opts.ablation_images, basis=probe.BASES[opts.basis],
+                                  f"regression) and neither, layers by depth.{note}"
+                                  + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
+                                     f"by construction (gamma / beta are per-class tables)." if constant else "")})
+    meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
+                ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=probe.BASES[opts.basis],
                 dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
                 positions="ICPE map given to the generator (dataset's, else data.icpe corrected mode), "
                           "nearest-resized to each layer",
@@ -222,7 +255,7 @@ def run(ctx: RunContext) -> dict:
         "probe_channels": "The same decomposition for every channel of every modulation layer.",
         "probe_resolutions": "Variance shares aggregated per resolution stage.",
         "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
-                          "by their per-class means (all layers, then one layer at a time) or ICPE's positional "
+                          "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
                           "input is removed.",
     }
     ratios = ["semantic_ratio", "positional_ratio", "residual_ratio"]
@@ -238,6 +271,10 @@ def run(ctx: RunContext) -> dict:
         tables.append({"file": str(path), "caption": captions[table] + note,
                        **({"columns": shown[table]} if table in shown else {})})
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
-    return {"models": list(generators), "images": opts.images, "stand_in": stand_in,
+    probed = "; ".join(f"{n}: {c['images']} images, ablation on {c['ablation_images']}"
+                       + ("" if c["per_layer_ablation"] else " (all layers at once only; --probe-checkpoint-per-layer "
+                                                              "for each layer alone)") for n, c in counts.items())
+    return {"models": list(generators), "images": counts, "stand_in": stand_in,
+            "notes": [f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images)."],
             "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},
             "figures": figures, "tables": tables}

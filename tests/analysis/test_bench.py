@@ -39,7 +39,7 @@ def test_time_interleaved_rejects_empty_and_bad_counts():
 
 def test_summarize_times_in_milliseconds():
     stats = summarize_times([0.004, 0.001, 0.003, 0.002])
-    assert stats == pytest.approx({"median_ms": 2.5, "p90_ms": 3.7, "min_ms": 1.0, "n": 4})
+    assert stats == pytest.approx({"median_ms": 2.5, "p10_ms": 1.3, "p90_ms": 3.7, "min_ms": 1.0, "n": 4})
     with pytest.raises(ValueError):
         summarize_times([])
 

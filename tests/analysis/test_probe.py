@@ -262,7 +262,7 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
     for item in summary["figures"] + summary["tables"]:
         assert (tmp_path / "out" / item["file"]).is_file() and item["caption"]
     meta = json.loads((tmp_path / "out" / "tables" / "probe_layers.meta.json").read_text())
-    assert meta["stand_in"] is False and meta["images"] == 2
+    assert meta["stand_in"] is False and meta["images"] == {"clade-icpe": 2, "spade-k1": 2}
 
 
 def test_stage_without_checkpoints_says_what_to_do(tmp_path):

@@ -306,7 +306,8 @@ def test_run_analysis_train_stage_writes_checkpoints_tables_and_figure(tmp_path)
 
     from analysis.options import TrainOptions
 
-    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=SIZE))
+    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=SIZE,
+                                                                 seeds=1, kernel_variants=False, mask_factor=1))
     summary = stage.run(ctx)
     assert summary["vgg"].startswith(("off (weights not found)", "on"))
     for norm in ("spade", "clade", "clade-icpe"):
@@ -328,7 +329,7 @@ def test_stage_time_cap_gives_later_methods_the_same_steps(tmp_path):
     from analysis.options import TrainOptions
 
     options = TrainOptions(steps=50, ngf=4, ndf=8, batch_size=2, crop_size=SIZE, max_seconds=1e-9,
-                           norms=("clade", "clade-icpe"))
+                           norms=("clade", "clade-icpe"), seeds=1, kernel_variants=False, mask_factor=1)
     summary = stage.run(RunContext(out=tmp_path, quick=True, train=options))
     assert summary["steps"] == 1
     assert [r["steps"] for r in summary["results"]] == [1, 1]
@@ -346,7 +347,7 @@ def test_train_one_trains_a_named_variant_under_the_same_recipe(tmp_path):
                              overrides={"spade_kernel_size": 1})
     G = load_generator_dir(ctx.checkpoint_dir("spade-1x1"))
     assert (G.config.norm, G.config.spade_kernel_size, G.config.ngf) == ("spade", 1, 4)
-    assert result["row"]["norm"] == "spade-1x1" and result["row"]["steps"] == 2
+    assert result["row"]["run"] == "spade-1x1" and result["row"]["steps"] == 2
     assert (tmp_path / "tables" / "train_log_spade-1x1.csv").is_file() and (tmp_path / "train" / "spade-1x1").is_dir()
     assert not ctx.checkpoint_dir("spade").exists()
 
