@@ -178,7 +178,10 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
             if pd.notna(key.get("spade_kernel_size", np.nan)) else "")
         parts, verdicts, notes, spreads = [], [], [], []
         for param, group in rows.groupby("param", sort=False):
-            semantic, positional = group.semantic_ratio.to_numpy(float), group.positional_ratio.to_numpy(float)
+            # The chance-adjusted share (as adjusted R^2): at the head layers a class has a few pixels
+            # per image, and the raw regression on position fits them by chance (1x1: one pixel).
+            column = "positional_ratio_adjusted" if "positional_ratio_adjusted" in group else "positional_ratio"
+            semantic, positional = group.semantic_ratio.to_numpy(float), group[column].to_numpy(float)
             defined = np.isfinite(semantic) & np.isfinite(positional)   # NaN: no variance at all there
             if not defined.any():
                 parts.append(f"{param}: no variance (ratios undefined)")
@@ -196,7 +199,8 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
                 if "semantic_ratio_q10" in group:
                     q10, q90 = group.semantic_ratio_q10.iloc[0], group.semantic_ratio_q90.iloc[0]
                     spreads.append(f"{param} {q10:.2f}-{q90:.2f}")
-            parts.append(f"{param} semantic {semantic.mean():.2f} vs positional {positional.mean():.2f}")
+            adjusted = " (chance-adjusted)" if column == "positional_ratio_adjusted" else ""
+            parts.append(f"{param} semantic {semantic.mean():.2f} vs positional{adjusted} {positional.mean():.2f}")
         if len(notes) < len(parts):
             spread = f"; semantic share of channels, q10-q90: {', '.join(spreads)}" if spreads else ""
             notes.append(f"1 seed: no interval over seeds (probe every seed's SPADE){spread}")
