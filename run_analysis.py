@@ -25,14 +25,19 @@ import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
 from analysis.options import (STAGE_OPTIONS, CompareOptions, OptionParser, add_options,  # noqa: E402
-                              options_dict, options_from_args, positive_int)
-from fileio import write_json_atomic  # noqa: E402
+                              check_device, options_dict, options_from_args, positive_int)
+from data.presets import check_data_source  # noqa: E402
+from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
 
 # Stage name -> module under analysis/stages with ``run(ctx) -> dict`` (a short summary recorded in
 # stages/<name>.json); its options are the dataclass analysis.options.STAGE_OPTIONS[name].
 STAGES = ["costs", "bench", "train", "probe", "convert", "eval", "report"]
+# Stages that read the dataset named by --preset / --dataroot.
+DATA_STAGES = ("train", "probe", "convert", "eval")
+# Run settings that determine every stage's result (besides the stage's own options).
+RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
 log = logging.getLogger("run_analysis")
 
 
@@ -61,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--train-norms etc. accept its name (repeatable; see examples/)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU); sets the "
                                                              "--quick defaults below")
-    parser.add_argument("--force", action="store_true", help="recompute finished stages")
+    parser.add_argument("--force", action="store_true", help="recompute finished stages, also when their "
+                                                             "settings differ from this command's")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error "
+                                                             "(default: its one-line message)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and models (default %(default)s)")
     parser.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
@@ -111,6 +119,16 @@ def default_device() -> str:
 def context_from_args(args: argparse.Namespace) -> RunContext:
     """The run's context with every stage's options resolved (SystemExit naming a bad value)."""
     out = args.out if args.out is not None else Path("reports") / ("default" if args.stage == "all" else args.stage)
+    if args.checkpoints is not None and args.stage == "train":
+        raise SystemExit(f"--checkpoints {args.checkpoints} is read by the probe, eval and report stages; the train "
+                         f"stage writes only under --out ({out}/checkpoints); drop --checkpoints to train")
+    try:
+        if args.device is not None:
+            check_device(args.device)
+        if args.stage in ("all", *DATA_STAGES):
+            check_data_source(args.preset, args.dataroot)
+    except ValueError as exc:
+        raise SystemExit(f"run_analysis.py: {exc}") from None
     stages = {name: options_from_args(args, STAGE_OPTIONS[name], name) for name in STAGES}
     stages["probe"].checkpoint = probe_checkpoint(args)
     stages["convert"].checkpoint = probe_checkpoint(args, "convert")
@@ -123,40 +141,104 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
         raise SystemExit(f"run_analysis.py: {exc}") from exc
 
 
+def stage_settings(name: str, ctx: RunContext) -> dict:
+    """The settings that determine a stage's result: the run's data and seed, and its own options."""
+    run = ctx.options()["run"]
+    options = options_dict(getattr(ctx, name))
+    if name == "bench" and ctx.bench.compare:
+        options["compare_options"] = options_dict(ctx.compare)
+    return {"run": {k: run[k] for k in RUN_SETTINGS}, "options": options}
+
+
+def _differences(old: dict, new: dict, where: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{where}{key}.")
+        elif a != b:
+            out.append(f"{where}{key}: recorded {a!r}, now {b!r}")
+    return out
+
+
+def _record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: unreadable stage record ({exc}); pass --force to recompute the stage") from None
+
+
+def check_upstream(ctx: RunContext, name: str) -> None:
+    """SystemExit when a finished stage under ``ctx.out`` ran on other run settings (data, seed,
+    --quick, --checkpoints) than this command: the report would label its results wrongly."""
+    for path in sorted((ctx.out / "stages").glob("*.json")):
+        if path.stem == name or path.stem == "report":
+            continue
+        recorded = _record(path).get("settings", {}).get("run")
+        if recorded is None:
+            continue
+        differ = _differences(recorded, stage_settings(name, ctx)["run"])
+        if differ:
+            raise SystemExit(f"{path}: the {path.stem} stage ran with other settings ({'; '.join(differ)}); "
+                             f"run the same settings, another --out, or --force to recompute it")
+
+
 def run_stage(name: str, ctx: RunContext) -> dict:
-    """Run one stage unless its done-marker exists (and --force is off); record its time and the
-    options it ran with."""
+    """Run one stage unless its record exists with the same settings (and --force is off); record
+    its time and the settings it ran with. A record with other settings is refused, naming them."""
     marker = ctx.out / "stages" / f"{name}.json"
+    settings = stage_settings(name, ctx)
     # The report is cheap and must reflect the stages as they are now: never reused.
     if marker.exists() and not ctx.force and name != "report":
+        record = _record(marker)
+        differ = _differences(record.get("settings", {}), settings)
+        if differ:
+            raise SystemExit(f"{marker}: the {name} stage finished with other settings ({'; '.join(differ)}); "
+                             f"pass --force to recompute it, or another --out")
         log.info("[%s] already done (%s); --force recomputes", name, marker)
-        return json.loads(marker.read_text())
+        return record
+    if not ctx.force:
+        check_upstream(ctx, name)
     log.info("[%s] starting", name)
     start = time.perf_counter()
     summary = stage_module(name).run(ctx)
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
-              "options": options_dict(getattr(ctx, name)), **summary}
-    if name == "bench" and ctx.bench.compare:
-        record["options"]["compare_options"] = options_dict(ctx.compare)
+              "options": settings["options"], "settings": settings, **summary}
     write_json_atomic(marker, record)
     log.info("[%s] done in %.1f s", name, record["seconds"])
     return record
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    load_plugins(split_plugin_args(sys.argv[1:] if argv is None else list(argv))[0])
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the stages the command line names, holding the lock of --out."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     ctx = context_from_args(args)
     stages = STAGES if args.stage == "all" else [args.stage]
     if args.checkpoints is not None and args.stage == "all":
         stages = [s for s in stages if s != "train"]
-    for name in stages:
-        run_stage(name, ctx)
+    with folder_lock(ctx.out, "run_analysis.py"):
+        for name in stages:
+            run_stage(name, ctx)
     log.info("outputs in %s", ctx.out)
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line; an error prints one line (file, value, expectation) unless --debug."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        load_plugins(split_plugin_args(argv)[0])
+        args = parse_args(argv)
+        return run(args)
+    except (FolderLocked, ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        print(f"run_analysis.py: error: {exc} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,10 +26,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from analysis.options import OptionParser, add_options, option, options_dict, options_from_args, resolve
+from analysis.options import (OptionParser, add_options, check_device, option, options_dict, options_from_args,
+                              resolve)
 from data.datasets import build_dataset as build_real_dataset
+from data.datasets import custom_has_instances
+from data.presets import check_data_source
 from data.synthetic import SyntheticScenes
 from fileio import provenance, write_json_atomic
+from fileio.lock import acquire as acquire_lock
+from fileio.lock import release as release_lock
 from models.checkpoint_store import DiskFullError, find_resume_target
 from models.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
@@ -127,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", metavar="FILE", help="a Python file registering a norm with "
                    "models.register_norm, loaded first so --norm accepts its name (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (default: its "
+                                                        "one-line message)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
                         "--preset/--norm in --out)")
@@ -192,6 +199,12 @@ def resolve_options(args: argparse.Namespace) -> dict:
     run = run_options(args)
     preset = canonical_preset(run.preset)
     norm = canonical_norm(run.norm)
+    try:
+        check_data_source(preset, run.dataroot)
+        if run.device is not None:
+            check_device(run.device)
+    except ValueError as exc:
+        raise SystemExit(f"train.py: {exc}") from None
     g_fields = {f.name for f in fields(GeneratorConfig)} - {"norm"}
     d_fields = {f.name for f in fields(DiscriminatorConfig)}
     r_fields = {f.name for f in fields(TrainRecipe)}
@@ -219,7 +232,12 @@ def resolve_options(args: argparse.Namespace) -> dict:
         r_over["ttur"] = False
     if args.no_ganFeat_loss:
         r_over["use_feat_loss"] = False
-    g_config = generator_config(preset, norm, **g_over)
+    if preset == "custom" and "no_instance" not in g_over and not custom_has_instances(run.dataroot):
+        g_over["no_instance"] = True  # no instances/ folder: no instance-edge channel
+    try:
+        g_config = generator_config(preset, norm, **g_over)
+    except ValueError as exc:
+        raise SystemExit(f"train.py: {exc}") from None
     d_config = discriminator_config_for(g_config, **d_over)
     recipe = TrainRecipe(**r_over)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -338,10 +356,13 @@ def main(argv=None) -> int:
         return 0
 
     info = setup_distributed(options["run"]["device"])
+    lock = None
     try:
         if info.is_main and run_dir is None:
             run_dir = next_run_dir(Path(options["run"]["out"]), f"{options['preset']}-{options['norm']}")
         run_dir = _broadcast_path(run_dir)
+        if info.is_main:
+            lock = acquire_lock(run_dir, "train.py")  # FolderLocked when another process trains in run_dir
         _setup_logging(run_dir, info.is_main)
         recipe = recipe_from_dict(options["recipe"])
         options["run"]["world_size"] = info.world_size
@@ -385,8 +406,15 @@ def main(argv=None) -> int:
             log.info("generator exported to %s (official latest_net_G.pth + generator.json)", folder)
         return 0
     finally:
+        if lock is not None:
+            release_lock(lock)
         cleanup_distributed()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, RuntimeError, OSError) as exc:
+        if "--debug" in sys.argv:
+            raise
+        sys.exit(f"train.py: error: {exc} (--debug shows the traceback)")

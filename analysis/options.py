@@ -20,6 +20,8 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Callable
 
+import torch
+
 from models.presets import OFFICIAL_PRESETS
 from models.registry import registered_norms
 
@@ -276,6 +278,21 @@ def _checked(kind: Callable, minimum, flag: str):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it; ValueError naming the value and the devices present."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a device name; expected cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no usable CUDA GPU (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda}); pass --device cpu")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def positive_int(flag: str) -> Callable[[str], int]:

@@ -272,6 +272,12 @@ def _custom_dirs(dataroot, phase, image_dir, label_dir, instance_dir):
     return Path(image_dir), Path(label_dir), Path(instance_dir) if instance_dir is not None else None
 
 
+def custom_has_instances(dataroot, phase: str = "train") -> bool:
+    """Whether a custom dataset under ``dataroot`` has instance maps (``instances/``); without
+    them the generator config needs ``no_instance=True`` (no all-zero edge channel)."""
+    return _custom_dirs(dataroot, phase, None, None, None)[2] is not None
+
+
 def _open(path: Path, what: str, decode: bool = True) -> Image.Image:
     """Open (and by default fully decode) an image file, or raise ValueError naming it."""
     try:

@@ -8,6 +8,8 @@ networks.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 # label_nc: classes without dontcare; contain_dontcare_label: one more class channel for
 # 'unknown'; no_instance: no instance maps; crop_size: output width; aspect_ratio: width / height.
 DATASETS: dict[str, dict] = {
@@ -37,3 +39,25 @@ def canonical_preset(preset: str) -> str:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(DATASETS)} "
                          f"(aliases: {sorted(PRESET_ALIASES)})")
     return name
+
+
+def check_data_source(preset: str, dataroot) -> None:
+    """Refuse a preset / dataroot pair that would silently train or score on the wrong data:
+    a dataroot that is no folder, a dataroot with the built-in 'synthetic' preset (which reads no
+    folder), and a real preset without a dataroot (its class count does not match the scenes)."""
+    name = canonical_preset(preset)
+    if dataroot is not None:
+        if not Path(dataroot).is_dir():
+            raise ValueError(f"--dataroot {dataroot}: no such folder; expected the root of the "
+                             f"{'dataset named by --preset' if name == 'synthetic' else name + ' dataset'}")
+        if name == "synthetic":
+            real = sorted(n for n in DATASETS if n != "synthetic")
+            raise ValueError(f"--dataroot {dataroot} with --preset synthetic: the synthetic scenes are built in and "
+                             f"read no folder; pass the dataset's preset ({', '.join(real)}; 'custom' for "
+                             f"images/ + labels/ [+ instances/]) or drop --dataroot")
+    elif name != "synthetic":
+        classes = DATASETS[name].get("label_nc")
+        what = f"{classes} classes" if classes else "its own classes"
+        raise ValueError(f"--preset {preset} without --dataroot: the {name} preset ({what}) needs its dataset; "
+                         f"pass --dataroot DIR, or --preset synthetic for the built-in scenes "
+                         f"({DATASETS['synthetic']['label_nc']} classes)")

@@ -5,7 +5,8 @@
 """
 from .atomic import (append_line, atomic_path, save_torch_atomic, write_bytes_atomic, write_json_atomic,
                      write_text_atomic)
+from .lock import FolderLocked, folder_lock
 from .provenance import device_description, git_commit, provenance
 
-__all__ = ["append_line", "atomic_path", "device_description", "git_commit", "provenance", "save_torch_atomic",
+__all__ = ["FolderLocked", "append_line", "atomic_path", "device_description", "folder_lock", "git_commit", "provenance", "save_torch_atomic",
            "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]

@@ -6,6 +6,7 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from fileio import save_torch_atomic, write_json_atomic
 from .build import build_discriminator, build_generator, build_generator_from_config
 from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
 from .registry import norm_spec, recognise_norm, registered_norms
+
+
+GENERATOR_WEIGHTS = "latest_net_G.pth"
+GENERATOR_CONFIG = "generator.json"
+PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that registered the norm (plugin norms only)
+# Keys of a train.py checkpoint.pt (models.trainer.Trainer.state_dict), not of a network.
+TRAINING_KEYS = {"G", "D", "opt_G", "opt_D", "step"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -34,11 +42,32 @@ def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc}); "
-                         f"expected a state_dict saved by torch.save") from exc
+        raise ValueError(f"checkpoint {str(path)!r} could not be read: {_load_problem(path, exc)}; "
+                         f"expected a state_dict saved by torch.save") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
+    if TRAINING_KEYS <= set(state):
+        raise ValueError(f"checkpoint {str(path)!r} is a training checkpoint of train.py (networks, optimizers "
+                         f"and step); load it with models.trainer.Trainer.load_checkpoint, or use the generator "
+                         f"folder the run exports (<run>/generator/{GENERATOR_WEIGHTS} + {GENERATOR_CONFIG})")
+    not_tensors = sorted(k for k, v in state.items() if not torch.is_tensor(v))
+    if not_tensors:
+        raise ValueError(f"checkpoint {str(path)!r} is not a plain state_dict: {len(not_tensors)} entries are not "
+                         f"tensors ({_abbrev(not_tensors)}); expected parameter name -> tensor")
     return state, repr(str(path))
+
+
+def _load_problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch.load refused, without torch's advice to unpickle it."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(exc)
+    if isinstance(exc, EOFError) or "failed finding central directory" in text or "truncated" in text.lower():
+        return f"the file is truncated or not a torch file ({path.stat().st_size} bytes)"
+    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
+        return ("it is not a plain state_dict (it holds pickled Python objects, which are not loaded "
+                "because unpickling can run code)")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _strip_wrapper_prefix(state: dict) -> dict:
@@ -160,10 +189,6 @@ def save_state_dict_atomic(state: dict, path) -> None:
     save_torch_atomic(state, path)
 
 
-GENERATOR_WEIGHTS = "latest_net_G.pth"
-GENERATOR_CONFIG = "generator.json"
-PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that registered the norm (plugin norms only)
-
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
     """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
@@ -192,8 +217,10 @@ def load_generator_dir(folder, device=None) -> nn.Module:
                              f"by the plugin {plugin!r}, which is not loaded; pass --plugin {plugin} (or call "
                              f"models.plugins.load_plugin({plugin!r}) first)")
         config = GeneratorConfig(**record)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        if PLUGIN_FILE_KEY in str(exc) or "--plugin" in str(exc):
+            raise
+        raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from None
     generator = build_generator_from_config(config)
     load_official_checkpoint(generator, folder / GENERATOR_WEIGHTS)
     return generator.to(device or "cpu")

@@ -31,6 +31,29 @@ def canonical_norm(norm: str) -> str:
     return norm_spec(norm.replace("_", "-").lower()).name
 
 
+# Smallest and largest accepted value of the numeric options (a config from a hand-edited
+# generator.json or --set must not build a network that cannot exist or fill the memory).
+_RANGES = {"label_nc": (1, 100_000), "ngf": (1, 4096), "crop_size": (1, 16_384), "aspect_ratio": (1e-3, 1e3),
+           "z_dim": (1, 100_000), "spade_hidden": (1, 16_384), "spade_kernel_size": (1, 31), "ndf": (1, 4096),
+           "n_layers_D": (1, 16), "num_D": (1, 8), "output_nc": (1, 64)}
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_fields(config) -> None:
+    """ValueError naming the option, its value and the expectation for a wrongly typed or
+    out-of-range option ('8' for 8, 'false' for False, 0 or 1e6 channels)."""
+    name = type(config).__name__
+    for f in fields(config):
+        value, kinds = getattr(config, f.name), _TYPES.get(str(f.type))
+        if kinds is None:
+            continue
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise ValueError(f"{name}.{f.name}={value!r} ({type(value).__name__}); expected {f.type}")
+        low, high = _RANGES.get(f.name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise ValueError(f"{name}.{f.name}={value!r}; expected a value from {low} to {high}")
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     """How the semantic input is laid out; shared by generator and discriminator."""
@@ -38,6 +61,9 @@ class LabelConfig:
     label_nc: int = 182                  # classes, without the dontcare class
     contain_dontcare_label: bool = True  # one extra class channel for 'unknown' (raw 255)
     no_instance: bool = False            # if False, an instance-edge channel comes last
+
+    def __post_init__(self):
+        _check_fields(self)
 
     @property
     def class_nc(self) -> int:
@@ -67,6 +93,7 @@ class GeneratorConfig(LabelConfig):
     spectral: bool = True                # spectral norm on the residual convs
 
     def __post_init__(self):
+        super().__post_init__()
         norm_spec(self.norm)  # ValueError listing the registered norms
         if self.num_upsampling_layers not in UPSAMPLING_DEPTHS:
             raise ValueError(f"num_upsampling_layers={self.num_upsampling_layers!r}; "

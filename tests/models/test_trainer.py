@@ -189,6 +189,8 @@ def test_train_cli_runs_and_resumes(tmp_path, monkeypatch):
     common = ["--preset", "custom", "--label_nc", str(LABEL_NC), "--contain_dontcare_label", "--crop_size", str(SIZE), "--ngf", "4",
               "--ndf", "8", "--n_layers_D", "3", "--batch-size", "2", "--no-vgg", "--out", str(tmp_path),
               "--num-workers", "0", "--no-progress", "--save-every", "1"]
+    (tmp_path / "data" / "instances").mkdir(parents=True)  # custom root with instances (samples: TinyScenes)
+    common += ["--dataroot", str(tmp_path / "data")]
     assert train.main(common + ["--norm", "clade", "--steps", "1"]) == 0
     run = tmp_path / "00001-custom-clade"
     options = json.loads((run / "options.json").read_text())

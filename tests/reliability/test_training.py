@@ -45,10 +45,16 @@ def _log_text(run_dir) -> str:
     return (run_dir / "log.txt").read_text()
 
 
+def _data_root(tmp_path) -> str:
+    """A custom dataset root with instances/ (the samples come from the patched build_dataset)."""
+    (tmp_path / "data" / "instances").mkdir(parents=True, exist_ok=True)
+    return str(tmp_path / "data")
+
+
 def _cli(tmp_path, monkeypatch, dataset=None):
     import train
     monkeypatch.setattr(train, "build_dataset", lambda options: dataset or TinyScenes())
-    return lambda *extra: train.main(CLI + ["--out", str(tmp_path), *extra])
+    return lambda *extra: train.main(CLI + ["--out", str(tmp_path), "--dataroot", _data_root(tmp_path), *extra])
 
 
 # -- case 3: resume checks the whole recipe ------------------------------------------------------
@@ -123,7 +129,8 @@ def test_resume_of_a_run_without_checkpoint_says_it_starts_over(tmp_path, monkey
     run = _cli(tmp_path, monkeypatch)
     folder = tmp_path / "00001-custom-clade"   # a run killed before its first checkpoint
     folder.mkdir(parents=True)
-    args = train.build_parser().parse_args(CLI + ["--out", str(tmp_path), "--steps", "1"])
+    args = train.build_parser().parse_args(CLI + ["--out", str(tmp_path), "--dataroot", _data_root(tmp_path),
+                                                  "--steps", "1"])
     (folder / "options.json").write_text(json.dumps(train.resolve_options(args)))
     assert run("--steps", "1", "--resume", str(folder)) == 0
     assert f"no checkpoint in {folder}, starting over" in _log_text(folder)
