@@ -175,7 +175,7 @@ def check_upstream(ctx: RunContext, name: str) -> None:
     for path in sorted((ctx.out / "stages").glob("*.json")):
         if path.stem == name or path.stem == "report":
             continue
-        recorded = _record(path).get("settings", {}).get("run")
+        recorded = _record(path).get("stage_settings", {}).get("run")
         if recorded is None:
             continue
         differ = _differences(recorded, stage_settings(name, ctx)["run"])
@@ -192,7 +192,7 @@ def run_stage(name: str, ctx: RunContext) -> dict:
     # The report is cheap and must reflect the stages as they are now: never reused.
     if marker.exists() and not ctx.force and name != "report":
         record = _record(marker)
-        differ = _differences(record.get("settings", {}), settings)
+        differ = _differences(record.get("stage_settings", {}), settings)
         if differ:
             raise SystemExit(f"{marker}: the {name} stage finished with other settings ({'; '.join(differ)}); "
                              f"pass --force to recompute it, or another --out")
@@ -204,7 +204,7 @@ def run_stage(name: str, ctx: RunContext) -> dict:
     start = time.perf_counter()
     summary = stage_module(name).run(ctx)
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
-              "options": settings["options"], "settings": settings, **summary}
+              "options": settings["options"], **summary, "stage_settings": settings}
     write_json_atomic(marker, record)
     log.info("[%s] done in %.1f s", name, record["seconds"])
     return record

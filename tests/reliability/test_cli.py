@@ -34,11 +34,12 @@ def _fails(argv, capsys) -> str:
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    """Stages that only count their runs (the record logic of run_analysis is what is tested)."""
+    """Stages that only count their runs (the record logic of run_analysis is what is tested); their
+    summary has a "settings" entry of its own, as the train stage's has."""
     runs = []
 
     def module(name):
-        return types.SimpleNamespace(run=lambda ctx: runs.append((name, ctx.seed, ctx.preset)) or {"ok": True})
+        return types.SimpleNamespace(run=lambda ctx: runs.append((name, ctx.seed, ctx.preset)) or {"settings": {"x": 1}})
 
     monkeypatch.setattr(run_analysis, "stage_module", module)
     return runs
@@ -65,7 +66,8 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys, fake_stages):
     assert run_analysis.main(["costs", "--out", out, "--device", "cpu", "--seed", "7", "--force"]) == 0
     assert fake_stages[-1] == ("costs", 7, "synthetic")
     record = json.loads((tmp_path / "o" / "stages" / "costs.json").read_text())
-    assert record["settings"]["run"]["seed"] == 7 and record["settings"]["run"]["preset"] == "synthetic"
+    settings = record["stage_settings"]["run"]
+    assert settings["seed"] == 7 and settings["preset"] == "synthetic" and record["settings"] == {"x": 1}
 
 
 @pytest.mark.reliability("wrong_run")
