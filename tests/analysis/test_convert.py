@@ -208,7 +208,7 @@ def test_convert_command_refuses_to_finetune_without_the_dataset_before_converti
                            tmp_path / "latest_net_G.pth")
     argv = ["convert", "--checkpoint", str(tmp_path / "latest_net_G.pth"), "--preset", "ade20k",
             "--out", str(tmp_path / "run"), "--quick", "--device", "cpu"]
-    with pytest.raises(ValueError, match="needs its dataset: pass --dataroot, or --convert-finetune-steps 0"):
+    with pytest.raises(SystemExit, match="ade20k without --dataroot: the ade20k preset .* needs its dataset"):
         run_analysis.main(argv)
     assert not (tmp_path / "run" / "checkpoints" / "spade-to-clade").exists()
 
