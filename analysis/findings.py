@@ -156,6 +156,11 @@ def speed_findings(tables: dict) -> list[Finding]:
 # ----------------------------------------------------------------------------------------
 # Probe: how semantic SPADE's modulation is
 
+# Fewer pixels per image than this (the 1x1 head layer): the positional regression has nothing to
+# fit within a class component, so the semantic / positional split is left undecided.
+MIN_PROBE_PIXELS = 4
+
+
 def semantic_share_findings(tables: dict) -> list[Finding]:
     """Per resolution: SPADE's gamma/beta variance explained by the class vs by position."""
     claim = "SPADE's gamma/beta vary more with the class than with position"
@@ -177,6 +182,13 @@ def semantic_share_findings(tables: dict) -> list[Finding]:
             f", {int(key['spade_kernel_size'])}x{int(key['spade_kernel_size'])} kernel"
             if pd.notna(key.get("spade_kernel_size", np.nan)) else "")
         parts, verdicts, notes, spreads = [], [], [], []
+        height, width = (int(v) for v in str(key["resolution"]).split("x"))
+        if height * width < MIN_PROBE_PIXELS:
+            out.append(Finding("semantic_share", f"{claim} ({label})", "not decided at this resolution",
+                               f"{height * width} pixel(s) per image: position within a class component is not "
+                               f"measurable", NO_VERDICT, "tables/probe_resolutions.csv",
+                               float(rows.semantic_ratio.mean())))
+            continue
         for param, group in rows.groupby("param", sort=False):
             # The chance-adjusted share (as adjusted R^2): at the head layers a class has a few pixels
             # per image, and the raw regression on position fits them by chance (1x1: one pixel).
