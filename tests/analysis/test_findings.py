@@ -142,12 +142,18 @@ def test_findings_are_regenerated_from_the_example_reports_tables():
     assert "SPADE 28.37 M" in ade.measured and "CLADE 3.31 M" in ade.measured
     expected_ratio = tables["costs"].set_index(["preset", "norm"]).modulation_gmacs_fvcore
     assert ade.value == pytest.approx(expected_ratio[("ade20k", "spade")] / expected_ratio[("ade20k", "clade")])
-    # the example bench predates the reliability columns: numbers, but no verdict
-    assert {f.verdict for f in by_key(lines, "speed")} == {F.NO_VERDICT}
-    assert len(by_key(lines, "semantic_share")) == 6            # one per resolution of the SPADE probe
+    bench = tables["bench"].set_index(["preset", "batch", "norm"]).median_ms
+    speed = by_key(lines, "speed")
+    assert [f.value for f in speed] == pytest.approx([bench[("ade20k", 1, "spade")] / bench[("ade20k", 1, "clade")]])
+    assert {f.verdict for f in speed} == {F.SUPPORTED}       # reliable timings, band entirely above 1x
+    shares = by_key(lines, "semantic_share")
+    assert len(shares) == 12                      # one per resolution of each SPADE run (3x3 and 1x1 kernel)
+    assert sum("spade-1x1, 1x1 kernel" in f.claim for f in shares) == 6
+    assert [f.verdict for f in shares if f.claim.endswith("(1x1; spade, 3x3 kernel)")] == [F.NO_VERDICT]
     markdown = F.render_findings(lines)
     assert markdown.count("\n| ") == len(lines) + 1          # header + one row per finding
-    assert "[costs.csv](tables/costs.csv)" in markdown and "**not measured**" in markdown
+    assert "[costs.csv](tables/costs.csv)" in markdown and "**not supported**" in markdown
+    assert F.NOT_MEASURED not in {f.verdict for f in lines}    # the default run measures every claim
     assert "mean \\|change\\|" in markdown                     # pipes in cells are escaped
 
 
