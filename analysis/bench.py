@@ -19,6 +19,7 @@ Caveats, stated plainly:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable
 
@@ -36,6 +37,18 @@ from models.trainer import Trainer, TrainRecipe
 from .costs import generator_gmacs, generator_inputs
 
 log = logging.getLogger(__name__)
+
+
+# Kineto, the profiler's backend, logs "USDT ... profiler_start/stop" and, on a machine without
+# a GPU, "gpuGetDeviceCount failed" to stderr at each profile; its log level 6 is above all of
+# them. A KINETO_LOG_LEVEL the user set is kept.
+KINETO_QUIET_LEVEL = "6"
+
+
+def quiet_profile(**kwargs) -> profile:
+    """``torch.profiler.profile(**kwargs)`` without kineto's per-profile console lines."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET_LEVEL)
+    return profile(**kwargs)
 
 
 def _synchronizer(device) -> Callable[[], None]:
@@ -113,7 +126,7 @@ def peak_memory(fn: Callable[[], object], device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         # The profiler cannot size frees of blocks allocated before it started (e.g. the
         # spectral-norm weights a forward replaces), so a first call makes them known and
         # only the second call is measured.
@@ -275,7 +288,7 @@ def profile_ops(fn: Callable[[], object], *, runs: int = 3, top: int = 12) -> pd
     of self times). On CUDA the CPU self time is launch overhead, not kernel time.
     """
     fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with quiet_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(runs):
             fn()
     stats = [(e.key, e.count / runs, e.self_cpu_time_total / 1e3 / runs) for e in prof.key_averages()]

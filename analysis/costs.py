@@ -32,14 +32,20 @@ see :data:`PROGRAM_COUNTED`. The fused inference model that the latency tables t
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from math import prod
 
 import pandas as pd
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+# fvcore's import scripts its focal loss with torch.jit.script, which torch >= 2.9 deprecates
+# with a FutureWarning on every run; nothing of ours uses that loss.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 from data.labels import make_semantic
 from models import build_generator_from_config

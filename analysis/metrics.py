@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
-from fileio import atomic_path, write_json_atomic
+from fileio import WeightsFileError, atomic_path, load_weights, write_json_atomic
 
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,15 @@ class InceptionFeatures(nn.Module):
 def load_fid_inception(weights: str | Path | None = None, device="cpu") -> InceptionFeatures:
     """FID feature extractor with the weights from ``find_inception_weights(weights)``."""
     path = find_inception_weights(weights)
+    expected = (f"expected pytorch-fid's FID Inception state_dict {FID_WEIGHTS_FILE} (about 92 MB, from "
+                f"{FID_WEIGHTS_URL}); download it again or pass another --inception-weights")
+    state = load_weights(path, what="FID Inception weights", expected=expected)
     net = fid_inception_network()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if not isinstance(state, dict) or set(state) != set(net.state_dict()):
+        found = sorted(state)[:3] if isinstance(state, dict) else type(state).__name__
+        raise WeightsFileError(f"FID Inception weights {str(path)!r} hold {found}, not the keys of the FID "
+                               f"Inception network ('Conv2d_1a_3x3.conv.weight', ...); {expected}")
+    net.load_state_dict(state)
     return InceptionFeatures(net).to(device)
 
 

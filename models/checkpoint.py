@@ -6,14 +6,13 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fileio import save_torch_atomic, write_json_atomic
+from fileio import load_weights, save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
 from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
@@ -39,11 +38,7 @@ def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; expected an official "
                                 f"'<epoch>_net_G.pth' / '<epoch>_net_D.pth' file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {_load_problem(path, exc)}; "
-                         f"expected a state_dict saved by torch.save") from None
+    state = load_weights(path, what="checkpoint", expected="expected a state_dict saved by torch.save")
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
     if TRAINING_KEYS <= set(state):
@@ -55,19 +50,6 @@ def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
         raise ValueError(f"checkpoint {str(path)!r} is not a plain state_dict: {len(not_tensors)} entries are not "
                          f"tensors ({_abbrev(not_tensors)}); expected parameter name -> tensor")
     return state, repr(str(path))
-
-
-def _load_problem(path: Path, exc: Exception) -> str:
-    """What is wrong with a file torch.load refused, without torch's advice to unpickle it."""
-    if path.stat().st_size == 0:
-        return "the file is empty"
-    text = str(exc)
-    if isinstance(exc, EOFError) or "failed finding central directory" in text or "truncated" in text.lower():
-        return f"the file is truncated or not a torch file ({path.stat().st_size} bytes)"
-    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
-        return ("it is not a plain state_dict (it holds pickled Python objects, which are not loaded "
-                "because unpickling can run code)")
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _strip_wrapper_prefix(state: dict) -> dict:

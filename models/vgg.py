@@ -9,12 +9,13 @@ from an explicit path, and a missing file is an error that says where to put it.
 """
 from __future__ import annotations
 
-import pickle
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fileio import WeightsFileError, load_weights
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
@@ -84,14 +85,9 @@ class VGG19Features(nn.Module):
         expected = (f"expected torchvision's ImageNet VGG19 state_dict {VGG19_FILE} (about 550 MB, from {VGG19_URL}); "
                     f"download it again or pass another --vgg-weights, or train without the VGG loss (--no-vgg)")
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # empty / truncated / foreign files raise several types
-            # torch's unpickling message suggests weights_only=False: never advise that for a
-            # file of unknown origin.
-            why = ("it holds Python objects, not a plain state_dict" if isinstance(exc, pickle.UnpicklingError)
-                   else f"{type(exc).__name__}: {exc or 'end of file'}")
-            raise VGGWeightsInvalidError(f"VGG19 weights {str(file)!r} ({file.stat().st_size} bytes) could not be "
-                                         f"read ({why}); {expected}") from None
+            state = load_weights(file, what="VGG19 weights", expected=expected)
+        except WeightsFileError as exc:
+            raise VGGWeightsInvalidError(str(exc)) from None
         if not isinstance(state, dict) or "features.0.weight" not in state:
             keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
             raise VGGWeightsInvalidError(f"VGG19 weights {str(file)!r} hold {keys}, not 'features.0.weight', ...; "

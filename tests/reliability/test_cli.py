@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import run_analysis
-from fileio import FolderLocked, folder_lock
+from analysis.metrics import FID_WEIGHTS_FILE, load_fid_inception
+from fileio import FolderLocked, WeightsFileError, folder_lock
 from models.checkpoint import load_generator_dir, read_state_dict
 from models.presets import generator_config
 
@@ -170,6 +171,26 @@ def test_unreadable_weights_files(tmp_path, content, expected):
 
 
 @pytest.mark.reliability("clear_error")
+@pytest.mark.parametrize("content, expected", [
+    (b"", "the file is empty"), ("truncated", "truncated"), ("other", r"hold \['w'\], not the keys"),
+])
+def test_unreadable_inception_weights_name_the_file(tmp_path, content, expected):
+    path = tmp_path / FID_WEIGHTS_FILE
+    if content == "truncated":
+        torch.save({"w": torch.ones(64)}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif content == "other":
+        torch.save({"w": torch.ones(1)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightsFileError, match=expected) as info:
+        load_fid_inception(path)
+    message = str(info.value)
+    assert FID_WEIGHTS_FILE in message and "--inception-weights" in message and "\n" not in message
+    assert "weights_only" not in message
+
+
+@pytest.mark.reliability("clear_error")
 def test_config_values_refused_at_construction():
     with pytest.raises(ValueError, match="ngf"):
         generator_config("synthetic", "clade", ngf=-3)
@@ -183,3 +204,18 @@ def test_cli_error_has_no_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("run_analysis.py: --preset ade20k")
     assert "FutureWarning" not in result.stderr and "USDT" not in result.stderr
+
+
+@pytest.mark.reliability("clear_error")
+def test_bench_measurements_leave_the_console_quiet():
+    """Kineto's per-profile lines and fvcore's import-time deprecation never reach the user's console."""
+    script = ("import torch\n"
+              "from analysis import bench, costs\n"
+              "x = torch.ones(64, 64)\n"
+              "bench.peak_memory(lambda: x @ x, 'cpu')\n"
+              "bench.profile_ops(lambda: x @ x, runs=1)\n")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

@@ -1,0 +1,46 @@
+"""Read a weights file safely, and say in one line what is wrong with one that cannot be read.
+
+Every weights file the toolkit reads (generator and discriminator checkpoints, the VGG19 and FID
+Inception weights) goes through :func:`load_weights`: ``torch.load(weights_only=True)``, so a
+crafted pickle cannot run code, and torch's own advice to retry with ``weights_only=False`` is
+never passed on for a file of unknown origin.
+
+    state = load_weights("vgg19-dcbb9e9d.pth", what="VGG19 weights",
+                         expected="torchvision's ImageNet VGG19 state_dict")
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+
+class WeightsFileError(ValueError):
+    """A weights file exists but cannot be read as plain tensors (empty, truncated, pickled objects)."""
+
+
+def load_weights(path: str | Path, *, what: str, expected: str):
+    """``torch.load(path, weights_only=True)`` on CPU; raises WeightsFileError naming the file.
+
+    The message reads ``{what} '{path}' ({size} bytes) could not be read: {problem}; {expected}``.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for empty, truncated and foreign files
+        raise WeightsFileError(f"{what} {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
+                               f"{unreadable_reason(path, exc)}; {expected}") from None
+
+
+def unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load refused ``path``, in words, without torch's advice to unpickle it."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(exc)
+    if isinstance(exc, EOFError) or "failed finding central directory" in text or "truncated" in text.lower():
+        return "the file is truncated or not a torch file"
+    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
+        return ("it is not a plain state_dict (it holds pickled Python objects, which are not loaded "
+                "because unpickling can run code)")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
