@@ -38,6 +38,8 @@ STAGES = ["costs", "bench", "train", "probe", "convert", "eval", "report"]
 DATA_STAGES = ("train", "probe", "convert", "eval")
 # Run settings that determine every stage's result (besides the stage's own options).
 RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
+# Where and with what a stage ran, kept in its record for the report (not compared on reuse).
+RAN_ON = ("created", "git_commit", "python", "torch", "device", "device_name", "torch_threads")
 log = logging.getLogger("run_analysis")
 
 
@@ -203,8 +205,9 @@ def run_stage(name: str, ctx: RunContext) -> dict:
     log.info("[%s] starting", name)
     start = time.perf_counter()
     summary = stage_module(name).run(ctx)
+    ran_on = {key: value for key, value in ctx.meta().items() if key in RAN_ON}
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
-              "options": settings["options"], **summary, "stage_settings": settings}
+              "options": settings["options"], **summary, "stage_settings": settings, "ran_on": ran_on}
     write_json_atomic(marker, record)
     log.info("[%s] done in %.1f s", name, record["seconds"])
     return record

@@ -29,6 +29,7 @@ import pandas as pd
 from fileio import write_text_atomic
 
 from . import paper
+from .context import SYNTHETIC_DATAROOT
 from .findings import TABLE_STAGES, findings, render_findings
 from .roi import format_value, to_markdown
 
@@ -52,6 +53,59 @@ PROVENANCE_KEYS = (("created", "created"), ("command", "command"), ("git_commit"
                    ("torch_threads", "torch threads"), ("platform", "platform"), ("seed", "seed"),
                    ("preset", "dataset preset"), ("dataroot", "dataset"),
                    ("checkpoints", "evaluated checkpoints (not trained in this run)"), ("quick", "quick run"))
+
+
+# The settings the report's header states, as each stage record holds them: the run settings
+# that determined the stage (``stage_settings.run``) and the machine it ran on (``ran_on``).
+HEADER_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints", "device", "device_name")
+
+
+def recorded_settings(records: dict[str, dict]) -> dict[str, dict]:
+    """{setting: {value: [stages that recorded it]}} over the stage records (a record written
+    before records held a setting counts under the value ``"not recorded"``)."""
+    held = {key: {} for key in HEADER_SETTINGS}
+    for name, record in records.items():
+        values = {**record.get("stage_settings", {}).get("run", {}), **record.get("ran_on", {})}
+        for key in HEADER_SETTINGS:
+            value = values.get(key, "not recorded")
+            held[key].setdefault(value if not isinstance(value, list) else tuple(value), []).append(name)
+    return held
+
+
+def header_lines(records: dict[str, dict], meta: dict) -> list[str]:
+    """What data, seed and device the results come from, from the stage records (``meta``, the
+    report command's own provenance, only when no stage ran); a warning when the stages disagree."""
+    settings = recorded_settings(records)
+    if not records:
+        settings = {key: {meta.get(key): []} for key in HEADER_SETTINGS}
+    single = {key: next(iter(values)) for key, values in settings.items() if len(values) == 1}
+    mixed = {key: values for key, values in settings.items() if len(values) > 1}
+
+    def shown(key):
+        if key in mixed:
+            return "*see below*"
+        value = single[key]
+        return SYNTHETIC_DATAROOT if key == "dataroot" and value is None else value
+
+    line = (f"Dataset preset `{shown('preset')}` ({shown('dataroot')}), seed {shown('seed')}, device "
+            f"`{shown('device')}` ({shown('device_name')})")
+    if single.get("checkpoints") not in (None, "not recorded"):
+        line += f", generators from `{single['checkpoints']}` (not trained in this run)"
+    if single.get("quick") is True:
+        line += ", **quick run** (CI-sized; numbers are smoke-test quality)"
+    lines = [line + (", as the stages recorded them." if records else "; no stage has run yet."), ""]
+    if mixed:
+        lines += ["> **The stages ran on different settings**; compare their numbers with care:", ">"]
+        lines += [f"> - {key}: " + "; ".join(f"`{value}` ({', '.join(stages)})" for value, stages in values.items())
+                  + "  " for key, values in mixed.items()]
+        lines.append("")
+    return lines
+
+
+def recorded_preset(records: dict[str, dict], meta: dict) -> str:
+    """The dataset preset every stage recorded (the report command's own when they differ or none ran)."""
+    presets = [p for p in recorded_settings(records)["preset"] if p != "not recorded"]
+    return presets[0] if len(presets) == 1 else str(meta.get("preset", ""))
 
 
 def read_records(out: Path, stages=STAGE_ORDER) -> dict[str, dict]:
@@ -157,10 +211,7 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
     records = read_records(out, stages)
     missing = [s for s in stages if s not in records]
     quick = bool(meta.get("quick"))
-    lines = [f"# {title}", "",
-             f"Dataset preset `{meta.get('preset', '?')}` ({meta.get('dataroot', '?')}), device "
-             f"`{meta.get('device', '?')}` ({meta.get('device_name', '?')})"
-             + (", **quick run** (CI-sized; numbers are smoke-test quality)" if quick else "") + ".", ""]
+    lines = [f"# {title}", "", *header_lines(records, meta)]
     if missing:
         lines += ["> **Missing stages:** " + ", ".join(f"`{s}`" for s in missing)
                   + ". Run them with:", ">"]
@@ -169,7 +220,8 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
 
     tables = run_tables(out)
     lines += ["## 1. Findings", "", render_findings(findings(tables))]
-    lines += ["## 2. The paper's numbers beside this toolkit's", "", *paper_section(tables, meta), ""]
+    lines += ["## 2. The paper's numbers beside this toolkit's", "",
+              *paper_section(tables, recorded_preset(records, meta)), ""]
     for number, (name, rec) in enumerate(records.items(), 3):
         lines += [f"## {number}. {STAGE_TITLES.get(name, name)}", "",
                   f"Stage `{name}`, {rec.get('seconds', float('nan')):.1f} s.", ""]
@@ -205,7 +257,7 @@ def run_tables(out: Path) -> dict[str, pd.DataFrame]:
             if (Path(out) / "tables" / f"{n}.csv").is_file()}
 
 
-def paper_section(tables: dict, meta: dict) -> list[str]:
+def paper_section(tables: dict, preset: str) -> list[str]:
     """Markdown lines: the abstract's overhead figures under every stated definition
     (``analysis.paper``), and SPADE's published quality beside this run's."""
     lines = ["Definitions: *extra* = everything inside the norm layers (or that minus the parameter-free "
@@ -225,7 +277,7 @@ def paper_section(tables: dict, meta: dict) -> list[str]:
         verdicts = paper.paper_verdicts(comparison)
         lines += [f"- {'**reproduced**' if r.reproduced else '**not reproduced**'}: {r.statement}"
                   for r in verdicts.itertuples()]
-    quality = paper.paper_quality_comparison(tables.get("evaluation"), str(meta.get("preset", "")))
+    quality = paper.paper_quality_comparison(tables.get("evaluation"), preset)
     lines += ["", to_markdown(quality[["preset", "metric", "published", "measured", "note"]])]
     return lines
 

@@ -13,6 +13,7 @@ import torch
 
 import run_analysis
 from analysis.metrics import FID_WEIGHTS_FILE, load_fid_inception
+from analysis.report import build_report
 from fileio import FolderLocked, WeightsFileError, folder_lock
 from models.checkpoint import load_generator_dir, read_state_dict
 from models.presets import generator_config
@@ -78,6 +79,19 @@ def test_report_over_stages_of_other_data_is_refused(tmp_path, capsys, fake_stag
     message = _fails(["report", "--out", out, "--device", "cpu", "--seed", "7"], capsys)
     assert "costs.json" in message and "seed" in message
     assert [n for n, *_ in fake_stages] == ["costs"]
+
+
+@pytest.mark.reliability("wrong_run")
+def test_report_header_comes_from_the_stage_records(tmp_path, fake_stages):
+    out = tmp_path / "o"
+    assert run_analysis.main(["costs", "--out", str(out), "--device", "cpu"]) == 0
+    header = build_report(out, {"preset": "cityscapes", "seed": 99}, stages=("costs", "bench")).split("## 1.")[0]
+    assert "Dataset preset `synthetic` (built-in synthetic scenes), seed 0, device `cpu`" in header
+    assert "cityscapes" not in header and "99" not in header
+    # stages forced onto other settings: the header says so instead of naming one of them
+    assert run_analysis.main(["bench", "--out", str(out), "--device", "cpu", "--seed", "7", "--force"]) == 0
+    header = build_report(out, {"preset": "synthetic", "seed": 7}, stages=("costs", "bench")).split("## 1.")[0]
+    assert "**The stages ran on different settings**" in header and "seed: `0` (costs); `7` (bench)" in header
 
 
 @pytest.mark.reliability("wrong_run")
