@@ -124,6 +124,8 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     if args.checkpoints is not None and args.stage == "train":
         raise SystemExit(f"--checkpoints {args.checkpoints} is read by the probe, eval and report stages; the train "
                          f"stage writes only under --out ({out}/checkpoints); drop --checkpoints to train")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"run_analysis.py: --out {out} is a file; expected a folder for the report")
     try:
         if args.device is not None:
             check_device(args.device)

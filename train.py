@@ -199,6 +199,8 @@ def resolve_options(args: argparse.Namespace) -> dict:
     run = run_options(args)
     preset = canonical_preset(run.preset)
     norm = canonical_norm(run.norm)
+    if run.out.exists() and not run.out.is_dir():
+        raise SystemExit(f"train.py: --out {run.out} is a file; expected a folder (the parent of the run folders)")
     try:
         check_data_source(preset, run.dataroot)
         if run.device is not None:
@@ -236,10 +238,10 @@ def resolve_options(args: argparse.Namespace) -> dict:
         g_over["no_instance"] = True  # no instances/ folder: no instance-edge channel
     try:
         g_config = generator_config(preset, norm, **g_over)
+        d_config = discriminator_config_for(g_config, **d_over)
+        recipe = TrainRecipe(**r_over)
     except ValueError as exc:
         raise SystemExit(f"train.py: {exc}") from None
-    d_config = discriminator_config_for(g_config, **d_over)
-    recipe = TrainRecipe(**r_over)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     num_samples = run.num_samples
     if num_samples is None and run.dataroot is None:

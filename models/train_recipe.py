@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from .losses import GAN_MODES
@@ -45,6 +46,19 @@ class TrainRecipe:
         if self.batch_size < 1 or self.D_steps_per_G < 1:
             raise ValueError(f"batch_size={self.batch_size} and D_steps_per_G={self.D_steps_per_G} "
                              f"must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr}; expected a positive number (official 0.0002)")
+        for name in ("lambda_feat", "lambda_vgg", "lambda_kld"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value}; expected 0 or more")
+        for name in ("beta1", "beta2", "ema_decay"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name}={value}; expected a value in [0, 1)")
+        for name in ("niter", "niter_decay", "decay_start_step", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}; expected 0 or more")
         if self.niter_decay and self.decay_steps:
             raise ValueError("choose one lr decay: epoch-based (niter/niter_decay) or step-based "
                              "(decay_start_step/decay_steps), not both")

@@ -106,6 +106,14 @@ def test_preset_and_dataroot_must_match(tmp_path, capsys, fake_stages, extra, ex
 
 
 @pytest.mark.reliability("clear_error")
+def test_out_that_is_a_file_is_refused_by_name(tmp_path, capsys, fake_stages):
+    (tmp_path / "f").write_text("mine")
+    message = _fails(["costs", "--out", str(tmp_path / "f"), "--device", "cpu"], capsys)
+    assert f"--out {tmp_path / 'f'} is a file; expected a folder" in message
+    assert (tmp_path / "f").read_text() == "mine" and fake_stages == []
+
+
+@pytest.mark.reliability("clear_error")
 @pytest.mark.parametrize("device", ["cuda", "gpu"])
 def test_missing_device_is_one_line_and_leaves_no_folder(tmp_path, capsys, fake_stages, device):
     if device == "cuda" and torch.cuda.is_available():

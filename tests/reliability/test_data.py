@@ -65,3 +65,24 @@ def test_bad_train_options_are_one_line_errors(argv, expected):
 def test_matching_sources_pass(tmp_path):
     check_data_source("synthetic", None)
     check_data_source("ade20k", tmp_path)
+
+
+@pytest.mark.reliability("clear_error")
+@pytest.mark.parametrize("argv, expected", [
+    (["--lr", "-1"], "lr=-1.0; expected a positive number"), (["--lr", "0"], "lr=0.0"),
+    (["--beta1", "2"], r"beta1=2.0; expected a value in \[0, 1\)"), (["--beta2", "-0.1"], "beta2=-0.1"),
+    (["--lambda_feat", "-3"], "lambda_feat=-3.0; expected 0 or more"), (["--ema_decay", "1.5"], "ema_decay=1.5"),
+    (["--lambda_vgg", "nan"], "lambda_vgg=nan"),
+])
+def test_out_of_range_recipe_values_are_one_line_errors(argv, expected):
+    with pytest.raises(SystemExit, match=expected) as info:
+        _options(*argv)
+    assert "\n" not in str(info.value.code)
+
+
+@pytest.mark.reliability("clear_error")
+def test_out_that_is_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(SystemExit, match=r"--out .*f is a file; expected a folder"):
+        _options("--out", str(tmp_path / "f"), "--dry-run")
+    assert (tmp_path / "f").read_text() == "mine"
