@@ -273,7 +273,14 @@ def find_run_to_resume(args: argparse.Namespace, run: RunOptions) -> tuple[Path,
 
 def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
     """The run's saved options, with the run-length options the command line changes."""
-    options = json.loads((run_dir / "options.json").read_text())
+    path = run_dir / "options.json"
+    try:
+        options = json.loads(path.read_text())
+        options["run"], options["preset"], options["norm"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        why = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise SystemExit(f"train.py: {path} is unreadable ({why}); expected the options.json train.py wrote "
+                         f"when the run started. Start a new run, or restore the file.") from None
     given = {"steps": args.steps, "epochs": args.epochs, "log_every": args.log_every,
              "save_every": args.save_every, "sample_every": args.sample_every,
              "num_workers": args.num_workers, "device": args.device, "progress": args.progress,

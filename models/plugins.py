@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 from .registry import norm_spec, registered_norms
@@ -23,11 +24,23 @@ from .registry import norm_spec, registered_norms
 _LOADED: dict[Path, tuple[str, ...]] = {}  # resolved plugin file -> the norms it registered
 
 
+class PluginImportError(ValueError):
+    """Importing a plugin file raised; the message names the file and the line."""
+
+
+def _where(exc: Exception, path: Path) -> str:
+    """`` (line N)`` of the plugin file where ``exc`` arose, or ''."""
+    if isinstance(exc, SyntaxError) and exc.lineno is not None:
+        return f" (line {exc.lineno})"
+    lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if Path(frame.filename) == path]
+    return f" (line {lines[-1]})" if lines else ""
+
+
 def load_plugin(path) -> tuple[str, ...]:
     """Import the plugin file ``path`` once; returns the names of the norms it registered.
 
-    FileNotFoundError if it does not exist, ValueError if it registers no norm; errors raised
-    while importing it propagate with the file named in the traceback.
+    FileNotFoundError if it does not exist, ValueError if it registers no norm,
+    PluginImportError (a ValueError naming file and line) if importing it raises.
     """
     path = Path(path).expanduser().resolve()
     if path in _LOADED and all(n in registered_norms() for n in _LOADED[path]):
@@ -46,6 +59,10 @@ def load_plugin(path) -> tuple[str, ...]:
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise PluginImportError(f"plugin {str(path)!r} failed to import{_where(exc, path)}: "
+                                f"{type(exc).__name__}: {exc}") from exc
     except BaseException:
         sys.modules.pop(module_name, None)
         raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -241,3 +242,15 @@ def test_bench_measurements_leave_the_console_quiet():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+@pytest.mark.reliability("clear_error")
+@pytest.mark.parametrize("source, expected", [
+    ("x = (\n", r"failed to import \(line 1\): SyntaxError: '\(' was never closed"),
+    ("import math\nraise RuntimeError('boom')\n", r"failed to import \(line 2\): RuntimeError: boom"),
+])
+def test_plugin_that_fails_to_import_is_one_line_naming_file_and_line(tmp_path, capsys, fake_stages, source, expected):
+    plugin = tmp_path / "my_norm.py"
+    plugin.write_text(source)
+    message = _fails(["costs", "--plugin", str(plugin), "--out", str(tmp_path / "o"), "--device", "cpu"], capsys)
+    assert str(plugin) in message and re.search(expected, message) and fake_stages == []

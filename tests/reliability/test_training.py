@@ -96,6 +96,18 @@ def test_train_cli_resume_with_another_seed_refuses(tmp_path, monkeypatch):
     assert _step(tmp_path / "00001-custom-clade" / "checkpoint.pt") == 1
 
 
+@pytest.mark.reliability("clear_error")
+@pytest.mark.parametrize("content", ["{bad", '{"run": {}}'], ids=["not json", "missing keys"])
+def test_resume_of_a_run_with_a_broken_options_file_names_it(tmp_path, monkeypatch, content):
+    run = _cli(tmp_path, monkeypatch)
+    assert run("--steps", "1") == 0
+    options = tmp_path / "00001-custom-clade" / "options.json"
+    options.write_text(content)
+    with pytest.raises(SystemExit, match=rf"{options} is unreadable .*expected the options.json train.py wrote"):
+        run("--steps", "2", "--resume")
+    assert options.read_text() == content
+
+
 # -- case 7: --resume resumes what was named; "latest" is the newest run with a checkpoint ----------
 
 @pytest.mark.reliability("wrong_run")
