@@ -6,7 +6,7 @@
 
 Verdicts: ``supported`` / ``not supported`` only when the interval of the difference excludes
 0 and the noise floor (``analysis.stats.compare``), in the claim's favour or against it;
-``within noise on this data`` otherwise (a "matches" claim is then not contradicted); ``no verdict``
+``within noise on this data`` otherwise (a "no worse" claim is then not contradicted); ``no verdict``
 when the data cannot decide (one seed, unreliable timing); ``not measured`` when the table
 behind the claim is missing; ``context`` for measured facts that test no claim.
 
@@ -291,8 +291,8 @@ def _quality_line(key: str, claim: str, a: pd.DataFrame, b: pd.DataFrame, names:
 
 def quality_findings(tables: dict) -> list[Finding]:
     """CLADE vs SPADE, 1x1 vs 3x3 SPADE and what ICPE adds, per metric (and mask resolution)."""
-    claims = {"clade_vs_spade": "CLADE matches SPADE's quality", "kernel": "a 1x1 SPADE (purely semantic) "
-              "matches the 3x3 SPADE", "icpe": "CLADE-ICPE improves on CLADE"}
+    claims = {"clade_vs_spade": "CLADE's quality is no worse than SPADE's", "kernel": "a 1x1 SPADE (purely semantic) "
+              "is no worse than the 3x3 SPADE", "icpe": "CLADE-ICPE improves on CLADE"}
     table = _table(tables, "quality_seeds", ("method", "norm", "seed"), "clade_vs_spade", claims["clade_vs_spade"])
     if isinstance(table, Finding):
         return [Finding(k, c, table.measured, "", NOT_MEASURED, table.source) for k, c in claims.items()]
@@ -375,7 +375,7 @@ def render_findings(lines: list[Finding]) -> str:
         out.append(f"| {cell(f.claim)} | {cell(f.measured)} | {cell(f.uncertainty)} | **{f.verdict}** | {link} |")
     out += ["", "Verdicts: *supported* / *not supported*: the 95 % interval over seeds of the difference "
             "excludes 0 and the difference exceeds the noise floor (real vs real), in the claim's favour or "
-            "against it; *within noise on this data*: it does not (for 'matches' and 'loses no quality' "
-            "claims: no difference measurable); *no verdict*: the data cannot decide (one seed, unreliable "
+            "against it; *within noise on this data*: it does not (for 'no worse' and 'loses no quality' "
+            "claims: no difference measurable, which does not contradict them); *no verdict*: the data cannot decide (one seed, unreliable "
             "timing); *not measured*: the stage behind it did not run; *context*: a measured fact, no claim."]
     return "\n".join(out) + "\n"

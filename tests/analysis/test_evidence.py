@@ -68,7 +68,7 @@ def test_findings_are_regenerated_from_the_tables(tmp_path):
     report = build_report(tmp_path, {"preset": "synthetic"}, stages=())
     findings = report.split("## 1. Findings\n\n")[1].split("\n## ")[0]
     assert findings.strip() == F.render_findings(F.findings(run_tables(tmp_path))).strip()
-    assert "CLADE matches SPADE's quality [miou_proxy] | CLADE 0.21 vs SPADE 0.51" in findings
+    assert "CLADE's quality is no worse than SPADE's [miou_proxy] | CLADE 0.21 vs SPADE 0.51" in findings
     assert "**not supported**" in findings
     # the same numbers for both: a tie, now read from the changed table
     seeds.assign(miou_proxy=0.3).to_csv(tmp_path / "tables" / "quality_seeds.csv", index=False)
@@ -81,7 +81,7 @@ def test_quality_findings_compare_within_each_mask_resolution():
             for s in range(3) for r in ("32x32", "8x8") for m, n, v in (("SPADE", "spade", 0.5), ("CLADE", "clade", 0.5))]
     rows.append({"method": "real images", "norm": "real", "seed": 0, "miou_proxy": 0.9})
     lines = [f for f in F.quality_findings({"quality_seeds": pd.DataFrame(rows)}) if f.key == "clade_vs_spade"]
-    assert [f.claim for f in lines] == [f"CLADE matches SPADE's quality (masks {r}) [miou_proxy]" for r in ("32x32", "8x8")]
+    assert [f.claim for f in lines] == [f"CLADE's quality is no worse than SPADE's (masks {r}) [miou_proxy]" for r in ("32x32", "8x8")]
     assert all(f.verdict == F.WITHIN_NOISE for f in lines)
 
 

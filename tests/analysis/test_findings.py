@@ -75,9 +75,9 @@ def test_kernel_variants_and_mask_resolutions_are_compared_within_their_conditio
                  quality_rows("CLADE", "clade", [0.5, 0.51, 0.49], [0.6] * 3, mask_resolution=mask)]
     lines = F.quality_findings({"quality_seeds": pd.concat(rows)})
     kernel = {f.claim: f.verdict for f in by_key(lines, "kernel") if "fd_proxy" in f.claim}
-    assert kernel == {"a 1x1 SPADE (purely semantic) matches the 3x3 SPADE (masks 256x256) [fd_proxy_features]":
+    assert kernel == {"a 1x1 SPADE (purely semantic) is no worse than the 3x3 SPADE (masks 256x256) [fd_proxy_features]":
                       F.NOT_SUPPORTED,
-                      "a 1x1 SPADE (purely semantic) matches the 3x3 SPADE (masks 32x32) [fd_proxy_features]":
+                      "a 1x1 SPADE (purely semantic) is no worse than the 3x3 SPADE (masks 32x32) [fd_proxy_features]":
                       F.WITHIN_NOISE}
     assert all(f.verdict == F.WITHIN_NOISE for f in by_key(lines, "clade_vs_spade"))
 
