@@ -121,6 +121,13 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
+def checkpoint_disk_note(trainer, out_dir) -> str:
+    """One sentence: the size of one checkpoint of ``trainer`` and of the two a run in ``out_dir`` keeps."""
+    size = trainer.estimated_checkpoint_bytes()
+    return (f"each checkpoint takes about {_megabytes(size)} (networks and optimizer state); {out_dir} keeps two "
+            f"({', '.join(CHECKPOINT_FILES)}): about {_megabytes(2 * size)}")
+
+
 def dataset_class_nc(dataset) -> int | None:
     """Number of class ids (label_nc + dontcare) a dataset can emit, when it declares it."""
     preset = getattr(dataset, "preset", None)           # data.datasets.PairedDataset
@@ -186,9 +193,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                  per_epoch, trainer.step, total)
     history = read_history(out_dir, trainer.step) if out_dir is not None and main else []
     if out_dir is not None and main:
-        size = trainer.estimated_checkpoint_bytes()
-        log.info("each checkpoint takes about %s (networks and optimizer state); %s keeps two "
-                 "(%s, %s): about %s", _megabytes(size), out_dir, *CHECKPOINT_FILES, _megabytes(2 * size))
+        log.info("%s", checkpoint_disk_note(trainer, out_dir))
     trainer.stopped_early = False
     watch = WeightNormWatch(trainer.networks()) if main else None
     fit_start = time.perf_counter()

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import train
 from analysis.context import RunContext
 from analysis.options import TrainOptions
 from analysis.stages import train as stage
@@ -313,6 +314,17 @@ def test_checkpoint_size_is_announced_before_writing(tmp_path, caplog):
     actual = (tmp_path / "checkpoint.pt").stat().st_size
     assert 0.8 * actual < announced < 1.2 * actual, (announced, actual)
     assert f"each checkpoint takes about {announced / 1e6:.1f} MB" in caplog.text
+
+
+@pytest.mark.reliability("wrong_run")
+def test_dry_run_states_the_checkpoint_size_without_building_weights(tmp_path, caplog, capsys):
+    with caplog.at_level(logging.INFO):
+        assert train.main(["--ngf", "8", "--out", str(tmp_path), "--dry-run"]) == 0
+    options = json.loads(capsys.readouterr().out)           # stdout stays the options JSON alone
+    sized = Trainer(g_config=generator_config("synthetic", "clade", ngf=8), recipe=TrainRecipe(use_vgg=False))
+    expected = sized.estimated_checkpoint_bytes()
+    assert options["generator"]["ngf"] == 8 and f"each checkpoint takes about {expected / 1e6:.1f} MB" in caplog.text
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.reliability("data_loss")
