@@ -30,6 +30,7 @@ from data.presets import check_data_source  # noqa: E402
 from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
+from models.train_loop import TrainingInterrupted  # noqa: E402
 
 # Stage name -> module under analysis/stages with ``run(ctx) -> dict`` (a short summary recorded in
 # stages/<name>.json); its options are the dataclass analysis.options.STAGE_OPTIONS[name].
@@ -244,6 +245,15 @@ def main(argv=None) -> int:
             raise
         print(f"run_analysis.py: error: {exc} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:  # the train stage saved a checkpoint; a rerun resumes it
+        print(f"run_analysis.py: {exc}; run the same command again to continue", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("run_analysis.py: interrupted; the stages that finished are kept, run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class RunOptions:
     sample_every: int = option(500, "steps per image grid; 0 = only at the end", minimum=0)
     num_workers: int = option(2, "data loader workers per process; 0 = load in the training process", minimum=0)
     device: str | None = option(None, "cuda | cpu (default: cuda if available)")
-    vgg_weights: Path | None = option(None, "torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)")
+    vgg_weights: Path | None = option(None, "torchvision vgg19-dcbb9e9d.pth (default: the torch hub cache)",
+                                      exists=True)
     progress: bool = option(True, "progress bar")
 
 
@@ -437,3 +438,8 @@ if __name__ == "__main__":
         if "--debug" in sys.argv:
             raise
         sys.exit(f"train.py: error: {exc} (--debug shows the traceback)")
+    except KeyboardInterrupt:  # before training started (a stop during training saves and returns)
+        if "--debug" in sys.argv:
+            raise
+        print("train.py: interrupted before training started; nothing was trained", file=sys.stderr)
+        sys.exit(130)

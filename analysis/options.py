@@ -36,7 +36,7 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any = _UNSET, flag: str | None = None,
            choices=None, minimum: float | None = None, metavar: str | None = None, append: bool = False,
-           cli: bool = True):
+           cli: bool = True, exists: bool = False):
     """A dataclass field with its default, help text and command-line spelling.
 
     ``default`` may be a callable (evaluated when resolved, e.g. the registered norms), and so may
@@ -44,11 +44,12 @@ def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any
     ``quick`` / ``cpu``: the default under ``--quick`` / on a CPU device (quick wins); a field
     with either holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
     with a clear error below it). ``flag``: the option's spelling when not ``--<prefix>-<name>``.
+    ``exists``: a path the user gives must exist (an input file, never silently skipped).
     """
     automatic = quick is not _UNSET or cpu is not _UNSET or callable(default)
     return field(default=None if automatic else default,
                  metadata=dict(help=help, default=default, quick=quick, cpu=cpu, flag=flag, choices=choices,
-                               minimum=minimum, metavar=metavar, append=append, cli=cli))
+                               minimum=minimum, metavar=metavar, append=append, cli=cli, exists=exists))
 
 
 def _all_norms() -> tuple[str, ...]:
@@ -70,7 +71,7 @@ class CostsOptions:
                                     metavar="NORM")
     reference_dir: Path | None = option(_reference_if_present, "official reference numbers (default: "
                                         "shared/reference beside the repository, when present)",
-                                        flag="--reference-dir")
+                                        flag="--reference-dir", exists=True)
     figure_preset: str = option("ade20k", "preset of the per-layer figures (the first counted preset when "
                                 "it is not counted)")
 
@@ -113,7 +114,7 @@ class CompareOptions(TimedGenerators):
     train_batch_size: int = option(16, "training batch", cpu=1, quick=1, minimum=1)
     train_repeats: int = option(3, "timed training iterations", minimum=1)
     vgg_weights: Path | None = option(None, "VGG19 weights for the perceptual loss (default: random weights, "
-                                      "timing only)")
+                                      "timing only)", exists=True)
     default_malloc: bool = option(False, "keep glibc's default allocator settings (see "
                                   "models.fast.tune_cpu_allocator)")
     overrides: dict | None = option(None, "generator options of every timed model (for tests)", cli=False)
@@ -138,7 +139,7 @@ class TrainOptions:
     norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train (space- or "
                                     "comma-separated: spade,clade,my-norm)", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
-                                      "VGG loss off if absent)")
+                                      "VGG loss off if absent)", exists=True)
     threads: int | None = option(None, "torch CPU threads while training (default: unchanged; 1 is steadier "
                                  "on a busy machine)", minimum=1)
     keep_state: bool = option(False, "keep each method's trainer checkpoint (D and optimizer state, several "
@@ -190,9 +191,9 @@ class EvalOptions:
     batch_size: int = option(16, "generation and scoring batch", minimum=1)
     inception_weights: Path | None = option(None, "pt_inception-2015-12-05-6726825d.pth (default: the torch "
                                             "hub cache); without it the run reports fd_proxy_features "
-                                            "instead of FID", flag="--inception-weights")
+                                            "instead of FID", flag="--inception-weights", exists=True)
     segmenter: Path | None = option(None, "TorchScript segmenter for mIoU (default: a proxy trained on the "
-                                    "real images)", flag="--segmenter")
+                                    "real images)", flag="--segmenter", exists=True)
     segmenter_class_map: str | None = option(None, f"label id -> segmenter class: {sorted(CLASS_MAPS)} or a "
                                              "JSON file (default: the paper's map for the preset, else "
                                              "identity)",
@@ -205,7 +206,7 @@ class EvalOptions:
                                "(analysis/fid_protocol.py)", flag="--fid-protocol", choices=PROTOCOLS)
     fid_train_stats: Path | None = option(None, "official datasets/train_mu_si folder (m.npy, s.npy) for "
                                           "--fid-protocol official (default: computed from the training "
-                                          "images once, cached)", flag="--fid-train-stats")
+                                          "images once, cached)", flag="--fid-train-stats", exists=True)
 
 
 @dataclass
@@ -257,6 +258,10 @@ class OptionParser(argparse.ArgumentParser):
                 self.error(f"unrecognized option {name} (options are never abbreviated){hint}")
         return super().parse_known_args(args, namespace)
 
+    def error(self, message: str):
+        """One line naming the bad option (argparse's usage block, 40 lines here, would bury it)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
 
 def _strip_optional(tp):
     """(inner type, optional?) of ``X | None``."""
@@ -278,6 +283,14 @@ def _checked(kind: Callable, minimum, flag: str):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def existing_path(text: str) -> Path:
+    """argparse type: a path that exists (file or folder)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}")
+    return path
 
 
 def check_device(device: str) -> str:
@@ -348,6 +361,8 @@ def add_options(parser, cls, prefix: str = "") -> None:
             kwargs["action" if md["append"] else "nargs"] = "append" if md["append"] else "+"
         if kind in (int, float):
             kind = _checked(kind, md["minimum"], flag)
+        if kind is Path and md.get("exists"):
+            kind = existing_path
         choices = md["choices"]() if callable(md["choices"]) else md["choices"]
         parser.add_argument(flag, type=kind, choices=choices, metavar=md["metavar"] or f.name.upper(), **kwargs)
 
@@ -397,5 +412,5 @@ def options_dict(opts) -> dict:
 
 
 __all__ = ["BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
-           "ReportOptions", "STAGE_OPTIONS", "TrainOptions", "add_options", "default_text", "option",
-           "options_dict", "options_from_args", "positive_int", "resolve"]
+           "ReportOptions", "STAGE_OPTIONS", "TrainOptions", "add_options", "default_text", "existing_path",
+           "option", "options_dict", "options_from_args", "positive_int", "resolve"]

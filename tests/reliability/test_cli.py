@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import run_analysis
+import train
 from analysis.metrics import FID_WEIGHTS_FILE, load_fid_inception
 from analysis.report import build_report
 from fileio import FolderLocked, WeightsFileError, folder_lock
 from models.checkpoint import load_generator_dir, read_state_dict
+from models.train_loop import TrainingInterrupted
 from models.presets import generator_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,3 +256,38 @@ def test_plugin_that_fails_to_import_is_one_line_naming_file_and_line(tmp_path, 
     plugin.write_text(source)
     message = _fails(["costs", "--plugin", str(plugin), "--out", str(tmp_path / "o"), "--device", "cpu"], capsys)
     assert str(plugin) in message and re.search(expected, message) and fake_stages == []
+
+
+@pytest.mark.reliability("wrong_run")
+@pytest.mark.parametrize("flag", ["--segmenter", "--inception-weights", "--train-vgg-weights", "--fid-train-stats",
+                                  "--reference-dir", "--compare-vgg-weights"])
+def test_a_named_input_file_that_does_not_exist_is_refused_before_any_stage(tmp_path, capsys, fake_stages, flag):
+    message = _fails(["--out", str(tmp_path / "o"), "--device", "cpu", flag, str(tmp_path / "nope.pth")], capsys)
+    assert f"argument {flag}: no such file or folder" in message and "nope.pth" in message
+    assert fake_stages == []
+
+
+@pytest.mark.reliability("clear_error")
+def test_train_cli_refuses_missing_vgg_weights_file_up_front(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--vgg-weights", str(tmp_path / "nope.pth")])
+    assert "argument --vgg-weights: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.reliability("clear_error")
+def test_interrupted_stage_is_one_line_with_the_way_to_continue(tmp_path, capsys, monkeypatch):
+    def interrupted(name):
+        def run(ctx):
+            raise TrainingInterrupted("SIGTERM: stopped at step 6; checkpoint x.pt saved", signum=15, step=6,
+                                      checkpoint=None)
+        return types.SimpleNamespace(run=run)
+
+    monkeypatch.setattr(run_analysis, "stage_module", interrupted)
+    assert run_analysis.main(["train", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 143
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SIGTERM: stopped at step 6" in err and "run the same command again" in err
+    monkeypatch.setattr(run_analysis, "stage_module",
+                        lambda name: types.SimpleNamespace(run=lambda ctx: (_ for _ in ()).throw(KeyboardInterrupt())))
+    assert run_analysis.main(["costs", "--out", str(tmp_path / "o2"), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted; the stages that finished are kept" in err
