@@ -213,7 +213,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
             check_device(run.device)
     except ValueError as exc:
         raise SystemExit(f"train.py: {exc}") from None
-    g_fields = {f.name for f in fields(GeneratorConfig)} - {"norm"}
+    g_fields = {f.name for f in fields(GeneratorConfig)} - {"norm", "icpe_mode"}  # icpe_mode: --icpe-mode
     d_fields = {f.name for f in fields(DiscriminatorConfig)}
     r_fields = {f.name for f in fields(TrainRecipe)}
     g_over = {k: getattr(args, k) for k in GENERATOR_OPTIONS if getattr(args, k) is not None}
@@ -243,7 +243,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
     if preset == "custom" and "no_instance" not in g_over and not custom_has_instances(run.dataroot):
         g_over["no_instance"] = True  # no instances/ folder: no instance-edge channel
     try:
-        g_config = generator_config(preset, norm, **g_over)
+        g_config = generator_config(preset, norm, icpe_mode=run.icpe_mode, **g_over)
         d_config = discriminator_config_for(g_config, **d_over)
         recipe = TrainRecipe(**r_over)
     except ValueError as exc:
@@ -396,7 +396,9 @@ def main(argv=None) -> int:
             log.info("vgg: off (--no-vgg)")
         dataset = build_dataset(options)
         try:
-            trainer = Trainer(g_config=GeneratorConfig(**options["generator"]),
+            # options.json of runs before the generator section recorded icpe_mode: the data's.
+            g_config = GeneratorConfig(**{"icpe_mode": options["data"]["icpe_mode"], **options["generator"]})
+            trainer = Trainer(g_config=g_config,
                               d_config=DiscriminatorConfig(**options["discriminator"]),
                               recipe=recipe, device=info.device, vgg_weights=options["run"]["vgg_weights"])
         except (VGGWeightsMissingError, VGGWeightsInvalidError) as exc:

@@ -90,10 +90,10 @@ def run_benchmark(dataroot: Path, repeats: int = 3, labeller: str | None = None)
         label = np.asarray(Image.open(path))
         diffs = {}
         for normalize, tag in ((True, "norm"), (False, "no")):
-            ours = icpe_map(label, "official", normalize)
+            ours = icpe_map(label, mode="official", normalize=normalize)
             reference = official_icpe_reference(label, normalize, labeller)
             diffs[tag] = float(np.abs(ours - reference).max())
-        fast = _median_seconds(lambda: icpe_map(label, "official"), repeats)
+        fast = _median_seconds(lambda: icpe_map(label, mode="official"), repeats)
         naive = _median_seconds(lambda: official_icpe_reference(label, True, labeller), repeats)
         components = sum(_components(label == v, labeller)[0] for v in np.unique(label) if v != 0)
         rows.append(dict(image=f"{path.parent.name}/{path.name}", height=label.shape[0], width=label.shape[1],

@@ -9,7 +9,9 @@
 
 ``batches`` yields dicts like the datasets': ``label`` [N, 1, H, W] class ids, ``instance``
 (unless the generator has ``no_instance``) and optionally ``dist`` [N, 2, H, W], the ICPE map
-(computed from the label with ``data.icpe``, corrected mode, when absent).
+(computed from the label with ``data.icpe`` when absent, in :func:`position_mode`: the mode a
+CLADE-ICPE generator was trained with, ``config.icpe_mode``). Batches or a DataLoader whose
+dataset says it holds maps of another mode (``icpe_mode``) are refused for CLADE-ICPE.
 
 What is measured. For one modulation layer, ``y`` is the per-pixel *scale* ("gamma": SPADE's
 ``1 + gamma``, CLADE's ``gamma[class]``) or *shift* ("beta") of one channel, over every pixel of
@@ -44,7 +46,9 @@ from tqdm.auto import tqdm
 
 from data.icpe import icpe_map_batch
 from data.labels import make_semantic
+from models.generator import check_icpe_data
 from models.norms import Conditioning, ModulatedNorm
+from models.presets import TOOLKIT_ICPE_MODE
 from models.registry import norm_spec
 
 log = logging.getLogger(__name__)
@@ -232,15 +236,31 @@ def _eval_mode(generator: nn.Module) -> Iterator[None]:
         generator.train(was_training)
 
 
+def position_mode(config) -> str:
+    """The ICPE mode of the positions for ``config``'s generator: the mode a CLADE-ICPE generator
+    was trained with (``config.icpe_mode``), else the toolkit's (for the probe's regression only)."""
+    return config.icpe_mode or TOOLKIT_ICPE_MODE
+
+
+def label_icpe(label: torch.Tensor, config) -> torch.Tensor:
+    """ICPE maps [N, 2, H, W] of class-id maps ``label`` [N, H, W] in :func:`position_mode`
+    (corrected leaves out the dontcare class; official skips class 0, as the official code)."""
+    mode = position_mode(config)
+    dontcare = config.label_nc if config.contain_dontcare_label and mode == "corrected" else None
+    return icpe_map_batch(label, mode=mode, dontcare=dontcare)
+
+
 def prepare_inputs(batch: dict, config, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(semantic map, ICPE map) for a dataset batch; the ICPE map is computed when absent."""
+    """(semantic map, ICPE map) for a dataset batch; the ICPE map is computed when absent
+    (:func:`label_icpe`). A batch whose ``icpe_mode`` entry differs from a CLADE-ICPE
+    generator's mode is refused."""
+    check_icpe_data(config, batch, "the batch")
     label = batch["label"]
     label = label[:, None] if label.dim() == 3 else label
     semantic = make_semantic(label, batch.get("instance"), config)
     dist = batch.get("dist")
     if dist is None:
-        dontcare = config.label_nc if config.contain_dontcare_label else None
-        dist = icpe_map_batch(label[:, 0], mode="corrected", dontcare=dontcare)
+        dist = label_icpe(label[:, 0], config)
     return semantic.to(device), dist.to(device=device, dtype=semantic.dtype)
 
 
@@ -264,6 +284,7 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
     layer's own values), so gamma and beta are computed once per layer and batch.
     """
     config = generator.config
+    check_icpe_data(config, batches, "the probe's batches")
     modules = modulation_layers(generator)
     stats = ProbeStatistics({}, config.class_nc,
                             config.label_nc if config.contain_dontcare_label else None, basis)
@@ -456,6 +477,7 @@ def ablation_effects(generator: nn.Module, stats: ProbeStatistics | None, batche
     all pixels and images; inf when identical), images. ``kinds`` default: class_mean, plus
     no_position for CLADE-ICPE generators.
     """
+    check_icpe_data(generator.config, batches, "the ablation's batches")
     modules = modulation_layers(generator)
     if kinds is None:
         kinds = ["class_mean"] + (["no_position"] if _uses_icpe(generator) else [])

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.registry import norm_spec
+
 from . import metrics, stats
 from .probe import ablate, prepare_inputs
 from .segmenters import IGNORE_INDEX
@@ -115,12 +117,13 @@ def resolution_stages(probe_stats) -> dict[str, list[str]]:
 
 def ablated_images(generator, samples: dict, probe_stats, layers, batch_size: int, device) -> torch.Tensor:
     """Images of the reference ``generator`` with the scale / shift of ``layers`` (None: all)
-    replaced by their per-class means from ``probe_stats`` (``analysis.probe.ablate``)."""
+    replaced by their per-class means from ``probe_stats`` (``analysis.probe.ablate``); ICPE maps
+    as ``prepare_inputs`` gives them (the samples', else computed in the generator's mode)."""
     out = []
     with torch.no_grad(), ablate(generator, probe_stats, layers, kind="class_mean"):
         for i in range(0, len(samples["label"]), batch_size):
             part = {k: v[i:i + batch_size] for k, v in samples.items()}
             semantic, dist = prepare_inputs(part, generator.config, device)
-            out.append(generator(semantic, dist=dist if generator.config.norm == "clade-icpe" else None)
+            out.append(generator(semantic, dist=dist if norm_spec(generator.config.norm).needs_icpe else None)
                        .clamp(-1, 1).cpu())
     return torch.cat(out)

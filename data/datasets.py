@@ -349,7 +349,7 @@ class PairedDataset(Dataset):
         h, w = pre.output_size
         if self.with_dist:
             skip = self.preset.mapping.icpe_skip_raw if self.icpe_mode == "corrected" else None
-            dist = transform_icpe(icpe_map(raw, self.icpe_mode, dontcare=skip), pre, params, self.icpe_mode)
+            dist = transform_icpe(icpe_map(raw, mode=self.icpe_mode, dontcare=skip), pre, params, self.icpe_mode)
         else:
             dist = torch.zeros(2, h, w)
         instance_t = (torch.zeros(1, h, w, dtype=torch.long) if instance is None else

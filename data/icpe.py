@@ -5,10 +5,12 @@ channel 1 the column offset of each pixel from the component's centroid, each di
 component's largest absolute offset on that axis + 1e-5 (``normalize=True``), so values lie in
 (-1, 1). Pixels of classes that are not encoded are 0.
 
-    dist = icpe_map(label_png, mode="corrected", dontcare=255)    # float32 [2, H, W]
-    dists = icpe_map_batch(labels_on_gpu, dontcare=255)           # float32 [N, 2, H, W]
+    dist = icpe_map(label_png, mode="corrected", dontcare=255)             # float32 [2, H, W]
+    dists = icpe_map_batch(labels_on_gpu, mode="corrected", dontcare=255)  # float32 [N, 2, H, W]
 
-Modes:
+Modes (a required keyword everywhere: a CLADE-ICPE generator must be fed the maps of the mode it
+was trained with, which its ``GeneratorConfig.icpe_mode`` records; they differ on about 30 % of
+the pixels of the synthetic scenes):
 
 - ``"official"`` reproduces ``cal_connectedComponents`` of the official CLADE code, quirks
   included: raw label 0 is never encoded (in COCO-Stuff it is *person*), every other value
@@ -133,8 +135,7 @@ def _runs_to_dist(flat, width, starts, lengths, col0, component, skip, normalize
     return out.reshape(2, height, width)
 
 
-def icpe_map(label, mode: str = "official", normalize: bool = True,
-             dontcare: int | None = None) -> np.ndarray:
+def icpe_map(label, *, mode: str, normalize: bool = True, dontcare: int | None = None) -> np.ndarray:
     """ICPE of one raw label map ([H, W] integer numpy array or tensor) -> float32 [2, H, W].
 
     ``mode="official"`` equals the official ``cal_connectedComponents(label, 'norm' | 'no')``
@@ -202,7 +203,7 @@ def _icpe_torch(labels: torch.Tensor, skip: int | None, normalize: bool) -> torc
     return dist.float().contiguous()
 
 
-def icpe_map_batch(labels: torch.Tensor, mode: str = "official", normalize: bool = True,
+def icpe_map_batch(labels: torch.Tensor, *, mode: str, normalize: bool = True,
                    dontcare: int | None = None, backend: str = "auto") -> torch.Tensor:
     """ICPE of a batch of raw label maps [N, H, W] (or [N, 1, H, W]) -> float32 [N, 2, H, W].
 
@@ -218,7 +219,7 @@ def icpe_map_batch(labels: torch.Tensor, mode: str = "official", normalize: bool
     if backend not in ("auto", "numpy", "torch"):
         raise ValueError(f"backend={backend!r}; expected 'auto', 'numpy' or 'torch'")
     if backend == "numpy" or (backend == "auto" and labels.device.type == "cpu"):
-        maps = [icpe_map(item, mode, normalize, dontcare) for item in labels.cpu().numpy()]
+        maps = [icpe_map(item, mode=mode, normalize=normalize, dontcare=dontcare) for item in labels.cpu().numpy()]
         stacked = np.stack(maps) if maps else np.zeros((0, 2, *labels.shape[1:]), np.float32)
         return torch.from_numpy(stacked).to(labels.device)
     if labels.numel() == 0:
@@ -226,7 +227,7 @@ def icpe_map_batch(labels: torch.Tensor, mode: str = "official", normalize: bool
     return _icpe_torch(labels.long(), skip, normalize)
 
 
-def flip_icpe(dist, mode: str = "corrected"):
+def flip_icpe(dist, *, mode: str):
     """The ICPE map of a horizontally flipped image, from the map [..., 2, H, W] of the original.
 
     ``dist``: numpy array or tensor (returned as the same type). "official" reproduces the

@@ -213,7 +213,7 @@ class SyntheticScenes(Dataset):
         self.num_samples, self.size, self.seed = num_samples, _size(size), seed
         self.with_dist, self.icpe_mode, self.first_index = with_dist, icpe_mode, first_index
         # Fail now, not in a worker, on a bad mode.
-        icpe_map(np.zeros((1, 1), np.int64), icpe_mode, dontcare=self._dontcare)
+        icpe_map(np.zeros((1, 1), np.int64), mode=icpe_mode, dontcare=self._dontcare)
 
     @property
     def _dontcare(self) -> int | None:
@@ -231,7 +231,7 @@ class SyntheticScenes(Dataset):
         number = self.first_index + index
         scene = render_scene(number, self.seed, self.size)
         h, w = self.size
-        dist = (torch.from_numpy(icpe_map(scene.label, self.icpe_mode, dontcare=self._dontcare))
+        dist = (torch.from_numpy(icpe_map(scene.label, mode=self.icpe_mode, dontcare=self._dontcare))
                 if self.with_dist else torch.zeros(2, h, w))
         return {"label": torch.from_numpy(scene.label)[None],
                 "instance": torch.from_numpy(scene.instance)[None],

@@ -122,7 +122,7 @@ def transform_icpe(dist: np.ndarray, pre: Preprocess, params: TransformParams,
     rows, cols = _crop_indices(pre, params, dist.shape[1:], "torch" if mode == "official" else "pil")
     out = dist[:, rows[:, None], cols[None, :]]
     if params.flip:
-        out = flip_icpe(out, mode)
+        out = flip_icpe(out, mode=mode)
     return torch.from_numpy(np.ascontiguousarray(out))
 
 

@@ -6,6 +6,7 @@ work here is reading files safely and explaining mismatches.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -15,13 +16,18 @@ from torch import nn
 from fileio import load_weights, save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
-from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
+from .presets import OFFICIAL_PRESETS, TOOLKIT_ICPE_MODE, GeneratorConfig, config_to_dict
 from .registry import norm_spec, recognise_norm, registered_norms
 
+log = logging.getLogger(__name__)
 
 GENERATOR_WEIGHTS = "latest_net_G.pth"
 GENERATOR_CONFIG = "generator.json"
 PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that registered the norm (plugin norms only)
+ICPE_MODE_KEY = "icpe_mode"      # generator.json: GeneratorConfig.icpe_mode (norms that need ICPE)
+# What a generator.json of a norm that needs ICPE but without ICPE_MODE_KEY was trained with:
+# such files come from train.py / the Trainer before the mode was recorded, which trained "corrected".
+LEGACY_ICPE_MODE = TOOLKIT_ICPE_MODE
 # Keys of a train.py checkpoint.pt (models.trainer.Trainer.state_dict), not of a network.
 TRAINING_KEYS = {"G", "D", "opt_G", "opt_D", "step"}
 
@@ -185,7 +191,11 @@ def save_generator_dir(generator: nn.Module, folder) -> Path:
 
 def load_generator_dir(folder, device=None) -> nn.Module:
     """Generator from a folder written by ``save_generator_dir`` (or an official
-    ``latest_net_G.pth`` beside a ``generator.json`` you wrote for it)."""
+    ``latest_net_G.pth`` beside a ``generator.json`` you wrote for it).
+
+    A generator.json of a norm that needs ICPE without ``icpe_mode`` was written before the mode
+    was recorded, by train.py, which trains with :data:`LEGACY_ICPE_MODE`: it loads with that
+    mode and a logged warning (add ``"icpe_mode"`` to the file to silence it)."""
     folder = Path(folder)
     config_path = folder / GENERATOR_CONFIG
     if not config_path.is_file():
@@ -198,6 +208,12 @@ def load_generator_dir(folder, device=None) -> nn.Module:
             raise ValueError(f"{str(config_path)!r} holds a {record.get('norm')!r} generator, a norm registered "
                              f"by the plugin {plugin!r}, which is not loaded; pass --plugin {plugin} (or call "
                              f"models.plugins.load_plugin({plugin!r}) first)")
+        if record.get(ICPE_MODE_KEY) is None and norm_spec(record.get("norm", "spade")).needs_icpe:
+            record[ICPE_MODE_KEY] = LEGACY_ICPE_MODE
+            log.warning("%s records no %r (written before the ICPE mode was saved); assuming %r, the mode "
+                        "train.py trains with. If the generator was trained with the other mode, set "
+                        "\"%s\": \"official\" in that file", config_path, ICPE_MODE_KEY, LEGACY_ICPE_MODE,
+                        ICPE_MODE_KEY)
         config = GeneratorConfig(**record)
     except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         if PLUGIN_FILE_KEY in str(exc) or "--plugin" in str(exc):

@@ -81,13 +81,48 @@ def check_generator_inputs(cfg: GeneratorConfig, semantic: torch.Tensor, z=None,
     if spec.needs_icpe:
         expected = (semantic.shape[0], 2, *cfg.output_size)
         if dist is None:
-            raise ValueError(f"{spec.label} needs dist=<ICPE map [N, 2, H, W]> "
-                             "(see data.icpe.icpe_map)")
+            raise ValueError(f"{spec.label} needs dist=<ICPE map [N, 2, H, W]> computed in the mode it was "
+                             f"trained with: data.icpe.icpe_map_batch(label, mode={cfg.icpe_mode!r})")
         if tuple(dist.shape) != expected:
             raise ValueError(f"dist has shape {tuple(dist.shape)}; expected {expected}")
     if z is not None and (not cfg.use_vae or z.shape[-1] != cfg.z_dim):
         raise ValueError(f"z has shape {tuple(z.shape)}; this generator "
                          + (f"expects [N, {cfg.z_dim}]" if cfg.use_vae else "has use_vae=False and takes no z"))
+
+
+def data_icpe_mode(data) -> str | None:
+    """The ICPE mode of the maps ``data`` holds: ``data.icpe_mode`` of a dataset built with
+    ``with_dist=True`` (also behind ``.dataset`` wrappers: DataLoader, Subset), a batch dict's
+    ``"icpe_mode"`` entry (a string, or one per item after collation); "none" for a dataset built
+    without ICPE maps (its ``dist`` entries are zeros); None when ``data`` does not say."""
+    seen = set()
+    while data is not None and id(data) not in seen:
+        seen.add(id(data))
+        if isinstance(data, dict):
+            mode = data.get("icpe_mode")
+            modes = {mode} if isinstance(mode, str) else set(mode) if isinstance(mode, (list, tuple)) else set()
+            return ", ".join(sorted(modes)) or None
+        mode = getattr(data, "icpe_mode", None)
+        if isinstance(mode, str):
+            return mode if getattr(data, "with_dist", True) else "none"
+        data = getattr(data, "dataset", None)
+    return None
+
+
+def check_icpe_data(cfg: GeneratorConfig, data, what: str = "the data") -> None:
+    """Raise ValueError when ``data`` (a dataset, DataLoader or batch dict) holds ICPE maps of
+    another mode than the one ``cfg``'s generator was trained with, or none at all."""
+    spec = norm_spec(cfg.norm)
+    found = data_icpe_mode(data)
+    if not spec.needs_icpe or found is None or found == cfg.icpe_mode:
+        return
+    if found == "none":
+        raise ValueError(f"{what} was built without ICPE maps (with_dist=False: its 'dist' entries are zeros), but "
+                         f"this {spec.label} generator reads them; build it with with_dist=True, "
+                         f"icpe_mode={cfg.icpe_mode!r}")
+    raise ValueError(f"{what} holds ICPE maps computed in mode {found!r}, but this {spec.label} generator was "
+                     f"trained with mode {cfg.icpe_mode!r} (GeneratorConfig.icpe_mode); build the data with "
+                     f"icpe_mode={cfg.icpe_mode!r}")
 
 
 def input_features(net: nn.Module, semantic: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:

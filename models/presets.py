@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from data.icpe import MODES as ICPE_MODES
 from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_preset  # noqa: F401 (re-exported)
 
 from .registry import norm_spec, registered_norms
@@ -17,6 +18,10 @@ from .registry import norm_spec, registered_norms
 # The built-in kinds (models/registry.py); registered_norms() also lists those registered later.
 NORMS = registered_norms()
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
+# The ICPE mode (data.icpe.MODES) train.py and the Trainer's datasets use: a config of a norm that
+# needs ICPE gets it unless told otherwise. The official CLADE release was trained with "official".
+TOOLKIT_ICPE_MODE = "corrected"
+OFFICIAL_ICPE_MODE = "official"
 
 # Network options of the official dataset classes, on top of the dataset facts of data.presets.
 UPSAMPLING_BY_PRESET = {"cityscapes": "more"}  # every other preset: "normal"
@@ -91,10 +96,19 @@ class GeneratorConfig(LabelConfig):
     spade_kernel_size: int = 3           # SPADE conv kernel; 1 makes SPADE purely per-pixel
     param_free_norm: str = "batch"       # batch (official 'syncbatch') | instance
     spectral: bool = True                # spectral norm on the residual convs
+    # How the ICPE maps it was trained on were computed (data.icpe.MODES: "official" for the
+    # official CLADE release, "corrected" for train.py); it must be fed maps of this mode. Set
+    # for norms that need ICPE (default TOOLKIT_ICPE_MODE), None for the others.
+    icpe_mode: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        norm_spec(self.norm)  # ValueError listing the registered norms
+        spec = norm_spec(self.norm)  # ValueError listing the registered norms
+        if self.icpe_mode is not None and self.icpe_mode not in ICPE_MODES:
+            raise ValueError(f"GeneratorConfig.icpe_mode={self.icpe_mode!r}; expected one of {list(ICPE_MODES)} "
+                             f"(how the ICPE maps the generator was trained on were computed)")
+        # Frozen dataclass: the normalised value is set once, here.
+        object.__setattr__(self, "icpe_mode", (self.icpe_mode or TOOLKIT_ICPE_MODE) if spec.needs_icpe else None)
         if self.num_upsampling_layers not in UPSAMPLING_DEPTHS:
             raise ValueError(f"num_upsampling_layers={self.num_upsampling_layers!r}; "
                              f"expected one of {list(UPSAMPLING_DEPTHS)}")

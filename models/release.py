@@ -13,8 +13,9 @@ Layouts understood (each folder holds ``best_net_G.pth`` or ``latest_net_G.pth``
 
 The folder name gives the preset; the norm and the instance-edge input are read from the
 weights' keys and shapes (the folder's suffix only names what is expected, and a disagreement
-is logged). Folders with a ``generator.json`` are the toolkit's own (``load_generator_dir``)
-and are left alone here.
+is logged). A CLADE-ICPE release generator gets ``icpe_mode="official"``: the official code
+computes its ICPE maps that way, so it is fed them that way. Folders with a ``generator.json``
+are the toolkit's own (``load_generator_dir``) and are left alone here.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from . import build_generator_from_config
 from .checkpoint import GENERATOR_CONFIG, load_official_checkpoint, read_state_dict
-from .presets import PRESETS, GeneratorConfig, generator_config
+from .presets import OFFICIAL_ICPE_MODE, PRESETS, GeneratorConfig, generator_config
 from .registry import norm_spec, recognise_norm, registered_norms
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,14 @@ def inspect_release_folder(folder: str | Path) -> ReleaseGenerator:
     # head_0 keeps 16 * ngf channels; a 2-d fc is the VAE variant's Linear (z -> features).
     ngf = _shape(state, "head_0.conv_0.weight_orig", "head_0.conv_0.weight")[0] // 16
     use_vae = len(_shape(state, "fc.weight")) == 2
-    config = generator_config(preset, norm, no_instance=not edge, ngf=ngf, use_vae=use_vae)
+    config = generator_config(preset, norm, no_instance=not edge, ngf=ngf, use_vae=use_vae,
+                              icpe_mode=OFFICIAL_ICPE_MODE)
     preset_edge = not PRESETS[preset]["no_instance"]
     reason = (f"{folder.name}/{path.name}: preset {preset} (folder name), norm {norm} (keys contain "
               f"{marker!r}), instance edge {'yes' if edge else 'no'} ({evidence}"
               + ("" if edge == preset_edge else f"; the {preset} preset has {'one' if preset_edge else 'none'}")
-              + f"), ngf {ngf}" + (", VAE" if use_vae else ""))
+              + f"), ngf {ngf}" + (", VAE" if use_vae else "")
+              + (f", ICPE mode {config.icpe_mode} (the official code's)" if config.icpe_mode else ""))
     return ReleaseGenerator(folder.name, path, preset, norm, config, reason)
 
 

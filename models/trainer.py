@@ -39,6 +39,7 @@ from .checkpoint_store import (CHECKPOINT_FORMAT, check_trainer_state, match_sta
 from .discriminator import MultiscaleDiscriminator
 from .distributed import is_distributed
 from .fast import native_bf16
+from .generator import check_icpe_data
 from .init import init_official
 from .losses import NonFiniteLossError, VGGLoss
 from .presets import DiscriminatorConfig, GeneratorConfig
@@ -283,7 +284,11 @@ class Trainer:
         return self.G_ema if self.G_ema is not None else self.G
 
     def fit(self, data, **options) -> list[dict]:
-        """Train on ``data``: :func:`models.train_loop.fit` (steps=, epochs=, out_dir=, ...) with this trainer."""
+        """Train on ``data``: :func:`models.train_loop.fit` (steps=, epochs=, out_dir=, ...) with this trainer.
+
+        ``data`` whose ICPE maps are of another mode than ``g_config.icpe_mode`` (the mode the
+        exported generator.json records) is refused."""
+        check_icpe_data(self.g_config, data, "the training data")
         return train_loop.fit(self, data, **options)
 
     # -- state ---------------------------------------------------------------------------------

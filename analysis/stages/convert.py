@@ -72,7 +72,7 @@ def finetune(ctx: RunContext, clade, steps: int) -> dict:
     if work.exists():  # a short run from the converted weights, never resumed
         shutil.rmtree(work)
     settings = {"planned_steps": steps, "batch_size": ctx.train.batch_size, "crop_size": config.output_size[0]}
-    history = trainer.fit(training_dataset(ctx, config.norm, settings, config.output_size), steps=steps,
+    history = trainer.fit(training_dataset(ctx, config, settings), steps=steps,
                           out_dir=work, log_every=max(1, steps // 10), save_every=steps, sample_every=steps,
                           num_workers=0)
     trainer.export_generator(ctx.checkpoint_dir(FINETUNED))

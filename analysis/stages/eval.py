@@ -11,7 +11,8 @@ All must read the same label layout and draw images of one size. For each: gener
 split's images from its label maps, score them with a segmenter (yours, or a proxy trained here
 on the real training images) and a Frechet distance (FID with the Inception weights, else on the
 proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
-others.
+others. A CLADE-ICPE generator gets the val ICPE maps computed in the mode it was trained with
+(``icpe_mode`` of its generator.json; "official" for a release folder).
 Seeds and variants: a folder's ``variant.json`` (written by the train stage) names its run,
 method, seed, steps, SPADE kernel size and mask resolution; coarse-mask runs are scored on label
 maps coarsened the way they were trained. Every model gets a ``quality_seeds`` row with bootstrap
@@ -110,23 +111,63 @@ def check_compatible(generators: dict, folders: dict[str, Path]) -> None:
 
 # --- data ---------------------------------------------------------------------------------
 
-def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dist: bool,
+def dist_key(mode: str) -> str:
+    """The samples' key of the ICPE maps computed in ``mode`` (``dist_official``, ``dist_corrected``)."""
+    return f"dist_{mode}"
+
+
+def icpe_modes(generators: dict) -> list[str]:
+    """The ICPE modes the CLADE-ICPE generators among ``generators`` were trained with."""
+    return sorted({g.config.icpe_mode for g in generators.values() if norm_spec(g.config.norm).needs_icpe})
+
+
+def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, icpe_modes=(),
                  skip: int = 0) -> dict[str, torch.Tensor] | None:
-    """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of items ``skip .. skip + count``
-    of ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
-    there is no --dataroot); None when the split has fewer items."""
-    dataset = build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, with_dist=with_dist,
-                            seed=ctx.seed, max_samples=skip + count)
-    if len(dataset) < skip + count:
+    """Stacked ``label``, ``instance``, ``image`` of items ``skip .. skip + count`` of
+    ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
+    there is no --dataroot), and for each of ``icpe_modes`` the dataset's ICPE maps computed in
+    that mode under :func:`dist_key`; None when the split has fewer items."""
+    def dataset(**icpe):
+        return build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, seed=ctx.seed,
+                             max_samples=skip + count, **icpe)
+
+    modes = list(icpe_modes)
+    first = dataset(**(dict(with_dist=True, icpe_mode=modes[0]) if modes else {}))
+    if len(first) < skip + count:
         return None
-    items = [dataset[i] for i in tqdm(range(skip, skip + count), desc=f"{phase} samples", leave=False)]
-    keys = ["label", "instance", "image"] + (["dist"] if with_dist else [])
-    return {k: torch.stack([item[k] for item in items]) for k in keys if items[0].get(k) is not None}
+    indices = range(skip, skip + count)
+    items = [first[i] for i in tqdm(indices, desc=f"{phase} samples", leave=False)]
+    samples = {k: torch.stack([item[k] for item in items]) for k in ("label", "instance", "image")
+               if items[0].get(k) is not None}
+    if modes:
+        samples[dist_key(modes[0])] = torch.stack([item["dist"] for item in items])
+    for mode in modes[1:]:   # another pass over the same items (same seed: same crops and flips)
+        other = dataset(with_dist=True, icpe_mode=mode)
+        samples[dist_key(mode)] = torch.stack([other[i]["dist"] for i in indices])
+    return samples
+
+
+def generator_samples(generator, samples: dict) -> dict:
+    """``samples`` for ``generator``: a CLADE-ICPE generator's ``dist`` is the ICPE maps of the mode it
+    was trained with (``config.icpe_mode``); the maps of other modes are left out."""
+    cfg = generator.config
+    out = {k: v for k, v in samples.items() if not k.startswith("dist")}
+    if norm_spec(cfg.norm).needs_icpe:
+        key = dist_key(cfg.icpe_mode)
+        if key not in samples:
+            found = sorted(k.removeprefix("dist_") for k in samples if k.startswith("dist_"))
+            raise ValueError(f"the samples hold ICPE maps of modes {found}, but this {norm_spec(cfg.norm).label} "
+                             f"generator was trained with mode {cfg.icpe_mode!r}; load them with "
+                             f"icpe_modes=[{cfg.icpe_mode!r}]")
+        out["dist"] = samples[key]
+    return out
 
 
 def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
-    """Images [N, 3, H, W] in [-1, 1] of ``generator`` (eval mode) for the samples' label maps."""
+    """Images [N, 3, H, W] in [-1, 1] of ``generator`` (eval mode) for the samples' label maps
+    (and, for CLADE-ICPE, the ICPE maps of its mode: :func:`generator_samples`)."""
     cfg = generator.config
+    samples = generator_samples(generator, samples)
     generator = fuse_for_inference(generator)
     out = []
     with torch.no_grad():
@@ -223,13 +264,12 @@ def run(ctx: RunContext) -> dict:
     size = cfg.output_size[0]
     log.info("evaluating %s on %d val images of %dx%d", list(generators), opts.images, *cfg.output_size)
 
-    with_dist = any(norm_spec(g.config.norm).needs_icpe for g in generators.values())
-    val = load_samples(ctx, "val", opts.images, size, with_dist=with_dist)
-    floor = load_samples(ctx, "val", opts.images, size, with_dist=False, skip=opts.images)
+    val = load_samples(ctx, "val", opts.images, size, icpe_modes=icpe_modes(generators))
+    floor = load_samples(ctx, "val", opts.images, size, skip=opts.images)
     needs_proxy = opts.segmenter is None or not _inception_present(opts)
     proxy = None
     if needs_proxy:
-        train = load_samples(ctx, "train", opts.train_images, size, with_dist=False)
+        train = load_samples(ctx, "train", opts.train_images, size)
         proxy = train_proxy(ctx, opts, cfg.label_nc, train, device)
     segmenter = proxy if opts.segmenter is None else user_segmenter(ctx, opts, device)
     extractors, notes = feature_extractors(opts, proxy, device)
@@ -340,6 +380,7 @@ def class_mean_rows(ctx, opts, generator, val: dict, unablated: dict, real_score
                     suffix: str, device, fixed: dict) -> list[dict]:
     """Rows of ``ablation_quality`` for one SPADE: as trained ('none'), every layer replaced by its
     class means ('all'), then each resolution stage alone ('HxW')."""
+    val = generator_samples(generator, val)
     batches = [{k: v[i:i + opts.batch_size] for k, v in val.items()} for i in range(0, len(val["label"]),
                                                                                    opts.batch_size)]
     captured = capture_modulation_statistics(generator, batches, progress=False)

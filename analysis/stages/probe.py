@@ -14,8 +14,10 @@ kernel-size ablation (a purely per-pixel SPADE) is one more folder:
 
 ``--checkpoint PATH`` (also spelled ``--probe-checkpoint``) probes one generator instead: a
 folder with ``generator.json``, or an official-format ``.pth`` built from ``--preset`` and
-``--probe-norm`` (read from its keys when omitted). Images: the val split (synthetic scenes ``seed + 1000`` like the eval stage, or
-``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
+``--probe-norm`` (read from its keys when omitted; a CLADE-ICPE one is fed official-mode ICPE
+maps, as the official code computes them). Every generator's ICPE maps are computed in its
+``icpe_mode`` (``analysis.probe.position_mode``). Images: the val split (synthetic scenes
+``seed + 1000`` like the eval stage, or ``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
 ``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
 resized: a stand-in, flagged in the tables' meta and the captions.
 
@@ -35,8 +37,8 @@ import torch
 
 from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
+from models.presets import OFFICIAL_ICPE_MODE
 from data.datasets import build_dataset
-from data.icpe import icpe_map
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
 
@@ -69,7 +71,8 @@ def infer_options(state: dict) -> dict:
 
 def load_checkpoint(path: Path, preset: str, norm: str | None, device) -> torch.nn.Module:
     """Generator from a folder with generator.json, or from an official-format .pth
-    (``preset``'s architecture with ``norm`` and ngf read from the file unless given)."""
+    (``preset``'s architecture with ``norm`` and ngf read from the file unless given; a
+    CLADE-ICPE one with the official code's ICPE mode)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if (folder / GENERATOR_CONFIG).is_file() and (path.is_dir() or path.name == GENERATOR_WEIGHTS):
@@ -79,7 +82,10 @@ def load_checkpoint(path: Path, preset: str, norm: str | None, device) -> torch.
                                 f"with --preset and --probe-norm")
     state, _ = read_state_dict(path)
     options = infer_options(state) | ({"norm": norm} if norm else {})
-    generator = build_generator(preset, **options)
+    generator = build_generator(preset, **options, icpe_mode=OFFICIAL_ICPE_MODE)
+    if generator.config.icpe_mode is not None:
+        log.info("probe: %s has no %s; its ICPE maps are computed in mode %r, as the official code's",
+                 path, GENERATOR_CONFIG, generator.config.icpe_mode)
     return load_official_checkpoint(generator, state).to(device)
 
 
@@ -107,17 +113,19 @@ def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str,
 # --- which images ----------------------------------------------------------------------------
 
 def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tuple[list[dict], str, bool]:
-    """(batches of val samples for ``config``, description, whether they are a stand-in)."""
+    """(batches of val samples for ``config``, description, whether they are a stand-in); their
+    ICPE maps are in the generator's mode (``probe.position_mode``)."""
     h, w = config.output_size
+    mode = probe.position_mode(config)
     if ctx.dataroot is not None:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val")
+        dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val", with_dist=True, icpe_mode=mode)
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
     seed = ctx.seed + VAL_SEED_OFFSET
     native = (config.label_nc == SYNTHETIC["label_nc"]
               and config.contain_dontcare_label == SYNTHETIC["contain_dontcare_label"] and h == w)
     if native:
-        scenes = SyntheticScenes(images, size=h, seed=seed, with_dist=True)
+        scenes = SyntheticScenes(images, size=h, seed=seed, with_dist=True, icpe_mode=mode)
         items = [scenes[i] for i in range(images)]
         return _stack(items, batch_size), f"SyntheticScenes(seed={seed}, size={h}) val", False
     scenes = SyntheticScenes(images, size=SYNTHETIC["crop_size"], seed=seed, with_dist=False)
@@ -131,7 +139,7 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
 
 def _remap(item: dict, config, rng: torch.Generator) -> dict:
     """Synthetic sample with random target classes per image, nearest-resized to the output
-    size, with its ICPE map (corrected mode) recomputed at that size."""
+    size, with its ICPE map recomputed at that size in the generator's mode."""
     n = SYNTHETIC["label_nc"]
     if config.label_nc >= n:
         targets = torch.randperm(config.label_nc, generator=rng)[:n]
@@ -143,7 +151,7 @@ def _remap(item: dict, config, rng: torch.Generator) -> dict:
     def resize(t):
         return torch.nn.functional.interpolate(t[None].float(), size=config.output_size, mode="nearest")[0].long()
     label = table[resize(item["label"])]
-    dist = torch.from_numpy(icpe_map(label, mode="corrected", dontcare=dontcare))
+    dist = probe.label_icpe(label, config)[0]
     return {"label": label, "instance": resize(item["instance"]), "dist": dist}
 
 
@@ -246,8 +254,9 @@ def run(ctx: RunContext) -> dict:
     meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
                 ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=probe.BASES[opts.basis],
                 dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
-                positions="ICPE map given to the generator (dataset's, else data.icpe corrected mode), "
-                          "nearest-resized to each layer",
+                positions="ICPE map given to the generator, in the mode a CLADE-ICPE generator was trained "
+                          "with (else corrected), nearest-resized to each layer",
+                icpe_modes={n: generators[n][1].config.icpe_mode for n in counts},
                 ratios="population variances pooled over pixels of all images; NaN where total variance is 0")
     captions = {
         "probe_layers": "Per modulation layer and parameter (gamma / beta): semantic, positional and residual "

@@ -106,18 +106,18 @@ def vgg_status(path=None) -> tuple[bool, str]:
         return False, "off (weights not found)"
 
 
-def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int], *, seed: int | None = None,
-                     mask_factor: int = 1):
-    """Identical samples and order for every method of one seed; ICPE maps only where they are used."""
-    with_dist = norm_spec(norm).needs_icpe
+def training_dataset(ctx, config, s: dict, *, seed: int | None = None, mask_factor: int = 1):
+    """Identical samples and order for every method of one seed, at ``config``'s output size; ICPE
+    maps only where they are used, in the generator's mode (``config.icpe_mode``)."""
+    icpe = dict(with_dist=True, icpe_mode=config.icpe_mode) if norm_spec(config.norm).needs_icpe else \
+        dict(with_dist=False)
     seed = ctx.seed if seed is None else seed
     # One pass over new scenes; sized by the planned budget so a cap never changes the order.
     num_samples = s["planned_steps"] * s["batch_size"]
     if ctx.dataroot is None:
-        dataset = SyntheticScenes(num_samples, size=size, seed=seed, with_dist=with_dist)
+        dataset = SyntheticScenes(num_samples, size=config.output_size, seed=seed, **icpe)
     else:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"],
-                                with_dist=with_dist, seed=seed)
+        dataset = build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"], seed=seed, **icpe)
     return dataset if mask_factor == 1 else CoarseMasks(dataset, mask_factor)
 
 
@@ -147,7 +147,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
         except SettingsMismatchError as exc:
             raise SettingsMismatchError(f"{exc} --force discards {work} and trains anew.", exc.differences) from None
     start = time.perf_counter()
-    data = training_dataset(ctx, norm, s, g_config.output_size, seed=seed, mask_factor=mask_factor)
+    data = training_dataset(ctx, g_config, s, seed=seed, mask_factor=mask_factor)
     history = trainer.fit(data, steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],

@@ -68,7 +68,7 @@ def test_coco_sample_val_equals_official_preprocessing(coco_sample_dir):
         assert torch.equal(sample["instance"][0],
                            torch.from_numpy(np.asarray(inst.resize((256, 256), Image.NEAREST)).astype(np.int64)))
         assert len(sample["instance"].unique()) > 2
-        expected_dist = icpe_map(np.asarray(raw), "corrected", dontcare=255)
+        expected_dist = icpe_map(np.asarray(raw), mode="corrected", dontcare=255)
         rows = (np.arange(256) + 0.5) * raw.size[1] / 256
         cols = (np.arange(256) + 0.5) * raw.size[0] / 256
         assert torch.equal(sample["dist"], torch.from_numpy(

@@ -27,7 +27,7 @@ def test_official_mode_equals_reference_outputs(reference_dir, coco_sample_dir, 
     assert len(expected.files) == 13
     for stem in expected.files:
         label = np.asarray(Image.open(coco_sample_dir / "train_label" / f"{stem}.png"))
-        ours = icpe_map(label, "official", normalize)
+        ours = icpe_map(label, mode="official", normalize=normalize)
         assert ours.dtype == np.float32 and ours.shape == expected[stem].shape
         assert np.abs(ours - expected[stem]).max() <= 1e-6, stem
 
@@ -39,7 +39,7 @@ def test_official_mode_equals_plain_per_component_algorithm(labeller, normalize)
         pytest.importorskip("cv2")
     for seed in range(3):
         label = blocky_labels(seed)
-        ours = icpe_map(label, "official", normalize)
+        ours = icpe_map(label, mode="official", normalize=normalize)
         reference = official_icpe_reference(label, normalize, labeller)
         assert np.abs(ours - reference).max() <= 1e-6
 
@@ -52,13 +52,13 @@ def test_hand_computed_example_diagonal_contact_is_connected():
     # Class 7: one pixel, offset 0. Class 0 is not encoded officially.
     d = 0.5 / (0.5 + EPS)
     expected_rows = np.array([[-d, 0, 0], [0, d, 0], [0, 0, 0]], dtype=np.float32)
-    official = icpe_map(label, "official")
+    official = icpe_map(label, mode="official")
     np.testing.assert_array_equal(official[0], expected_rows)
     np.testing.assert_array_equal(official[1], expected_rows)  # symmetric example
-    raw = icpe_map(label, "official", normalize=False)
+    raw = icpe_map(label, mode="official", normalize=False)
     np.testing.assert_array_equal(raw[0], expected_rows / np.float32(d) * np.float32(0.5))
     # Corrected: class 0 (the other 5 pixels, one component with centroid (0.8, 1.2)) is encoded.
-    corrected = icpe_map(label, "corrected")
+    corrected = icpe_map(label, mode="corrected")
     zeros = label == 0
     rows, cols = np.nonzero(zeros)
     cy, cx = rows.mean(), cols.mean()
@@ -68,7 +68,7 @@ def test_hand_computed_example_diagonal_contact_is_connected():
 
 def test_official_mode_encodes_255_and_skips_0():
     label = blocky_labels(4)
-    dist = icpe_map(label, "official")
+    dist = icpe_map(label, mode="official")
     assert not dist[:, label == 0].any()
     assert np.abs(dist[:, label == 255]).max() > 0.5
 
@@ -83,7 +83,7 @@ def _components(label: np.ndarray):
 @pytest.mark.parametrize("normalize", [True, False])
 def test_corrected_mode_properties(normalize):
     label = render_scene(5, seed=1).label
-    dist = icpe_map(label, "corrected", normalize, dontcare=SYNTHETIC_DONTCARE)
+    dist = icpe_map(label, mode="corrected", normalize=normalize, dontcare=SYNTHETIC_DONTCARE)
     assert (label == SYNTHETIC_DONTCARE).any() and (label == 0).any()
     assert not dist[:, label == SYNTHETIC_DONTCARE].any()
     assert np.abs(dist[:, label == 0]).max() > 0.5
@@ -108,7 +108,7 @@ def test_corrected_mode_properties(normalize):
 
 def test_corrected_mode_without_dontcare_encodes_every_class():
     label = blocky_labels(2)
-    dist = icpe_map(label, "corrected")
+    dist = icpe_map(label, mode="corrected")
     for value, mask in _components(label):
         if mask.sum() > 1 and np.ptp(np.nonzero(mask)[0]) > 0:
             assert np.abs(dist[0][mask]).max() > 0.5, value
@@ -116,8 +116,8 @@ def test_corrected_mode_without_dontcare_encodes_every_class():
 
 def test_accepts_tensors_and_channel_dim():
     label = blocky_labels(3)
-    expected = icpe_map(label, "corrected", dontcare=255)
-    np.testing.assert_array_equal(icpe_map(torch.from_numpy(label)[None].long(), "corrected", dontcare=255),
+    expected = icpe_map(label, mode="corrected", dontcare=255)
+    np.testing.assert_array_equal(icpe_map(torch.from_numpy(label)[None].long(), mode="corrected", dontcare=255),
                                   expected)
 
 
@@ -132,7 +132,7 @@ def test_bad_arguments(kwargs, message):
 
 def test_float_labels_are_rejected():
     with pytest.raises(ValueError, match=r"2-D integer label map.*float32"):
-        icpe_map(np.zeros((4, 4), np.float32))
+        icpe_map(np.zeros((4, 4), np.float32), mode="corrected")
 
 
 def _batch() -> torch.Tensor:
@@ -146,45 +146,45 @@ def _batch() -> torch.Tensor:
 @pytest.mark.parametrize("normalize", [True, False])
 def test_batched_torch_path_equals_numpy_path(mode, dontcare, normalize):
     labels = _batch()
-    ours = icpe_map_batch(labels, mode, normalize, dontcare, backend="torch")
-    reference = icpe_map_batch(labels, mode, normalize, dontcare, backend="numpy")
+    ours = icpe_map_batch(labels, mode=mode, normalize=normalize, dontcare=dontcare, backend="torch")
+    reference = icpe_map_batch(labels, mode=mode, normalize=normalize, dontcare=dontcare, backend="numpy")
     assert ours.shape == (5, 2, 48, 64) and ours.dtype == torch.float32
     assert torch.equal(ours, reference)
-    single = torch.from_numpy(icpe_map(labels[3], mode, normalize, dontcare))
+    single = torch.from_numpy(icpe_map(labels[3], mode=mode, normalize=normalize, dontcare=dontcare))
     assert torch.equal(reference[3], single)
 
 
 def test_batch_accepts_channel_dim_and_rejects_floats():
     labels = _batch()
-    assert torch.equal(icpe_map_batch(labels[:, None]), icpe_map_batch(labels))
+    assert torch.equal(icpe_map_batch(labels[:, None], mode="official"), icpe_map_batch(labels, mode="official"))
     with pytest.raises(ValueError, match=r"integer labels \[N, H, W\]"):
-        icpe_map_batch(labels.float())
+        icpe_map_batch(labels.float(), mode="official")
 
 
 @pytest.mark.gpu
 def test_batched_torch_path_on_cuda():
     labels = _batch()
-    on_gpu = icpe_map_batch(labels.cuda(), "corrected", dontcare=255)
+    on_gpu = icpe_map_batch(labels.cuda(), mode="corrected", dontcare=255)
     assert on_gpu.device.type == "cuda"
-    assert torch.allclose(on_gpu.cpu(), icpe_map_batch(labels, "corrected", dontcare=255), atol=1e-6)
+    assert torch.allclose(on_gpu.cpu(), icpe_map_batch(labels, mode="corrected", dontcare=255), atol=1e-6)
 
 
 def test_official_flip_quirk_flips_rows_and_keeps_sign():
-    dist = icpe_map(blocky_labels(1), "official")
-    flipped = flip_icpe(torch.from_numpy(dist)[None], "official")  # [1, 2, H, W] as officially
+    dist = icpe_map(blocky_labels(1), mode="official")
+    flipped = flip_icpe(torch.from_numpy(dist)[None], mode="official")  # [1, 2, H, W] as officially
     assert torch.equal(flipped[0], torch.from_numpy(dist).flip(1))
-    np.testing.assert_array_equal(flip_icpe(dist, "official"), dist[:, ::-1, :])
+    np.testing.assert_array_equal(flip_icpe(dist, mode="official"), dist[:, ::-1, :])
 
 
 def test_corrected_flip_is_the_icpe_of_the_mirrored_label():
     label = blocky_labels(6)
-    dist = icpe_map(label, "corrected", dontcare=255)
-    mirrored = icpe_map(label[:, ::-1], "corrected", dontcare=255)
-    assert np.abs(flip_icpe(dist, "corrected") - mirrored).max() < 1e-6
-    tensor = flip_icpe(torch.from_numpy(dist), "corrected")
+    dist = icpe_map(label, mode="corrected", dontcare=255)
+    mirrored = icpe_map(label[:, ::-1], mode="corrected", dontcare=255)
+    assert np.abs(flip_icpe(dist, mode="corrected") - mirrored).max() < 1e-6
+    tensor = flip_icpe(torch.from_numpy(dist), mode="corrected")
     assert torch.allclose(tensor, torch.from_numpy(mirrored), atol=1e-6)
     # The official quirk does not give the mirrored map.
-    assert np.abs(flip_icpe(dist, "official") - mirrored).max() > 0.5
+    assert np.abs(flip_icpe(dist, mode="official") - mirrored).max() > 0.5
 
 
 def test_benchmark_cli_writes_csv_and_provenance(tmp_path):

@@ -114,7 +114,7 @@ def test_dataset_samples_and_collate():
     sample = ds[0]
     assert sample["label"].shape == sample["instance"].shape == (1, 48, 80)
     assert sample["image"].shape == (3, 48, 80) and sample["dist"].shape == (2, 48, 80)
-    assert torch.equal(sample["dist"], torch.from_numpy(icpe_map(sample["label"][0], "corrected",
+    assert torch.equal(sample["dist"], torch.from_numpy(icpe_map(sample["label"][0], mode="corrected",
                                                                  dontcare=SYNTHETIC_DONTCARE)))
     assert sample["path"] == "synthetic/seed2/00000000"
     batch = next(iter(DataLoader(ds, batch_size=3)))
