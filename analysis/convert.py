@@ -9,7 +9,7 @@ over N label maps (the probe's streaming float64 statistics, ``analysis.probe``)
 constant closest to SPADE's values in mean squared error. Everything else (fc, the residual
 convs with their spectral-norm ``weight_orig/_u/_v``, BatchNorm running statistics, conv_img)
 is copied, so the converted CLADE computes exactly what SPADE computes under the probe's
-class-mean ablation, ``analysis.probe.ablate(G, stats, kind="class_mean")``.
+class-mean ablation, ``analysis.probe_ablation.ablate(G, stats, kind="class_mean")``.
 
 Instance maps: CLADE appends an edge-feature channel (``inst_conv``) to every norm output, so
 the convs after a norm take one more input channel. Those weights are zero, and spectral norm's
@@ -99,7 +99,7 @@ def unseen_classes(stats: ProbeStatistics) -> dict[int, list[str]]:
 
 def class_tables(stats: ProbeStatistics, layer: str) -> dict[str, torch.Tensor]:
     """{"gamma": [K, C], "beta": [K, C]} float32 per-class means of one layer's scale and shift;
-    classes without pixels get the layer's overall mean (as ``probe.ablate`` does)."""
+    classes without pixels get the layer's overall mean (as ``probe_ablation.ablate`` does)."""
     layer_stats = stats.layers[layer]
     tables = {}
     for param in PARAMS:

@@ -22,7 +22,8 @@ import torch
 from models.registry import norm_spec
 
 from . import metrics, stats
-from .probe import ablate, prepare_inputs
+from .probe import prepare_inputs
+from .probe_ablation import ablate
 from .segmenters import IGNORE_INDEX
 
 # What the train stage records beside each exported generator (method, seed, steps, variant).
@@ -117,7 +118,7 @@ def resolution_stages(probe_stats) -> dict[str, list[str]]:
 
 def ablated_images(generator, samples: dict, probe_stats, layers, batch_size: int, device) -> torch.Tensor:
     """Images of the reference ``generator`` with the scale / shift of ``layers`` (None: all)
-    replaced by their per-class means from ``probe_stats`` (``analysis.probe.ablate``); ICPE maps
+    replaced by their per-class means from ``probe_stats`` (``analysis.probe_ablation.ablate``); ICPE maps
     as ``prepare_inputs`` gives them (the samples', else computed in the generator's mode)."""
     out = []
     with torch.no_grad(), ablate(generator, probe_stats, layers, kind="class_mean"):

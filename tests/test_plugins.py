@@ -8,7 +8,7 @@ import torch
 
 import run_analysis
 import train
-from analysis import probe
+from analysis import probe, probe_ablation
 from analysis.costs import layer_costs, module_role
 from models import build_generator, load_generator_dir, norm_spec, registered_norms, save_generator_dir, unregister_norm
 from models.checkpoint import GENERATOR_CONFIG, PLUGIN_FILE_KEY
@@ -125,7 +125,7 @@ def test_probe_and_ablation_work_for_any_modulation_shape(plugin_file, body):
     first = next(iter(stats.layers.values()))
     assert first.channels == G.head_0.norm_0.table.shape[1] and first.count.sum() == 2 * first.resolution[0] * first.resolution[1]
     # the class-mean ablation of a class-only layer is the layer itself
-    effects = probe.ablation_effects(G, stats, batches, per_layer=False, progress=False)
+    effects = probe_ablation.ablation_effects(G, stats, batches, per_layer=False, progress=False)
     assert effects.loc[0, "max_abs_diff"] < 1e-4
     channels = probe.variance_decomposition(stats)
     assert channels.semantic_ratio.notna().any() if body == PER_PIXEL else (channels.total_variance < 1e-12).all()

@@ -42,7 +42,7 @@ from data.datasets import build_dataset
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
 
-from .. import probe
+from .. import probe, probe_ablation
 from ..context import RunContext
 from ..options import ProbeOptions
 from ..quality_seeds import VARIANT_FILE
@@ -184,7 +184,7 @@ def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, b
     channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
     count = ablation_images or opts.ablation_images
     ablation_batches = batches[: max(1, -(-count // batch_size))]
-    ablation = probe.ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
+    ablation = probe_ablation.ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
     maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
     figure = plot_modulation_maps(maps, channels, cfg.class_nc,
                                   title=f"{name}: gamma (scale) maps of one val image next to its label map"

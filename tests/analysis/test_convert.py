@@ -9,7 +9,8 @@ import run_analysis
 from analysis.context import RunContext
 from analysis.convert import (clade_from_statistics, first_images, load_spade_generator, spade_to_clade,
                               unseen_classes, write_clade_dir)
-from analysis.probe import ablate, capture_modulation_statistics, modulation_layers, prepare_inputs
+from analysis.probe import capture_modulation_statistics, modulation_layers, prepare_inputs
+from analysis.probe_ablation import ablate
 from analysis.stages import convert as convert_stage
 from models import build_generator, load_generator_dir, load_official_checkpoint, save_generator_dir
 from models.checkpoint import save_state_dict_atomic

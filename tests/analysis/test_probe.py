@@ -8,8 +8,9 @@ import torch
 
 from analysis.context import RunContext
 from analysis.options import ProbeOptions
-from analysis.probe import (LayerStatistics, ablate, ablation_effects, capture_modulation_statistics,
-                            layer_summary, modulation_layers, prepare_inputs, variance_decomposition)
+from analysis.probe import (LayerStatistics, capture_modulation_statistics, layer_summary, modulation_layers,
+                            prepare_inputs, variance_decomposition)
+from analysis.probe_ablation import ablate, ablation_effects
 from models import CLADE, build_generator, save_generator_dir
 from models.checkpoint import save_state_dict_atomic
 

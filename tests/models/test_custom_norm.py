@@ -8,8 +8,8 @@ from torch import nn
 from analysis.bench import synthetic_batch
 from analysis.cost_formulas import closed_form_generator_costs, has_closed_form
 from analysis.costs import generator_inputs, is_modulation, layer_costs
-from analysis.probe import (ablation_effects, capture_modulation_statistics, layer_summary, modulation_layers,
-                            variance_decomposition)
+from analysis.probe import capture_modulation_statistics, layer_summary, modulation_layers, variance_decomposition
+from analysis.probe_ablation import ablation_effects
 from analysis.speed import calibrate_batchnorm
 from models import (ModulatedNorm, build_generator, count_parameters, fuse_for_inference, norm_spec, register_norm,
                     unregister_norm)
