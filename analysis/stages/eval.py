@@ -36,7 +36,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data.datasets import build_dataset
 from data.labels import make_semantic
 from data.neighbourhood import coarsen_labels, single_class_fraction
 from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
@@ -113,10 +112,9 @@ def check_compatible(generators: dict, folders: dict[str, Path]) -> None:
 def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, with_dist: bool,
                  skip: int = 0) -> dict[str, torch.Tensor] | None:
     """Stacked ``label``, ``instance``, ``image`` (and ``dist``) of items ``skip .. skip + count``
-    of ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
+    of ``ctx.dataset(phase)`` (the synthetic scenes' train or val stream when
     there is no --dataroot); None when the split has fewer items."""
-    dataset = build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, with_dist=with_dist,
-                            seed=ctx.seed, max_samples=skip + count)
+    dataset = ctx.dataset(phase, crop_size=size, with_dist=with_dist, seed=ctx.seed, max_samples=skip + count)
     if len(dataset) < skip + count:
         return None
     items = [dataset[i] for i in tqdm(range(skip, skip + count), desc=f"{phase} samples", leave=False)]
@@ -239,7 +237,8 @@ def run(ctx: RunContext) -> dict:
             ctx.preset, extractors["fid"][0], device=device, cache_dir=ctx.out / "cache" / "fid",
             image_size=cfg.output_size, stats_path=opts.fid_train_stats, dataroot=ctx.dataroot,
             train_images=None if ctx.dataroot else opts.train_images, batch_size=opts.batch_size, seed=ctx.seed,
-            dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, train stream")
+            dataset=(f"{ctx.dataroot}{' (--skip-invalid)' if ctx.skip_invalid else ''}" if ctx.dataroot
+                     else f"synthetic scenes, seed {ctx.seed}, train stream"), make_dataset=ctx.dataset)
         extractors["fid"] = (extractors["fid"][0], official.transform, metrics.FID_MIN_SAMPLES)
         notes.append(official.note)
     fixed = {"fid": official.statistics} if official else {}

@@ -35,7 +35,6 @@ import torch
 
 from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
-from data.datasets import build_dataset
 from data.icpe import icpe_map
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
@@ -110,7 +109,7 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     """(batches of val samples for ``config``, description, whether they are a stand-in)."""
     h, w = config.output_size
     if ctx.dataroot is not None:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val")
+        dataset = ctx.dataset("val")
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
     seed = ctx.seed + VAL_SEED_OFFSET

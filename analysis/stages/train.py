@@ -38,7 +38,6 @@ import torch
 
 from torch.utils.data import Dataset
 
-from data.datasets import build_dataset
 from data.neighbourhood import coarsen_labels
 from data.synthetic import SyntheticScenes
 from fileio import write_json_atomic
@@ -116,8 +115,7 @@ def training_dataset(ctx, norm: str, s: dict, size: tuple[int, int], *, seed: in
     if ctx.dataroot is None:
         dataset = SyntheticScenes(num_samples, size=size, seed=seed, with_dist=with_dist)
     else:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"],
-                                with_dist=with_dist, seed=seed)
+        dataset = ctx.dataset("train", crop_size=s["crop_size"], with_dist=with_dist, seed=seed)
     return dataset if mask_factor == 1 else CoarseMasks(dataset, mask_factor)
 
 
