@@ -37,7 +37,8 @@ from models.train_loop import TrainingInterrupted  # noqa: E402
 STAGES = ["costs", "bench", "train", "probe", "convert", "eval", "report"]
 # Stages that read the dataset named by --preset / --dataroot.
 DATA_STAGES = ("train", "probe", "convert", "eval")
-# Run settings that determine every stage's result (besides the stage's own options).
+# Run settings that determine every stage's result (besides the stage's own options); skip_invalid
+# too, recorded only when on so that records written before the flag existed still match.
 RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
 # Where and with what a stage ran, kept in its record for the report (not compared on reuse).
 RAN_ON = ("created", "git_commit", "python", "torch", "device", "device_name", "torch_threads")
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     parser.add_argument("--preset", default="synthetic", help="dataset preset of the trained models (default %(default)s)")
     parser.add_argument("--dataroot", type=Path, default=None, help="real dataset root (default: synthetic scenes)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help=f"stages {', '.join(DATA_STAGES)}: leave out samples of --dataroot whose files are "
+                             "unpaired, lossy, unreadable or hold unknown label values, instead of stopping at the "
+                             "first (the count is logged and recorded in stages/<stage>.json; default off)")
     parser.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
                         help="evaluate the generator folders in DIR (<norm>/ and any other <name>/ with "
                              f"{GENERATOR_WEIGHTS} + {GENERATOR_CONFIG}) instead of training (default: none)")
@@ -140,7 +145,8 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     try:
         return RunContext(out=out, device=args.device or default_device(), preset=args.preset,
                           dataroot=args.dataroot, checkpoints=args.checkpoints, quick=args.quick,
-                          force=args.force, seed=args.seed, compare=options_from_args(args, CompareOptions, "compare"),
+                          force=args.force, seed=args.seed, skip_invalid=args.skip_invalid,
+                          compare=options_from_args(args, CompareOptions, "compare"),
                           **stages)
     except ValueError as exc:
         raise SystemExit(f"run_analysis.py: {exc}") from exc
@@ -152,7 +158,10 @@ def stage_settings(name: str, ctx: RunContext) -> dict:
     options = options_dict(getattr(ctx, name))
     if name == "bench" and ctx.bench.compare:
         options["compare_options"] = options_dict(ctx.compare)
-    return {"run": {k: run[k] for k in RUN_SETTINGS}, "options": options}
+    settings = {k: run[k] for k in RUN_SETTINGS}
+    if ctx.skip_invalid:
+        settings["skip_invalid"] = True
+    return {"run": settings, "options": options}
 
 
 def _differences(old: dict, new: dict, where: str = "") -> list[str]:
@@ -207,7 +216,16 @@ def run_stage(name: str, ctx: RunContext) -> dict:
         check_upstream(ctx, name)
     log.info("[%s] starting", name)
     start = time.perf_counter()
+    ctx.take_skipped()  # count only this stage's
     summary = stage_module(name).run(ctx)
+    skipped = ctx.take_skipped()
+    if skipped:
+        log.warning("[%s] skipped %d invalid samples (--skip-invalid); first: %s", name, len(skipped),
+                    skipped[0].reason)
+        note = (f"{len(skipped)} invalid samples of the dataset were left out (--skip-invalid); they are listed "
+                f"in stages/{name}.json.")
+        summary = {**summary, "skipped_samples": len(skipped), "skipped": [s.path for s in skipped],
+                   "notes": [*summary.get("notes", []), note]}
     ran_on = {key: value for key, value in ctx.meta().items() if key in RAN_ON}
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
               "options": settings["options"], **summary, "stage_settings": settings, "ran_on": ran_on}

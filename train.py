@@ -10,7 +10,8 @@
 
 Each run goes to a numbered folder ``<out>/00001-<preset>-<norm>/`` holding ``options.json``
 (every resolved option), ``log.jsonl``/``log.csv`` (losses), ``samples/`` (label, real,
-generated grids), ``checkpoint.pt`` (+ ``checkpoint.prev.pt``) and, at the end,
+generated grids), ``skipped.json`` (with --skip-invalid: the samples left out),
+``checkpoint.pt`` (+ ``checkpoint.prev.pt``) and, at the end,
 ``generator/latest_net_G.pth`` in the official format with its ``generator.json``.
 
 Disk: a checkpoint holds G, D and both optimizers' state, about 12 bytes per parameter: 872 MB
@@ -79,6 +80,9 @@ class RunOptions:
                                      minimum=1)
     data_seed: int = option(0, "seed of the synthetic scenes and of the crops / flips")
     icpe_mode: str = option("corrected", "ICPE map computation for clade-icpe", choices=("corrected", "official"))
+    skip_invalid: bool = option(False, "leave out samples whose files are unpaired, lossy, unreadable or hold "
+                                "unknown label values, instead of stopping at the first (their count is logged "
+                                "and recorded in options.json, the list in skipped.json)")
     steps: int | None = option(None, "total iterations, resumed ones included (default: --epochs)", minimum=1)
     epochs: int | None = option(None, f"total epochs (default {DEFAULT_EPOCHS}, official niter, when --steps is "
                                 "not given)", minimum=1)
@@ -257,7 +261,7 @@ def resolve_options(args: argparse.Namespace) -> dict:
         "preset": preset, "norm": norm,
         "generator": asdict(g_config), "discriminator": asdict(d_config), "recipe": asdict(recipe),
         "data": {"dataroot": run_dict["dataroot"], "num_samples": num_samples, "seed": run.data_seed,
-                 "icpe_mode": run.icpe_mode},
+                 "icpe_mode": run.icpe_mode, "skip_invalid": run.skip_invalid},
         "run": {"steps": run.steps, "epochs": DEFAULT_EPOCHS if run.steps is None and run.epochs is None
                 else run.epochs,
                 **{k: run_dict[k] for k in ("out", "log_every", "save_every", "sample_every", "num_workers",
@@ -307,6 +311,9 @@ def options_for_resume(args: argparse.Namespace, run_dir: Path) -> dict:
               and (v := requested[section][k]) != options[section].get(k)]
     if args.dataroot is not None and str(args.dataroot) != options["data"]["dataroot"]:
         differ.append(f"data.dataroot: run {options['data']['dataroot']!r}, requested {str(args.dataroot)!r}")
+    if args.skip_invalid is not None and args.skip_invalid != options["data"].get("skip_invalid", False):
+        differ.append(f"data.skip_invalid: run {options['data'].get('skip_invalid', False)!r}, requested "
+                      f"{args.skip_invalid!r}")
     if differ:
         raise SystemExit(f"--resume {run_dir}: the run was trained with other settings ({'; '.join(differ)}). "
                          f"Resume it without them (its options.json decides), or start a new run without --resume.")
@@ -339,8 +346,25 @@ def build_dataset(options: dict):
     custom = dict(label_nc=g["label_nc"], contain_dontcare_label=g["contain_dontcare_label"]) \
         if options["preset"] == "custom" else {}
     return build_real_dataset(options["preset"], data["dataroot"], "train", crop_size=g["crop_size"],
-                 with_dist=with_dist, icpe_mode=data["icpe_mode"], seed=data["seed"],
-                 max_samples=data["num_samples"], **custom)
+                              with_dist=with_dist, icpe_mode=data["icpe_mode"], seed=data["seed"],
+                              max_samples=data["num_samples"], skip_invalid=data.get("skip_invalid", False),
+                              **custom)
+
+
+def check_dataset(dataset, run_dir: Path, is_main: bool) -> int | None:
+    """Read every file of a real dataset now, before the networks are built (in every process, so
+    all keep the same samples). Returns how many samples --skip-invalid left out (logged, and listed
+    in ``run_dir/skipped.json`` by the main process), None for a dataset without files."""
+    if not callable(getattr(dataset, "scan", None)):
+        return None
+    dataset.scan()
+    skipped = dataset.skipped
+    if dataset.skip_invalid and is_main:
+        write_json_atomic(run_dir / "skipped.json", [asdict(s) for s in skipped])
+    if skipped and is_main:
+        log.warning("skipped %d invalid samples (--skip-invalid), %d left; listed in %s; first: %s",
+                    len(skipped), len(dataset), run_dir / "skipped.json", skipped[0].reason)
+    return len(skipped)
 
 
 def _broadcast_path(path: Path | None) -> Path:
@@ -387,14 +411,18 @@ def main(argv=None) -> int:
         recipe = recipe_from_dict(options["recipe"])
         options["run"]["world_size"] = info.world_size
         options["run"]["effective_batch_size"] = recipe.batch_size * info.world_size
+        record = {**options, "plugin_files": plugin_files([options["norm"]]), "provenance": provenance(info.device)}
         if info.is_main:
-            write_json_atomic(run_dir / "options.json", {**options, "plugin_files": plugin_files([options["norm"]]),
-                                                         "provenance": provenance(info.device)})
+            write_json_atomic(run_dir / "options.json", record)
         log.info("run folder %s; %d process(es) on %s; effective batch size %d", run_dir,
                  info.world_size, info.device, recipe.batch_size * info.world_size)
         if not recipe.use_vgg:
             log.info("vgg: off (--no-vgg)")
         dataset = build_dataset(options)
+        skipped = check_dataset(dataset, run_dir, info.is_main)
+        if skipped is not None and info.is_main:
+            record["data"]["skipped_samples"] = skipped   # a result of this start, beside the options
+            write_json_atomic(run_dir / "options.json", record)
         try:
             # options.json of runs before the generator section recorded icpe_mode: the data's.
             g_config = GeneratorConfig(**{"icpe_mode": options["data"]["icpe_mode"], **options["generator"]})

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from data.datasets import Skipped, build_dataset
 from fileio import atomic_path, provenance, write_json_atomic
 
 from .options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
@@ -41,6 +42,7 @@ class RunContext:
     quick: bool = False                # CI-sized run (< 3 minutes on 2 CPU cores)
     force: bool = False                # recompute stages that already finished
     seed: int = 0
+    skip_invalid: bool = False         # leave invalid samples of the dataset out (--skip-invalid), counted
     costs: CostsOptions = field(default_factory=CostsOptions)
     bench: BenchOptions = field(default_factory=BenchOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -55,6 +57,20 @@ class RunContext:
         cuda = torch.device(self.device).type == "cuda"
         for name in STAGE_FIELDS:
             setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda))
+        self._datasets = []  # built by dataset(), for take_skipped(); not an option
+
+    def dataset(self, phase: str, **options):
+        """``data.datasets.build_dataset`` of the run's preset and dataroot (the synthetic scenes
+        without one), with --skip-invalid; the samples it leaves out are reported by take_skipped."""
+        dataset = build_dataset(self.preset, self.dataroot, phase, skip_invalid=self.skip_invalid, **options)
+        self._datasets.append(dataset)
+        return dataset
+
+    def take_skipped(self) -> list[Skipped]:
+        """Samples left out by the datasets built since the last call, each file once."""
+        found = {s.path: s for dataset in self._datasets for s in getattr(dataset, "skipped", [])}
+        self._datasets = []
+        return list(found.values())
 
     def options(self) -> dict:
         """Every resolved option as a JSON-able dict: the run's, then one entry per stage."""
@@ -65,10 +81,11 @@ class RunContext:
     @classmethod
     def from_meta(cls, meta: dict, out, **options) -> RunContext:
         """A context on the same data as the run that wrote ``meta`` (a table's
-        ``*.meta.json``: preset, seed, quick, dataroot), writing under ``out``."""
+        ``*.meta.json``: preset, seed, quick, dataroot, skip_invalid), writing under ``out``."""
         dataroot = meta.get("dataroot")
         settings = dict(preset=meta["preset"], seed=meta["seed"], quick=meta["quick"],
-                        dataroot=None if dataroot in (None, SYNTHETIC_DATAROOT) else Path(dataroot))
+                        dataroot=None if dataroot in (None, SYNTHETIC_DATAROOT) else Path(dataroot),
+                        skip_invalid=meta.get("options", {}).get("run", {}).get("skip_invalid", False))
         return cls(out=out, **{**settings, **options})
 
     @property

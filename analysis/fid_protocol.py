@@ -100,11 +100,16 @@ def load_official_statistics(m_path: str | Path, s_path: str | Path, count: int)
     return stats
 
 
-def train_image_batches(preset: str, dataroot, *, size: tuple[int, int], count: int | None,
-                        batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """Whole training images (resized, not cropped or flipped) in batches, [-1, 1]."""
-    dataset = build_dataset(preset, dataroot, "train", crop_size=size[1], load_size=size[1], flip=False,
-                            seed=seed, max_samples=count)
+def train_image_batches(preset: str, dataroot, *, size: tuple[int, int], count: int | None, batch_size: int,
+                        seed: int = 0, make_dataset: Callable | None = None) -> Iterator[torch.Tensor]:
+    """Whole training images (resized, not cropped or flipped) in batches, [-1, 1].
+
+    ``make_dataset(phase, **options)``, when given, builds the dataset instead of
+    ``build_dataset(preset, dataroot, phase, **options)`` (run_analysis passes ``RunContext.dataset``,
+    which applies --skip-invalid and counts the samples left out)."""
+    options = dict(crop_size=size[1], load_size=size[1], flip=False, seed=seed, max_samples=count)
+    dataset = (make_dataset("train", **options) if make_dataset is not None
+               else build_dataset(preset, dataroot, "train", **options))
     total = len(dataset) if count is None else min(count, len(dataset))
     for start in range(0, total, batch_size):
         yield torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, total))])
@@ -112,12 +117,15 @@ def train_image_batches(preset: str, dataroot, *, size: tuple[int, int], count: 
 
 def official_reference(preset: str, inception, *, device, cache_dir: str | Path, image_size: tuple[int, int],
                        stats_path: str | Path | None = None, dataroot=None, train_images: int | None = None,
-                       batch_size: int = 16, seed: int = 0, dataset: str = "") -> OfficialReference:
+                       batch_size: int = 16, seed: int = 0, dataset: str = "",
+                       make_dataset: Callable | None = None) -> OfficialReference:
     """The official protocol's transform and training-set statistics for ``preset``.
 
     ``stats_path`` given: the official m.npy / s.npy. Otherwise the statistics of the training
     split (``train_images`` of it, None = all) through ``inception``, cached in ``cache_dir``.
     ``image_size`` is the generated images' (height, width), used where there is no official size.
+    ``dataset`` describes the training images in the provenance (and so in the cache's identity);
+    ``make_dataset`` as in :func:`train_image_batches`.
     """
     size = official_size(preset)
     resize = (f"{OFFICIAL_RESIZE} ({size[1]}x{size[0]})" if size else
@@ -141,7 +149,7 @@ def official_reference(preset: str, inception, *, device, cache_dir: str | Path,
 
         def compute():
             batches = train_image_batches(preset, dataroot, size=size_hw, count=train_images,
-                                          batch_size=batch_size, seed=seed)
+                                          batch_size=batch_size, seed=seed, make_dataset=make_dataset)
             return metrics.activation_statistics(batches, inception, device, transform)
 
         statistics = metrics.cached_reference_statistics(cache_dir, compute, **provenance)

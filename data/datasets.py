@@ -15,8 +15,8 @@ Layouts (``dataroot`` is the folder shown at the top; ``phase`` is "train" or "v
 - cityscapes: ``leftImg8bit/<phase>/<city>/*_leftImg8bit.png``,
   ``gtFine/<phase>/<city>/*_gtFine_labelIds.png`` and ``*_gtFine_instanceIds.png``; files pair
   by their first three '_' fields (``<city>_<seq>_<frame>``).
-- ade20k, ade20k-outdoor: ``images/{training,validation}/*.jpg`` and
-  ``annotations/{training,validation}/*.png`` (dataroot may also be the folder holding
+- ade20k, ade20k-outdoor: ``images/{training,validation}/*.jpg`` (or .png, ...) and
+  ``annotations/{training,validation}/*.png``, paired by stem (dataroot may also be the folder holding
   ``ADEChallengeData2016/``). The official postprocess meant to turn raw 0 'unlabeled' into
   dontcare is a no-op (it rebinds a local), so officially raw ids are the class ids: 0
   'unlabeled' is channel 0 and the 150 classes channels 1..150. ``ade_label_mapping="official"``
@@ -31,33 +31,39 @@ Layouts (``dataroot`` is the folder shown at the top; ``phase`` is "train" or "v
 - synthetic: the built-in scenes of ``data.synthetic`` (no dataroot; ``max_samples`` scenes,
   default 1000; val uses scene indices from 2**31 of the same seed, disjoint from train).
 
+Images may have any extension of ``IMAGE_EXTENSIONS`` in every layout (data/layouts.py); label
+and instance maps must be lossless (PNG): JPEG and WebP maps are refused when the dataset is
+built. 16-bit grayscale photos are scaled to 8 bits, id maps keep their exact values
+(data/image_io.py).
+
 Randomness: crop position and flip of item ``i`` come from
 ``np.random.default_rng([seed, epoch, i])``, never the global RNG, so any worker count or
-sampler gives the same items. Bad input (a file without its partner, label values that are
-neither a class nor dontcare, size mismatches, unreadable files) raises FileNotFoundError /
-ValueError naming the file, what was found and what was expected; ``skip_invalid=True`` skips
-such samples instead, counts them in ``skipped`` and logs the count.
+sampler gives the same items. Bad input (a file without its partner, two files of one sample,
+lossy maps, label values that are neither a class nor dontcare, size mismatches, unreadable
+files) raises FileNotFoundError / ValueError naming the file, what was found and what was
+expected; ``skip_invalid=True`` (``--skip-invalid`` of train.py and run_analysis.py) skips such
+samples instead, lists them in ``skipped`` and logs the count.
 """
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from data.icpe import MODES, icpe_map
+from data.image_io import SKIP_HINT, check_size, read_map, read_photo
+from data.layouts import IMAGE_EXTENSIONS, SamplePaths, custom_dirs, custom_has_instances, layout_samples, need_dir, \
+    stem_samples
+from data.presets import DATASETS, canonical_preset
 from data.synthetic import SyntheticScenes
 from data.transforms import Preprocess, draw_params, transform_icpe, transform_image, transform_map
-from data.presets import DATASETS, canonical_preset
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 PHASES = ("train", "val")
 SYNTHETIC_VAL_FIRST_INDEX = 2 ** 31
 
@@ -97,8 +103,7 @@ class LabelMapping:
             shown = values[:10].tolist() + (["..."] if values.size > 10 else [])
             raise ValueError(f"label {source} has value(s) {shown} that are neither a class nor "
                              f"dontcare; expected {self.expected()} for preset {preset!r}. Check that "
-                             f"the preset (label_nc) matches the dataset, or pass skip_invalid=True "
-                             f"to skip such files")
+                             f"the preset (label_nc) matches the dataset, {SKIP_HINT}")
         return mapped
 
 
@@ -143,15 +148,6 @@ DATA_PRESETS: dict[str, DataPreset] = {
 }
 
 
-@dataclass(frozen=True)
-class SamplePaths:
-    """Files of one sample."""
-
-    image: Path
-    label: Path
-    instance: Path | None = None
-
-
 @dataclass
 class Skipped:
     """A sample left out by ``skip_invalid=True`` and why."""
@@ -168,145 +164,6 @@ class ScanReport:
     invalid: list[Skipped] = field(default_factory=list)  # samples that failed (dropped if skip_invalid)
 
 
-def _natural_key(text: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _need_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder {path} does not exist; expected it in the dataset "
-                                f"layout (see data/datasets.py) or pass the right dataroot")
-    return path
-
-
-def _index(files, key, what: str, problems: list) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in files:
-        k = key(path)
-        if k in found:
-            problems.append((path, ValueError(f"two {what} files for sample {k!r}: {found[k]} and "
-                                              f"{path}; expected one (remove one of them)")))
-        found[k] = path
-    return found
-
-
-def _pair(images: dict, labels: dict, instances: dict | None, where: dict, problems: list):
-    """Match files by key; each file without its partner becomes a (path, FileNotFoundError)."""
-    samples = []
-    for k in sorted(set(images) | set(labels), key=_natural_key):
-        if k not in labels:
-            problems.append((images[k], FileNotFoundError(
-                f"image {images[k]} has no label: expected a label file for {k!r} in {where['label']}")))
-        elif k not in images:
-            problems.append((labels[k], FileNotFoundError(
-                f"label {labels[k]} has no image: expected an image file for {k!r} in {where['image']}")))
-        elif instances is not None and k not in instances:
-            problems.append((labels[k], FileNotFoundError(
-                f"label {labels[k]} has no instance map: expected an instance file for {k!r} in "
-                f"{where['instance']}")))
-        else:
-            samples.append(SamplePaths(images[k], labels[k], instances[k] if instances is not None else None))
-    return samples
-
-
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-
-
-def _cityscapes_files(root: Path, phase: str, use_instance: bool, problems: list):
-    label_dir = _need_dir(root / "gtFine" / phase, "Cityscapes label")
-    image_dir = _need_dir(root / "leftImg8bit" / phase, "Cityscapes image")
-    key = lambda p: "_".join(p.name.split("_")[:3])  # noqa: E731
-    images = _index([p for p in _images_in(image_dir, True) if p.name.endswith("_leftImg8bit.png")],
-                    key, "image", problems)
-    labels = _index(sorted(label_dir.glob("**/*_gtFine_labelIds.png")), key, "label", problems)
-    instances = (_index(sorted(label_dir.glob("**/*_gtFine_instanceIds.png")), key, "instance", problems)
-                 if use_instance else None)
-    where = {"image": image_dir, "label": label_dir, "instance": label_dir}
-    return _pair(images, labels, instances, where, problems)
-
-
-def _ade20k_files(root: Path, phase: str, problems: list):
-    if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
-        root = root / "ADEChallengeData2016"
-    split = {"train": "training", "val": "validation"}[phase]
-    image_dir = _need_dir(root / "images" / split, "ADE20K image")
-    label_dir = _need_dir(root / "annotations" / split, "ADE20K annotation")
-    images = _index(sorted(image_dir.glob("*.jpg")), lambda p: p.stem, "image", problems)
-    labels = _index(sorted(label_dir.glob("*.png")), lambda p: p.stem, "label", problems)
-    return _pair(images, labels, None, {"image": image_dir, "label": label_dir}, problems)
-
-
-def _stem_files(image_dirs, label_dirs, instance_dirs, problems: list):
-    stem = lambda p: p.stem  # noqa: E731
-    images = _index([p for d in image_dirs for p in sorted(_images_in(d))], stem, "image", problems)
-    labels = _index([p for d in label_dirs for p in sorted(_images_in(d))], stem, "label", problems)
-    instances = (_index([p for d in instance_dirs for p in sorted(_images_in(d))], stem, "instance", problems)
-                 if instance_dirs else None)
-    where = {"image": ", ".join(map(str, image_dirs)), "label": ", ".join(map(str, label_dirs)),
-             "instance": ", ".join(map(str, instance_dirs or []))}
-    return _pair(images, labels, instances, where, problems)
-
-
-def _coco_files(root: Path, phase: str, use_instance: bool, problems: list):
-    kinds = ("img", "label", "inst") if use_instance else ("img", "label")
-    dirs = {k: [_need_dir(root / f"{phase}_{k}", f"COCO-Stuff {phase}_{k}")] for k in kinds}
-    if phase == "train":  # the official loader adds portrait folders in training when present
-        for k in kinds:
-            dirs[k] += [p for p in [root / f"{phase}_{k}_portrait"] if p.is_dir()]
-    return _stem_files(dirs["img"], dirs["label"], dirs.get("inst"), problems)
-
-
-def _custom_dirs(dataroot, phase, image_dir, label_dir, instance_dir):
-    if image_dir is None or label_dir is None:
-        if dataroot is None:
-            raise ValueError("preset 'custom' needs dataroot (with images/ and labels/) or "
-                             "image_dir= and label_dir=")
-        root = Path(dataroot)
-        root = root / phase if (root / phase / "images").is_dir() else root
-        image_dir = image_dir or root / "images"
-        label_dir = label_dir or root / "labels"
-        if instance_dir is None and (root / "instances").is_dir():
-            instance_dir = root / "instances"
-    return Path(image_dir), Path(label_dir), Path(instance_dir) if instance_dir is not None else None
-
-
-def custom_has_instances(dataroot, phase: str = "train") -> bool:
-    """Whether a custom dataset under ``dataroot`` has instance maps (``instances/``); without
-    them the generator config needs ``no_instance=True`` (no all-zero edge channel)."""
-    return _custom_dirs(dataroot, phase, None, None, None)[2] is not None
-
-
-def _open(path: Path, what: str, decode: bool = True) -> Image.Image:
-    """Open (and by default fully decode) an image file, or raise ValueError naming it."""
-    try:
-        image = Image.open(path)
-        if decode:
-            image.load()
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... on bad files
-        raise ValueError(f"cannot read {what} {path}: {error}; expected a readable image file "
-                         f"(re-export or remove it, or pass skip_invalid=True)") from error
-    return image
-
-
-def _read_map(path: Path, what: str) -> np.ndarray:
-    image = _open(path, what)
-    array = np.asarray(image)
-    if array.ndim != 2 or array.dtype.kind not in "iub":
-        raise ValueError(f"{what} {path} has mode {image.mode} (shape {array.shape}, {array.dtype}); "
-                         f"expected a single-channel image of integer ids (mode L, P, I or I;16)")
-    return array.astype(np.uint8) if array.dtype == bool else array
-
-
-def _check_size(path: Path, size: tuple[int, int], image_path: Path, image_size: tuple[int, int], what: str):
-    if size != image_size:
-        raise ValueError(f"{what} {path} is {size[0]}x{size[1]} (WxH) but its image {image_path} is "
-                         f"{image_size[0]}x{image_size[1]}; expected the same size")
-
-
 class PairedDataset(Dataset):
     """Image / label (/ instance) files with the official preprocessing; see the module docstring."""
 
@@ -319,6 +176,7 @@ class PairedDataset(Dataset):
         self.preprocess, self.with_dist, self.icpe_mode = preprocess, with_dist, icpe_mode
         self.skip_invalid, self.seed, self.epoch = skip_invalid, seed, 0
         self.skipped: list[Skipped] = list(skipped or [])
+        self.scanned = False  # every file decoded and checked by scan() (the trainer then skips its own)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -329,15 +187,14 @@ class PairedDataset(Dataset):
 
     def _read(self, paths: SamplePaths, decode_image: bool = True):
         """Image, raw label, class ids and instance ids at full size; raises on bad input."""
-        image = _open(paths.image, "image", decode_image)
-        image = image.convert("RGB") if decode_image else image
-        raw = _read_map(paths.label, "label")
-        _check_size(paths.label, (raw.shape[1], raw.shape[0]), paths.image, image.size, "label")
+        image = read_photo(paths.image, decode_image)
+        raw = read_map(paths.label, "label")
+        check_size(paths.label, (raw.shape[1], raw.shape[0]), paths.image, image.size, "label")
         label = self.preset.mapping.to_class_ids(raw, str(paths.label), self.preset_name)
         instance = None
         if not self.preset.no_instance:
-            instance = _read_map(paths.instance, "instance map")
-            _check_size(paths.instance, (instance.shape[1], instance.shape[0]), paths.image,
+            instance = read_map(paths.instance, "instance map")
+            check_size(paths.instance, (instance.shape[1], instance.shape[0]), paths.image,
                         image.size, "instance map")
         return image, raw, label, instance
 
@@ -379,10 +236,11 @@ class PairedDataset(Dataset):
         """Read and check every sample now (decoding each file, so it takes a while).
 
         ``decode_images=False`` reads only the images' headers (sizes), not their pixels:
-        much faster, but a truncated image is then found only when it is loaded. Without
-        ``skip_invalid`` the first problem is raised (its message names the file, the value
-        found and the one expected); with it, invalid samples are dropped from the dataset,
-        listed in the report and ``skipped``, and their count is logged.
+        much faster, but a truncated image is then found only when it is loaded (and
+        ``scanned`` stays False). Without ``skip_invalid`` the first problem is raised (its
+        message names the file, the value found and the one expected); with it, invalid
+        samples are dropped from the dataset, listed in the report and ``skipped``, and their
+        count is logged.
         """
         report = ScanReport(checked=len(self.samples))
         valid = []
@@ -399,6 +257,7 @@ class PairedDataset(Dataset):
             self.skipped += report.invalid
             logger.warning("scan skipped %d invalid of %d %s samples; first: %s", len(report.invalid),
                            report.checked, self.preset_name, report.invalid[0].reason)
+        self.scanned = decode_images
         return report
 
 
@@ -436,7 +295,7 @@ def build_dataset(preset: str, dataroot, phase: str = "train", *, crop_size: int
             raise ValueError("preset 'custom' needs label_nc=<number of classes without dontcare>")
         mapping = LabelMapping(label_nc, dontcare_raw=255 if contain_dontcare_label else None,
                                dontcare_class=label_nc, icpe_skip_raw=255 if contain_dontcare_label else None)
-        dirs = _custom_dirs(dataroot, phase, image_dir, label_dir, instance_dir)
+        dirs = custom_dirs(dataroot, phase, image_dir, label_dir, instance_dir)
         data = replace(data, label_nc=label_nc, contain_dontcare_label=contain_dontcare_label,
                        no_instance=dirs[2] is None, mapping=mapping)
     elif label_nc is not None or image_dir or label_dir or instance_dir:
@@ -451,30 +310,32 @@ def build_dataset(preset: str, dataroot, phase: str = "train", *, crop_size: int
     if data.layout == "custom":
         for folder, what in zip(dirs, ("image", "label", "instance")):
             if folder is not None:
-                _need_dir(folder, f"custom {what}")
-        samples = _stem_files([dirs[0]], [dirs[1]], [dirs[2]] if dirs[2] else None, problems)
+                need_dir(folder, f"custom {what}")
+        samples = stem_samples([dirs[0]], [dirs[1]], [dirs[2]] if dirs[2] else None, problems)
     else:
         if dataroot is None:
             raise ValueError(f"preset {name!r} needs dataroot (the dataset folder)")
-        root = _need_dir(Path(dataroot), f"{name} dataset")
-        if data.layout == "cityscapes":
-            samples = _cityscapes_files(root, phase, not data.no_instance, problems)
-        elif data.layout == "ade20k":
-            samples = _ade20k_files(root, phase, problems)
-        else:
-            samples = _coco_files(root, phase, not data.no_instance, problems)
+        root = need_dir(Path(dataroot), f"{name} dataset")
+        samples = layout_samples(data.layout, root, phase, not data.no_instance, problems)
 
     if problems and not skip_invalid:
         raise problems[0][1]
     skipped = [Skipped(str(path), str(error)) for path, error in problems]
     if skipped:
-        logger.warning("skipped %d unpaired or duplicate files of %s; first: %s", len(skipped), name,
-                       skipped[0].reason)
+        logger.warning("skipped %d unpaired, duplicate or lossy files of %s (skip_invalid); first: %s",
+                       len(skipped), name, skipped[0].reason)
     if max_samples is not None:
         samples = samples[:max_samples]
+    if not samples and skipped:
+        raise ValueError(f"every {name} sample for phase {phase!r} under {dataroot} is invalid ({len(skipped)} "
+                         f"files skipped); first: {skipped[0].reason}")
     if not samples:
         raise ValueError(f"no {name} samples found for phase {phase!r} under {dataroot}; expected the "
                          f"layout described in data/datasets.py")
     return PairedDataset(samples, name, data, _resolve_preprocess(data, phase, crop_size, load_size, flip),
                          with_dist=with_dist, icpe_mode=icpe_mode, skip_invalid=skip_invalid, seed=seed,
                          skipped=skipped)
+
+
+__all__ = ["ADE_MAPPINGS", "DATA_PRESETS", "IMAGE_EXTENSIONS", "PHASES", "DataPreset", "LabelMapping",
+           "PairedDataset", "SamplePaths", "ScanReport", "Skipped", "build_dataset", "custom_has_instances"]

@@ -140,10 +140,11 @@ def check_dataset_labels(dataset, config) -> None:
     """Reject a dataset whose class ids do not fit ``config`` before training starts.
 
     Runs the dataset's own file scan when it has one (``scan()``: unreadable files, unknown
-    raw values). If the dataset declares at most ``config.class_nc`` classes it fits;
-    otherwise every sample is read. Raises ValueError naming the file and the value.
+    raw values), unless it says it has already scanned every file (``scanned``, as train.py
+    does before building the networks). If the dataset declares at most ``config.class_nc``
+    classes it fits; otherwise every sample is read. Raises ValueError naming the file and the value.
     """
-    if callable(getattr(dataset, "scan", None)):
+    if callable(getattr(dataset, "scan", None)) and not getattr(dataset, "scanned", False):
         dataset.scan()
     declared = dataset_class_nc(dataset)
     if declared is not None and declared <= config.class_nc:

@@ -37,7 +37,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from data.datasets import build_dataset
 from data.labels import make_semantic
 from data.neighbourhood import coarsen_labels, single_class_fraction
 from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
@@ -124,12 +123,11 @@ def icpe_modes(generators: dict) -> list[str]:
 def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, icpe_modes=(),
                  skip: int = 0) -> dict[str, torch.Tensor] | None:
     """Stacked ``label``, ``instance``, ``image`` of items ``skip .. skip + count`` of
-    ``build_dataset(preset, dataroot, phase)`` (the synthetic scenes' train or val stream when
+    ``ctx.dataset(phase)`` (the synthetic scenes' train or val stream when
     there is no --dataroot), and for each of ``icpe_modes`` the dataset's ICPE maps computed in
     that mode under :func:`dist_key`; None when the split has fewer items."""
     def dataset(**icpe):
-        return build_dataset(ctx.preset, ctx.dataroot, phase, crop_size=size, seed=ctx.seed,
-                             max_samples=skip + count, **icpe)
+        return ctx.dataset(phase, crop_size=size, seed=ctx.seed, max_samples=skip + count, **icpe)
 
     modes = list(icpe_modes)
     first = dataset(**(dict(with_dist=True, icpe_mode=modes[0]) if modes else {}))
@@ -279,7 +277,8 @@ def run(ctx: RunContext) -> dict:
             ctx.preset, extractors["fid"][0], device=device, cache_dir=ctx.out / "cache" / "fid",
             image_size=cfg.output_size, stats_path=opts.fid_train_stats, dataroot=ctx.dataroot,
             train_images=None if ctx.dataroot else opts.train_images, batch_size=opts.batch_size, seed=ctx.seed,
-            dataset=str(ctx.dataroot) if ctx.dataroot else f"synthetic scenes, seed {ctx.seed}, train stream")
+            dataset=(f"{ctx.dataroot}{' (--skip-invalid)' if ctx.skip_invalid else ''}" if ctx.dataroot
+                     else f"synthetic scenes, seed {ctx.seed}, train stream"), make_dataset=ctx.dataset)
         extractors["fid"] = (extractors["fid"][0], official.transform, metrics.FID_MIN_SAMPLES)
         notes.append(official.note)
     fixed = {"fid": official.statistics} if official else {}

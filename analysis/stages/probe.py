@@ -38,7 +38,6 @@ import torch
 from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
 from models.presets import OFFICIAL_ICPE_MODE
-from data.datasets import build_dataset
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
 
@@ -118,7 +117,7 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     h, w = config.output_size
     mode = probe.position_mode(config)
     if ctx.dataroot is not None:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, phase="val", with_dist=True, icpe_mode=mode)
+        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode)
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
     seed = ctx.seed + VAL_SEED_OFFSET

@@ -38,7 +38,6 @@ import torch
 
 from torch.utils.data import Dataset
 
-from data.datasets import build_dataset
 from data.neighbourhood import coarsen_labels
 from data.synthetic import SyntheticScenes
 from fileio import write_json_atomic
@@ -117,7 +116,7 @@ def training_dataset(ctx, config, s: dict, *, seed: int | None = None, mask_fact
     if ctx.dataroot is None:
         dataset = SyntheticScenes(num_samples, size=config.output_size, seed=seed, **icpe)
     else:
-        dataset = build_dataset(ctx.preset, ctx.dataroot, "train", crop_size=s["crop_size"], seed=seed, **icpe)
+        dataset = ctx.dataset("train", crop_size=s["crop_size"], seed=seed, **icpe)
     return dataset if mask_factor == 1 else CoarseMasks(dataset, mask_factor)
 
 

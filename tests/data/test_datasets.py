@@ -277,7 +277,7 @@ def test_skip_invalid_counts_and_logs(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="data.datasets")
     ds = build_dataset("coco-stuff", tmp_path, skip_invalid=True)
     assert len(ds) == 5 and len(ds.skipped) == 1 and ds.skipped[0].path.endswith("lonely.jpg")
-    assert "skipped 1 unpaired or duplicate files" in caplog.text
+    assert "skipped 1 unpaired, duplicate or lossy files" in caplog.text
     # Without a scan, a bad item is replaced by the next valid one and counted.
     assert ds[1]["path"].endswith("000002.jpg") and len(ds.skipped) == 2
     photo = (tmp_path / "train_img" / "000004.jpg").read_bytes()
