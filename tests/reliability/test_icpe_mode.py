@@ -15,6 +15,7 @@ from analysis import probe
 from analysis.context import RunContext
 from analysis.stages import eval as eval_stage
 from analysis.stages import probe as probe_stage
+from data.datasets import build_dataset
 from data.icpe import icpe_map, icpe_map_batch
 from data.synthetic import SYNTHETIC_DONTCARE, SyntheticScenes
 from models import build_generator, load_generator_dir, save_generator_dir
@@ -144,8 +145,8 @@ def test_eval_stage_feeds_each_generator_the_maps_of_its_mode(tmp_path, monkeypa
     monkeypatch.setattr(eval_stage, "fuse_for_inference", lambda g: g)   # the reference model, hooked
     seen = record_dist(G)
     eval_stage.generate(G, val, 2, "cpu")
-    expected = torch.stack([eval_stage.build_dataset("synthetic", None, "val", crop_size=SIZE, seed=ctx.seed,
-                                                     with_dist=True, icpe_mode=mode)[i]["dist"] for i in range(3)])
+    expected = torch.stack([build_dataset("synthetic", None, "val", crop_size=SIZE, seed=ctx.seed, with_dist=True,
+                                           icpe_mode=mode)[i]["dist"] for i in range(3)])
     assert torch.equal(torch.cat(seen), expected)
     wrong = val[eval_stage.dist_key("corrected" if mode == "official" else "official")]
     assert not torch.equal(torch.cat(seen), wrong)
