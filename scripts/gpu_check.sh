@@ -73,19 +73,19 @@ skip() {
     printf '%s\tskipped\t0\t%s\n' "$1" "$2" >>"$OUT/steps.tsv"
 }
 
-if python3 -c 'import pytest' 2>/dev/null; then
+if pytest_error=$(python3 -c 'import pytest' 2>&1); then
     gpu_files=$(grep -rl --include='test_*.py' 'mark.gpu' tests | sort)
-    step gpu-tests 45 "pytest -m gpu on $(echo $gpu_files | wc -w) files" \
+    step gpu-tests 60 "pytest -m gpu on $(echo $gpu_files | wc -w) files" \
         python3 -m pytest -q -p no:cacheprovider -o addopts=-ra -m gpu $gpu_files
     cp "$OUT/gpu-tests.log" "$OUT/gpu_tests.txt"
 else
-    skip gpu-tests "pytest is not installed for $(command -v python3)"
+    skip gpu-tests "pytest cannot be imported by $(command -v python3): $(echo "$pytest_error" | tail -n 1)"
 fi
 
 if [ "$CUDA" = 1 ]; then
     step speed 90 "ade20k, batches 1 and 16, every eager variant" \
         python3 -m analysis.speed --out "$OUT/speed" --presets ade20k --batch-sizes 1 16 --repeats 20 --warmup 3
-    step speed-compiled 240 "ade20k, batches 1 and 16, with torch.compile" \
+    step speed-compiled 225 "ade20k, batches 1 and 16, with torch.compile" \
         python3 -m analysis.speed --out "$OUT/speed-compiled" --presets ade20k --batch-sizes 1 16 --repeats 10 \
         --warmup 2 --compile
     step train 90 "training-step ablation, ade20k, batch 16" \

@@ -40,13 +40,13 @@ class TinyScenes(Dataset):
                 "dist": torch.rand(2, SIZE, SIZE, generator=g) * 2 - 1, "path": f"scene_{i:03d}.png"}
 
 
-def tiny_trainer(norm="clade", **recipe):
+def tiny_trainer(norm="clade", device="cpu", **recipe):
     cfg = generator_config("custom", norm, label_nc=LABEL_NC, contain_dontcare_label=True, ngf=4,
                            crop_size=SIZE, **recipe.pop("g", {}))
     # fp32 unless a test asks for bf16: the exactness tests below compare fp32 arithmetic.
     recipe = TrainRecipe(**{"use_vgg": False, "batch_size": 2, "amp": False, **recipe})
     return Trainer(g_config=cfg, d_config=discriminator_config_for(cfg, ndf=8, n_layers_D=3),
-                   recipe=recipe, device="cpu")
+                   recipe=recipe, device=device)
 
 
 
