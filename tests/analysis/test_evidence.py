@@ -1,4 +1,4 @@
-"""The issue's evidence tests: ties inside the noise, a CLADE ablation that changes nothing,
+"""The evidence the report rests on: ties inside the noise, a CLADE ablation that changes nothing,
 Findings regenerated from the tables."""
 import pandas as pd
 import pytest

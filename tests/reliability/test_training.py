@@ -1,7 +1,7 @@
 """Reliability of training: resume, checkpoints on disk, divergence, signals, DDP layouts, bad weights.
 
-Each test is one thing a careful user tried (issue cases 3, 7, 9, 10, 11, 12, 14 and the
-training-side bad inputs), on the tiny networks of tests/models/test_trainer.py.
+Each test is one thing a careful user tried (resuming, disks filling, runs diverging, signals,
+bad weights files), on the tiny networks of tests/models/test_trainer.py.
 """
 import errno
 import json
@@ -58,7 +58,7 @@ def _cli(tmp_path, monkeypatch, dataset=None):
     return lambda *extra: train.main(CLI + ["--out", str(tmp_path), "--dataroot", _data_root(tmp_path), *extra])
 
 
-# -- case 3: resume checks the whole recipe ------------------------------------------------------
+# -- resume checks the whole recipe ------------------------------------------------------
 
 @pytest.mark.reliability("wrong_run")
 def test_resume_with_another_recipe_refuses_naming_every_difference(tmp_path):
@@ -109,7 +109,7 @@ def test_resume_of_a_run_with_a_broken_options_file_names_it(tmp_path, monkeypat
     assert options.read_text() == content
 
 
-# -- case 7: --resume resumes what was named; "latest" is the newest run with a checkpoint ----------
+# -- --resume resumes what was named; "latest" is the newest run with a checkpoint ----------
 
 @pytest.mark.reliability("wrong_run")
 def test_resume_named_previous_checkpoint_loads_exactly_it(tmp_path, monkeypatch):
@@ -150,7 +150,7 @@ def test_resume_of_a_run_without_checkpoint_says_it_starts_over(tmp_path, monkey
     assert _step(folder / "checkpoint.pt") == 1
 
 
-# -- case 9: torn log lines and a full disk ---------------------------------------------------------
+# -- torn log lines and a full disk ---------------------------------------------------------
 
 @pytest.mark.reliability("data_loss")
 def test_torn_last_log_line_is_dropped_with_a_warning(tmp_path, caplog):
@@ -191,7 +191,7 @@ def test_full_disk_during_checkpoint_save_keeps_the_previous_one(tmp_path, monke
     assert read == path and state["step"] == 1
 
 
-# -- case 10: divergence --------------------------------------------------------------------------
+# -- divergence --------------------------------------------------------------------------
 
 @pytest.mark.reliability("wrong_run")
 def test_exploding_lr_stops_saying_what_is_true(tmp_path):
@@ -238,7 +238,7 @@ def test_large_lr_warns_when_weights_explode(caplog):
     assert "diverging" not in caplog.text
 
 
-# -- case 11: an unreadable checkpoint.pt is never rotated over a good checkpoint.prev.pt -------------
+# -- an unreadable checkpoint.pt is never rotated over a good checkpoint.prev.pt -------------
 
 @pytest.mark.reliability("data_loss")
 def test_corrupt_checkpoint_is_not_rotated_over_the_good_previous_one(tmp_path, caplog):
@@ -264,7 +264,7 @@ def test_named_unreadable_checkpoint_is_an_error_not_a_silent_fallback(tmp_path)
     assert "weights_only" not in str(err.value)
 
 
-# -- case 12: SIGINT / SIGTERM save a checkpoint and stop cleanly ----------------------------------
+# -- SIGINT / SIGTERM save a checkpoint and stop cleanly ----------------------------------
 
 class SignalScenes(TinyScenes):
     """TinyScenes that sends ``signum`` to this process on its ``fire_at``-th item read."""
@@ -303,7 +303,7 @@ def test_ctrl_c_in_train_cli_exits_130_with_one_line(tmp_path, monkeypatch, caps
     assert _step(folder / "checkpoint.pt") == 2
 
 
-# -- case 14: disk use ---------------------------------------------------------------------------
+# -- disk use ---------------------------------------------------------------------------
 
 @pytest.mark.reliability("wrong_run")
 def test_checkpoint_size_is_announced_before_writing(tmp_path, caplog):
