@@ -59,10 +59,16 @@ class RunContext:
             setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda))
         self._datasets = []  # built by dataset(), for take_skipped(); not an option
 
-    def dataset(self, phase: str, **options):
+    def dataset(self, phase: str, *, max_samples: int | None = None, **options):
         """``data.datasets.build_dataset`` of the run's preset and dataroot (the synthetic scenes
-        without one), with --skip-invalid; the samples it leaves out are reported by take_skipped."""
-        dataset = build_dataset(self.preset, self.dataroot, phase, skip_invalid=self.skip_invalid, **options)
+        without one), with --skip-invalid; the samples it leaves out are reported by take_skipped.
+        ``max_samples`` of a real dataset with --skip-invalid are the first that read correctly
+        (each once: ``keep_valid``), not the first files."""
+        distinct = self.skip_invalid and self.dataroot is not None and max_samples is not None
+        dataset = build_dataset(self.preset, self.dataroot, phase, skip_invalid=self.skip_invalid,
+                                max_samples=None if distinct else max_samples, **options)
+        if distinct:
+            dataset.keep_valid(max_samples)
         self._datasets.append(dataset)
         return dataset
 

@@ -232,6 +232,27 @@ class PairedDataset(Dataset):
         raise ValueError(f"all {len(self.samples)} samples of this {self.preset_name} dataset are invalid; "
                          f"first problem: {self.skipped[0].reason if self.skipped else 'none'}")
 
+    def keep_valid(self, count: int) -> None:
+        """Keep the first ``count`` samples that read correctly, in order (fewer if fewer are).
+
+        For a fixed evaluation set: with ``skip_invalid``, reading substitutes the next valid
+        sample for an invalid one, so a capped set would hold that sample twice; here the
+        invalid ones are dropped (and listed in ``skipped``) before any is read by index.
+        Without ``skip_invalid`` the first problem is raised.
+        """
+        valid = []
+        for paths in self.samples:
+            if len(valid) == count:
+                break
+            try:
+                self._read(paths, True)
+                valid.append(paths)
+            except (ValueError, FileNotFoundError) as error:
+                if not self.skip_invalid:
+                    raise
+                self.skipped.append(Skipped(str(paths.image), str(error)))
+        self.samples = valid
+
     def scan(self, decode_images: bool = True) -> ScanReport:
         """Read and check every sample now (decoding each file, so it takes a while).
 

@@ -117,7 +117,7 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     h, w = config.output_size
     mode = probe.position_mode(config)
     if ctx.dataroot is not None:
-        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode)
+        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode, max_samples=images)
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
     seed = ctx.seed + VAL_SEED_OFFSET

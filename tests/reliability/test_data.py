@@ -15,6 +15,7 @@ from PIL import Image
 
 import run_analysis
 import train
+from analysis.context import RunContext
 from data.datasets import build_dataset, custom_has_instances
 from data.presets import check_data_source
 from tests.data.fake_layouts import (random_label, save_map, save_photo, write_ade20k, write_cityscapes, write_coco,
@@ -320,3 +321,19 @@ def test_run_analysis_has_skip_invalid_and_records_the_count(tmp_path, monkeypat
     args = run_analysis.parse_args(argv)
     assert args.skip_invalid is False and "skip_invalid" not in run_analysis.stage_settings(
         "train", run_analysis.context_from_args(args))["run"]   # records made before the flag still match
+
+
+@pytest.mark.reliability("wrong_run")
+def test_evaluation_set_with_skip_invalid_holds_distinct_valid_samples(tmp_path):
+    """Reading substitutes the next valid sample for an invalid one; a fixed evaluation set of
+    N images must instead be the first N valid ones, each once."""
+    root = write_coco(tmp_path, phase="val", n=5)
+    save_map(root / "val_label" / "000001.png", random_label(1, (3, 200)))   # 200: no COCO-Stuff class
+    ctx = RunContext(out=tmp_path / "o", preset="coco-stuff", dataroot=root, skip_invalid=True)
+    dataset = ctx.dataset("val", max_samples=3)
+    assert [p.image.stem for p in dataset.samples] == ["000000", "000002", "000003"]
+    images = [dataset[i]["image"] for i in range(3)]
+    assert not any(torch.equal(images[i], images[j]) for i in range(3) for j in range(i))
+    assert [Path(s.path).stem for s in ctx.take_skipped()] == ["000001"]
+    with pytest.raises(ValueError, match=r"value\(s\) \[200\]"):
+        RunContext(out=tmp_path / "o", preset="coco-stuff", dataroot=root).dataset("val", max_samples=3)[1]
