@@ -240,18 +240,24 @@ class PairedDataset(Dataset):
         invalid ones are dropped (and listed in ``skipped``) before any is read by index.
         Without ``skip_invalid`` the first problem is raised.
         """
-        valid = []
+        self.samples, invalid = self._readable_samples(decode_images=True, limit=count)
+        self.skipped += invalid
+
+    def _readable_samples(self, *, decode_images: bool, limit: int | None = None) -> tuple[list, list[Skipped]]:
+        """(samples that read correctly, up to ``limit``; the invalid ones met on the way); the
+        first problem is raised unless ``skip_invalid``."""
+        valid, invalid = [], []
         for paths in self.samples:
-            if len(valid) == count:
+            if limit is not None and len(valid) == limit:
                 break
             try:
-                self._read(paths, True)
+                self._read(paths, decode_images)
                 valid.append(paths)
             except (ValueError, FileNotFoundError) as error:
                 if not self.skip_invalid:
                     raise
-                self.skipped.append(Skipped(str(paths.image), str(error)))
-        self.samples = valid
+                invalid.append(Skipped(str(paths.image), str(error)))
+        return valid, invalid
 
     def scan(self, decode_images: bool = True) -> ScanReport:
         """Read and check every sample now (decoding each file, so it takes a while).
@@ -264,15 +270,7 @@ class PairedDataset(Dataset):
         count is logged.
         """
         report = ScanReport(checked=len(self.samples))
-        valid = []
-        for paths in self.samples:
-            try:
-                self._read(paths, decode_images)
-                valid.append(paths)
-            except (ValueError, FileNotFoundError) as error:
-                if not self.skip_invalid:
-                    raise
-                report.invalid.append(Skipped(str(paths.image), str(error)))
+        valid, report.invalid = self._readable_samples(decode_images=decode_images)
         if report.invalid:
             self.samples = valid
             self.skipped += report.invalid
