@@ -36,6 +36,7 @@ from analysis.options import (OptionParser, add_options, check_device, option, o
                               resolve)
 from data.datasets import build_dataset as build_real_dataset
 from data.datasets import custom_has_instances
+from data.icpe import DEFAULT_MODE, MODES as ICPE_MODES
 from data.presets import check_data_source
 from data.synthetic import SyntheticScenes
 from fileio import provenance, write_json_atomic
@@ -79,7 +80,7 @@ class RunOptions:
                                      f"{SYNTHETIC_TRAIN_SCENES}), or a cap on a real dataset (default: all)",
                                      minimum=1)
     data_seed: int = option(0, "seed of the synthetic scenes and of the crops / flips")
-    icpe_mode: str = option("corrected", "ICPE map computation for clade-icpe", choices=("corrected", "official"))
+    icpe_mode: str = option(DEFAULT_MODE, "ICPE map computation for clade-icpe", choices=ICPE_MODES)
     skip_invalid: bool = option(False, "leave out samples whose files are unpaired, lossy, unreadable or hold "
                                 "unknown label values, instead of stopping at the first (their count is logged "
                                 "and recorded in options.json, the list in skipped.json)")
@@ -421,7 +422,8 @@ def main(argv=None) -> int:
         dataset = build_dataset(options)
         skipped = check_dataset(dataset, run_dir, info.is_main)
         if skipped is not None and info.is_main:
-            record["data"]["skipped_samples"] = skipped   # a result of this start, beside the options
+            # a result of this start, beside the options
+            record = {**record, "data": {**record["data"], "skipped_samples": skipped}}
             write_json_atomic(run_dir / "options.json", record)
         try:
             # options.json of runs before the generator section recorded icpe_mode: the data's.

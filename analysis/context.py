@@ -17,6 +17,7 @@ from .options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions
 
 # What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.
 SYNTHETIC_DATAROOT = "built-in synthetic scenes"
+BULK_DIGITS = 6  # significant digits of a bulk table (RunContext.write_table); float32 data hold ~7
 # RunContext fields holding one options dataclass each.
 STAGE_FIELDS = ("costs", "bench", "train", "probe", "convert", "eval", "report", "compare")
 
@@ -116,12 +117,19 @@ class RunContext:
                           dataroot=str(self.dataroot) if self.dataroot else SYNTHETIC_DATAROOT,
                           options=self.options(), **extra)
 
-    def write_table(self, df: pd.DataFrame, name: str, **meta) -> Path:
-        """Write ``tables/<name>.csv`` atomically with ``tables/<name>.meta.json`` beside it."""
-        path = self.tables_dir / f"{name}.csv"
+    def write_table(self, df: pd.DataFrame, name: str, *, bulk: bool = False, **meta) -> Path:
+        """Write ``tables/<name>.csv`` atomically with ``tables/<name>.meta.json`` beside it.
+
+        ``bulk``: a table of many rows (one per channel, say) goes to ``<name>.csv.gz`` with
+        BULK_DIGITS significant digits (pandas reads it as it reads a CSV), so that a report
+        folder stays small enough to commit."""
+        path = self.tables_dir / (f"{name}.csv.gz" if bulk else f"{name}.csv")
         with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
-        write_json_atomic(path.with_suffix(".meta.json"), self.meta(table=name, rows=len(df), **meta))
+            df.to_csv(tmp, index=False, compression="gzip" if bulk else None,
+                      float_format=f"%.{BULK_DIGITS}g" if bulk else None)
+        write_json_atomic(self.tables_dir / f"{name}.meta.json",
+                          self.meta(table=name, rows=len(df), **({"significant_digits": BULK_DIGITS} if bulk else {}),
+                                    **meta))
         return path
 
     def write_figure(self, fig, name: str, dpi: int = 110) -> Path:

@@ -72,11 +72,12 @@ def recorded_settings(records: dict[str, dict]) -> dict[str, dict]:
     return held
 
 
-def header_lines(records: dict[str, dict], meta: dict) -> list[str]:
-    """What data, seed and device the results come from, from the stage records (``meta``, the
-    report command's own provenance, only when no stage ran); a warning when the stages disagree."""
-    settings = recorded_settings(records)
-    if not records:
+def header_lines(settings: dict[str, dict], meta: dict) -> list[str]:
+    """What data, seed and device the results come from, from the stage records'
+    :func:`recorded_settings` (``meta``, the report command's own provenance, only when no stage
+    ran); a warning when the stages disagree."""
+    recorded = any(settings.values())
+    if not recorded:
         settings = {key: {meta.get(key): []} for key in HEADER_SETTINGS}
     single = {key: next(iter(values)) for key, values in settings.items() if len(values) == 1}
     mixed = {key: values for key, values in settings.items() if len(values) > 1}
@@ -93,7 +94,7 @@ def header_lines(records: dict[str, dict], meta: dict) -> list[str]:
         line += f", generators from `{single['checkpoints']}` (not trained in this run)"
     if single.get("quick") is True:
         line += ", **quick run** (CI-sized; numbers are smoke-test quality)"
-    lines = [line + (", as the stages recorded them." if records else "; no stage has run yet."), ""]
+    lines = [line + (", as the stages recorded them." if recorded else "; no stage has run yet."), ""]
     if mixed:
         lines += ["> **The stages ran on different settings**; compare their numbers with care:", ">"]
         lines += [f"> - {key}: " + "; ".join(f"`{value}` ({', '.join(stages)})" for value, stages in values.items())
@@ -102,9 +103,9 @@ def header_lines(records: dict[str, dict], meta: dict) -> list[str]:
     return lines
 
 
-def recorded_preset(records: dict[str, dict], meta: dict) -> str:
+def recorded_preset(settings: dict[str, dict], meta: dict) -> str:
     """The dataset preset every stage recorded (the report command's own when they differ or none ran)."""
-    presets = [p for p in recorded_settings(records)["preset"] if p != "not recorded"]
+    presets = [p for p in settings["preset"] if p != "not recorded"]
     return presets[0] if len(presets) == 1 else str(meta.get("preset", ""))
 
 
@@ -211,7 +212,8 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
     records = read_records(out, stages)
     missing = [s for s in stages if s not in records]
     quick = bool(meta.get("quick"))
-    lines = [f"# {title}", "", *header_lines(records, meta)]
+    settings = recorded_settings(records)
+    lines = [f"# {title}", "", *header_lines(settings, meta)]
     if missing:
         lines += ["> **Missing stages:** " + ", ".join(f"`{s}`" for s in missing)
                   + ". Run them with:", ">"]
@@ -221,7 +223,7 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
     tables = run_tables(out)
     lines += ["## 1. Findings", "", render_findings(findings(tables))]
     lines += ["## 2. The paper's numbers beside this toolkit's", "",
-              *paper_section(tables, recorded_preset(records, meta)), ""]
+              *paper_section(tables, recorded_preset(settings, meta)), ""]
     for number, (name, rec) in enumerate(records.items(), 3):
         lines += [f"## {number}. {STAGE_TITLES.get(name, name)}", "",
                   f"Stage `{name}`, {rec.get('seconds', float('nan')):.1f} s.", ""]

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.icpe import MODES, icpe_map
+from data.icpe import DEFAULT_MODE, MODES, icpe_map
 from data.image_io import SKIP_HINT, check_size, read_map, read_photo
 from data.layouts import IMAGE_EXTENSIONS, SamplePaths, custom_dirs, custom_has_instances, layout_samples, need_dir, \
     stem_samples
@@ -168,7 +168,7 @@ class PairedDataset(Dataset):
     """Image / label (/ instance) files with the official preprocessing; see the module docstring."""
 
     def __init__(self, samples: list[SamplePaths], preset_name: str, preset: DataPreset,
-                 preprocess: Preprocess, *, with_dist: bool = False, icpe_mode: str = "corrected",
+                 preprocess: Preprocess, *, with_dist: bool = False, icpe_mode: str = DEFAULT_MODE,
                  skip_invalid: bool = False, seed: int = 0, skipped: list[Skipped] | None = None):
         if icpe_mode not in MODES:
             raise ValueError(f"icpe_mode={icpe_mode!r}; expected one of {list(MODES)}")
@@ -242,6 +242,7 @@ class PairedDataset(Dataset):
         """
         self.samples, invalid = self._readable_samples(decode_images=True, limit=count)
         self.skipped += invalid
+        self.scanned = True   # every kept sample was decoded and checked
 
     def _readable_samples(self, *, decode_images: bool, limit: int | None = None) -> tuple[list, list[Skipped]]:
         """(samples that read correctly, up to ``limit``; the invalid ones met on the way); the
@@ -291,7 +292,7 @@ def _resolve_preprocess(preset: DataPreset, phase: str, crop_size, load_size, fl
 
 def build_dataset(preset: str, dataroot, phase: str = "train", *, crop_size: int | None = None,
                   load_size: int | None = None, flip: bool | None = None, with_dist: bool = False,
-                  icpe_mode: str = "corrected", skip_invalid: bool = False, seed: int = 0,
+                  icpe_mode: str = DEFAULT_MODE, skip_invalid: bool = False, seed: int = 0,
                   max_samples: int | None = None, ade_label_mapping: str = "official",
                   label_nc: int | None = None, contain_dontcare_label: bool = False,
                   image_dir=None, label_dir=None, instance_dir=None) -> Dataset:

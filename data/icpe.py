@@ -37,6 +37,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 MODES = ("official", "corrected")
+DEFAULT_MODE = "corrected"  # what the toolkit's datasets compute and train.py trains with
 EPS = 1e-5  # added to the largest |offset| of a component, as the official normalize_dist
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.icpe import icpe_map
+from data.icpe import DEFAULT_MODE, icpe_map
 
 SYNTHETIC_LABEL_NC = 8
 SYNTHETIC_DONTCARE = 8  # = label_nc: the dontcare channel of the "synthetic" preset
@@ -207,7 +207,7 @@ class SyntheticScenes(Dataset):
     """
 
     def __init__(self, num_samples: int, size=64, seed: int = 0, with_dist: bool = True,
-                 icpe_mode: str = "corrected", first_index: int = 0):
+                 icpe_mode: str = DEFAULT_MODE, first_index: int = 0):
         if num_samples < 0:
             raise ValueError(f"num_samples={num_samples}; expected a non-negative count")
         self.num_samples, self.size, self.seed = num_samples, _size(size), seed

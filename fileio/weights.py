@@ -1,12 +1,13 @@
 """Read a weights file safely, and say in one line what is wrong with one that cannot be read.
 
 Every weights file the toolkit reads (generator and discriminator checkpoints, the VGG19 and FID
-Inception weights) goes through :func:`load_weights`: ``torch.load(weights_only=True)``, so a
+Inception weights) goes through :func:`load_weights` (the trainer's ``checkpoint.pt``, read
+memory-mapped by ``models.checkpoint_store``, through :func:`unreadable_reason`): ``torch.load(weights_only=True)``, so a
 crafted pickle cannot run code, and torch's own advice to retry with ``weights_only=False`` is
 never passed on for a file of unknown origin.
 
     state = load_weights("vgg19-dcbb9e9d.pth", what="VGG19 weights",
-                         expected="torchvision's ImageNet VGG19 state_dict")
+                         expected="expected torchvision's ImageNet VGG19 state_dict")
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ class WeightsFileError(ValueError):
     """A weights file exists but cannot be read as plain tensors (empty, truncated, pickled objects)."""
 
 
-def load_weights(path: str | Path, *, what: str, expected: str):
-    """``torch.load(path, weights_only=True)`` on CPU; raises WeightsFileError naming the file.
+def load_weights(path: str | Path, *, what: str, expected: str, error: type[WeightsFileError] = WeightsFileError):
+    """``torch.load(path, weights_only=True)`` on CPU; raises ``error`` (a WeightsFileError) naming the file.
 
     The message reads ``{what} '{path}' ({size} bytes) could not be read: {problem}; {expected}``.
     """
@@ -29,7 +30,7 @@ def load_weights(path: str | Path, *, what: str, expected: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for empty, truncated and foreign files
-        raise WeightsFileError(f"{what} {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
+        raise error(f"{what} {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
                                f"{unreadable_reason(path, exc)}; {expected}") from None
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from fileio import load_weights, save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
-from .presets import OFFICIAL_PRESETS, TOOLKIT_ICPE_MODE, GeneratorConfig, config_to_dict
+from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
 from .registry import norm_spec, recognise_norm, registered_norms
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that register
 ICPE_MODE_KEY = "icpe_mode"      # generator.json: GeneratorConfig.icpe_mode (norms that need ICPE)
 # What a generator.json of a norm that needs ICPE but without ICPE_MODE_KEY was trained with:
 # such files come from train.py / the Trainer before the mode was recorded, which trained "corrected".
-LEGACY_ICPE_MODE = TOOLKIT_ICPE_MODE
+LEGACY_ICPE_MODE = "corrected"  # a historical fact: it must not follow a later change of the default mode
 # Keys of a train.py checkpoint.pt (models.trainer.Trainer.state_dict), not of a network.
 TRAINING_KEYS = {"G", "D", "opt_G", "opt_D", "step"}
 

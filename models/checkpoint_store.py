@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fileio import atomic_path, save_torch_atomic
+from fileio import atomic_path, save_torch_atomic, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +67,13 @@ def _copy_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _why_unreadable(exc: Exception) -> str:
-    """A load error in one line, without torch's advice to load untrusted pickles (weights_only=False)."""
-    if isinstance(exc, pickle.UnpicklingError):
-        return "not a torch.save file of plain tensors (damaged, or holding Python objects)"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'end of file'}"
-
-
 def _loads(path: Path) -> str | None:
     """None if ``path`` opens as a checkpoint (memory-mapped: cheap for large files), else why not."""
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return None
     except Exception as exc:  # a truncated file raises several types
-        return _why_unreadable(exc)
+        return unreadable_reason(path, exc)
 
 
 def save_checkpoint_file(state: dict, path) -> Path:
@@ -130,9 +122,10 @@ def read_checkpoint(path) -> tuple[dict, Path]:
             return torch.load(candidate, map_location="cpu", weights_only=True), candidate
         except Exception as exc:  # a truncated file raises several types
             if len(candidates) == 1:
-                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({_why_unreadable(exc)}); "
+                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({unreadable_reason(candidate, exc)}); "
                                  f"expected a file written by the trainer") from None
-            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate, _why_unreadable(exc))
+            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate,
+                        unreadable_reason(candidate, exc))
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 

@@ -59,13 +59,12 @@ def load_plugin(path) -> tuple[str, ...]:
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except BaseException as exc:
         sys.modules.pop(module_name, None)
+        if not isinstance(exc, Exception):   # KeyboardInterrupt, SystemExit: not the plugin's error
+            raise
         raise PluginImportError(f"plugin {str(path)!r} failed to import{_where(exc, path)}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
     names = tuple(n for n in registered_norms() if n not in before)
     if not names:
         raise ValueError(f"plugin {str(path)!r} registered no norm; expected at least one "

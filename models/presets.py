@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from data.icpe import MODES as ICPE_MODES
+from data.icpe import DEFAULT_MODE, MODES as ICPE_MODES
 from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_preset  # noqa: F401 (re-exported)
 
 from .registry import norm_spec, registered_norms
@@ -20,7 +20,7 @@ NORMS = registered_norms()
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
 # The ICPE mode (data.icpe.MODES) train.py and the Trainer's datasets use: a config of a norm that
 # needs ICPE gets it unless told otherwise. The official CLADE release was trained with "official".
-TOOLKIT_ICPE_MODE = "corrected"
+TOOLKIT_ICPE_MODE = DEFAULT_MODE
 OFFICIAL_ICPE_MODE = "official"
 
 # Network options of the official dataset classes, on top of the dataset facts of data.presets.

@@ -28,7 +28,7 @@ class VGGWeightsMissingError(FileNotFoundError):
     """The VGG19 ImageNet weights file is not where it was looked for."""
 
 
-class VGGWeightsInvalidError(ValueError):
+class VGGWeightsInvalidError(WeightsFileError):
     """The VGG19 weights file exists but is not torchvision's VGG19 state_dict (empty, truncated, other)."""
 
 
@@ -84,10 +84,7 @@ class VGG19Features(nn.Module):
         file = resolve_vgg_weights(path)
         expected = (f"expected torchvision's ImageNet VGG19 state_dict {VGG19_FILE} (about 550 MB, from {VGG19_URL}); "
                     f"download it again or pass another --vgg-weights, or train without the VGG loss (--no-vgg)")
-        try:
-            state = load_weights(file, what="VGG19 weights", expected=expected)
-        except WeightsFileError as exc:
-            raise VGGWeightsInvalidError(str(exc)) from None
+        state = load_weights(file, what="VGG19 weights", expected=expected, error=VGGWeightsInvalidError)
         if not isinstance(state, dict) or "features.0.weight" not in state:
             keys = list(state)[:3] if isinstance(state, dict) else type(state).__name__
             raise VGGWeightsInvalidError(f"VGG19 weights {str(file)!r} hold {keys}, not 'features.0.weight', ...; "

@@ -1,8 +1,10 @@
 """Typed options: defaults declared once and shown in --help, 0 kept as a value, no abbreviations,
 ``probe --checkpoint FILE``, negative values refused with a message naming the option."""
+import gzip
 import json
 from dataclasses import fields
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -157,3 +159,14 @@ def test_stage_record_holds_its_options(tmp_path, monkeypatch):
     record = run_analysis.run_stage("report", ctx)
     assert record["options"] == {}
     assert json.loads((tmp_path / "stages" / "report.json").read_text()) == record
+
+
+def test_bulk_table_is_compressed_and_reads_back_to_its_significant_digits(tmp_path):
+    ctx = RunContext(out=tmp_path)
+    values = np.random.default_rng(0).random(5000)
+    path = ctx.write_table(pd.DataFrame({"v": values}), "big", bulk=True)
+    assert path.name == "big.csv.gz" and gzip.open(path).read(2) == b"v\n"
+    assert np.allclose(pd.read_csv(path).v, values, rtol=1e-5, atol=0)
+    assert path.stat().st_size < 0.5 * len(pd.DataFrame({"v": values}).to_csv(index=False))
+    meta = json.loads((tmp_path / "tables" / "big.meta.json").read_text())
+    assert meta["rows"] == 5000 and meta["significant_digits"] == 6

@@ -21,7 +21,7 @@ maps, as the official code computes them). Every generator's ICPE maps are compu
 ``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
 resized: a stand-in, flagged in the tables' meta and the captions.
 
-Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_channels.csv``,
+Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_channels.csv.gz``,
 ``probe_resolutions.csv``, ``probe_ablation.csv`` and the figures ``probe_ratio_bars``,
 ``probe_heatmap_<model>``, ``probe_gamma_maps_<model>``.
 """
@@ -275,7 +275,7 @@ def run(ctx: RunContext) -> dict:
     tables = []
     for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
                       (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
-        path = ctx.write_table(df, table, **meta).relative_to(ctx.out)
+        path = ctx.write_table(df, table, bulk=table == "probe_channels", **meta).relative_to(ctx.out)
         tables.append({"file": str(path), "caption": captions[table] + note,
                        **({"columns": shown[table]} if table in shown else {})})
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
