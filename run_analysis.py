@@ -30,7 +30,7 @@ from data.presets import check_data_source  # noqa: E402
 from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
-from models.train_loop import TrainingInterrupted  # noqa: E402
+from training.loop import TrainingInterrupted  # noqa: E402
 
 # Stage name -> module under analysis/stages with ``run(ctx) -> dict`` (a short summary recorded in
 # stages/<name>.json); its options are the dataclass analysis.options.STAGE_OPTIONS[name].

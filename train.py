@@ -42,16 +42,16 @@ from data.synthetic import SyntheticScenes
 from fileio import provenance, write_json_atomic
 from fileio.lock import acquire as acquire_lock
 from fileio.lock import release as release_lock
-from models.checkpoint_store import DiskFullError, find_resume_target
-from models.distributed import cleanup_distributed, setup_distributed
+from training.checkpoint_store import DiskFullError, find_resume_target
+from training.distributed import cleanup_distributed, setup_distributed
 from models.presets import (NORMS, PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
 from models.plugins import load_plugins, plugin_files, split_plugin_args
 from models.registry import norm_spec
-from models.train_loop import TrainingInterrupted, checkpoint_disk_note
-from models.train_recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
-from models.trainer import NonFiniteLossError, Trainer
-from models.vgg import VGGWeightsInvalidError, VGGWeightsMissingError
+from training.loop import TrainingInterrupted, checkpoint_disk_note
+from training.recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
+from training.trainer import NonFiniteLossError, Trainer
+from training.vgg import VGGWeightsInvalidError, VGGWeightsMissingError
 
 log = logging.getLogger("train")
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
                         "--preset/--norm in --out)")
-    recipe = p.add_argument_group("training recipe (models.trainer.TrainRecipe)")
+    recipe = p.add_argument_group("training recipe (training.trainer.TrainRecipe)")
     recipe.add_argument("--batch-size", type=int, default=None,
                         help=_default_help(TrainRecipe, "batch_size", "images per process per step (official 1)"))
     recipe.add_argument("--seed", type=int, default=None, help=_default_help(TrainRecipe, "seed", "training seed"))

@@ -12,7 +12,7 @@ import torch
 from data.datasets import Skipped, build_dataset
 from fileio import atomic_path, provenance, write_json_atomic
 
-from .options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
+from analysis.options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
                       TrainOptions, options_dict, resolve)
 
 # What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.

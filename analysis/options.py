@@ -25,9 +25,9 @@ import torch
 from models.presets import OFFICIAL_PRESETS
 from models.registry import registered_norms
 
-from .fid_protocol import PROTOCOLS
-from .probe import BASES
-from .segmenters import CLASS_MAPS, INPUT_NORMS
+from analysis.quality.fid_protocol import PROTOCOLS
+from analysis.probe.variance import BASES
+from analysis.quality.segmenters import CLASS_MAPS, INPUT_NORMS
 
 _UNSET = object()
 # Official reference numbers of the cost cross-checks (a folder beside the repository).
@@ -99,13 +99,13 @@ class BenchOptions(TimedGenerators):
     warmup: int = option(3, "untimed calls per model before timing", cpu=1, minimum=0)
     compile: bool = option(False, "also time torch.compile'd generators (slow to compile on CPU)")
     train_step: bool = option(True, "time a full training iteration", cpu=False, quick=False)
-    compare: bool = option(False, "also run the plain-vs-fast comparison of analysis/speed.py (its options: "
+    compare: bool = option(False, "also run the plain-vs-fast comparison of analysis/speed/variants.py (its options: "
                            "--compare-*)", flag="--compare")
 
 
 @dataclass
 class CompareOptions(TimedGenerators):
-    """The plain-vs-fast comparison of ``analysis/speed.py`` (``bench --compare``, ``python -m analysis.speed``)."""
+    """The plain-vs-fast comparison of ``analysis/speed/variants.py`` (``bench --compare``, ``python -m analysis.speed.variants``)."""
 
     repeats: int = option(10, "timed calls per model", quick=3, minimum=1)
     warmup: int = option(2, "untimed calls per model before timing", quick=1, minimum=0)
@@ -203,7 +203,7 @@ class EvalOptions:
                                          choices=INPUT_NORMS)
     fid_protocol: str = option("toolkit", "toolkit: FID against the real val images at the output size; "
                                "official: against training-set statistics at the official size "
-                               "(analysis/fid_protocol.py)", flag="--fid-protocol", choices=PROTOCOLS)
+                               "(analysis/quality/fid_protocol.py)", flag="--fid-protocol", choices=PROTOCOLS)
     fid_train_stats: Path | None = option(None, "official datasets/train_mu_si folder (m.npy, s.npy) for "
                                           "--fid-protocol official (default: computed from the training "
                                           "images once, cached)", flag="--fid-train-stats", exists=True)

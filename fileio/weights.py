@@ -2,7 +2,7 @@
 
 Every weights file the toolkit reads (generator and discriminator checkpoints, the VGG19 and FID
 Inception weights) goes through :func:`load_weights` (the trainer's ``checkpoint.pt``, read
-memory-mapped by ``models.checkpoint_store``, through :func:`unreadable_reason`): ``torch.load(weights_only=True)``, so a
+memory-mapped by ``training.checkpoint_store``, through :func:`unreadable_reason`): ``torch.load(weights_only=True)``, so a
 crafted pickle cannot run code, and torch's own advice to retry with ``weights_only=False`` is
 never passed on for a file of unknown origin.
 

@@ -28,7 +28,7 @@ ICPE_MODE_KEY = "icpe_mode"      # generator.json: GeneratorConfig.icpe_mode (no
 # What a generator.json of a norm that needs ICPE but without ICPE_MODE_KEY was trained with:
 # such files come from train.py / the Trainer before the mode was recorded, which trained "corrected".
 LEGACY_ICPE_MODE = "corrected"  # a historical fact: it must not follow a later change of the default mode
-# Keys of a train.py checkpoint.pt (models.trainer.Trainer.state_dict), not of a network.
+# Keys of a train.py checkpoint.pt (training.trainer.Trainer.state_dict), not of a network.
 TRAINING_KEYS = {"G", "D", "opt_G", "opt_D", "step"}
 
 
@@ -49,7 +49,7 @@ def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}; expected a state_dict")
     if TRAINING_KEYS <= set(state):
         raise ValueError(f"checkpoint {str(path)!r} is a training checkpoint of train.py (networks, optimizers "
-                         f"and step); load it with models.trainer.Trainer.load_checkpoint, or use the generator "
+                         f"and step); load it with training.trainer.Trainer.load_checkpoint, or use the generator "
                          f"folder the run exports (<run>/generator/{GENERATOR_WEIGHTS} + {GENERATOR_CONFIG})")
     not_tensors = sorted(k for k, v in state.items() if not torch.is_tensor(v))
     if not_tensors:

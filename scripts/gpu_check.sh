@@ -34,7 +34,7 @@ names = ["torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seab
 missing = [n for n in names if importlib.util.find_spec(n) is None]
 if not missing:
     try:
-        import analysis.speed, analysis.metrics, fvcore.nn, pytorch_fid.inception  # noqa: F401
+        import analysis.speed.variants, analysis.quality.metrics, fvcore.nn, pytorch_fid.inception  # noqa: F401
     except ModuleNotFoundError as exc:
         missing = [exc.name]
 print(" ".join(missing))
@@ -84,23 +84,23 @@ fi
 
 if [ "$CUDA" = 1 ]; then
     step speed 90 "ade20k, batches 1 and 16, every eager variant" \
-        python3 -m analysis.speed --out "$OUT/speed" --presets ade20k --batch-sizes 1 16 --repeats 20 --warmup 3
+        python3 -m analysis.speed.variants --out "$OUT/speed" --presets ade20k --batch-sizes 1 16 --repeats 20 --warmup 3
     step speed-compiled 225 "ade20k, batches 1 and 16, with torch.compile" \
-        python3 -m analysis.speed --out "$OUT/speed-compiled" --presets ade20k --batch-sizes 1 16 --repeats 10 \
+        python3 -m analysis.speed.variants --out "$OUT/speed-compiled" --presets ade20k --batch-sizes 1 16 --repeats 10 \
         --warmup 2 --compile
     step train 90 "training-step ablation, ade20k, batch 16" \
-        python3 -m analysis.speed --out "$OUT/train" --presets ade20k --batch-sizes 1 --repeats 1 --warmup 1 \
+        python3 -m analysis.speed.variants --out "$OUT/train" --presets ade20k --batch-sizes 1 --repeats 1 --warmup 1 \
         --train --train-batch-size 16 --train-repeats 5
 else
     echo "[gpu_check] no CUDA device: CUDA-only variants skipped (bf16 autocast reference, CUDA graphs," \
          "compiled with CUDA graphs); CPU-sized steps instead: preset synthetic (64x64) at batch 1 on one" \
          "thread (not ade20k at batches 1 and 16), training ablation for CLADE only; timings are not comparable"
     step speed 150 "CPU: synthetic preset, batch 1, 1 thread (GPU: ade20k, batches 1 and 16)" \
-        python3 -m analysis.speed --out "$OUT/speed" --presets synthetic --batch-sizes 1 --repeats 2 --warmup 1 \
+        python3 -m analysis.speed.variants --out "$OUT/speed" --presets synthetic --batch-sizes 1 --repeats 2 --warmup 1 \
         --threads 1
     skip speed-compiled "CPU: torch.compile takes minutes here; the CUDA run compiles with CUDA graphs"
     step train 180 "CPU: training-step ablation, synthetic preset, CLADE, batch 1 (GPU: ade20k, all norms, batch 16)" \
-        python3 -m analysis.speed --out "$OUT/train" --presets synthetic --norms clade --batch-sizes 1 --repeats 1 \
+        python3 -m analysis.speed.variants --out "$OUT/train" --presets synthetic --norms clade --batch-sizes 1 --repeats 1 \
         --warmup 1 --threads 1 --train --train-batch-size 1 --train-repeats 1
 fi
 python3 scripts/gpu_summary.py "$OUT"

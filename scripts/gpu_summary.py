@@ -4,7 +4,7 @@
 
 Reads ``steps.tsv`` (step, status, seconds, note), the speed tables under
 ``OUT_DIR/<step>/tables/*.csv`` and ``gpu_tests.txt``; shows the columns that exist (the
-tables' variant names and columns are analysis.speed's), and on CUDA checks the latency
+tables' variant names and columns are analysis.speed.variants's), and on CUDA checks the latency
 targets of ade20k at batch 16 in bf16 (H100 figures).
 """
 from __future__ import annotations

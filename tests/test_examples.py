@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import models
-from analysis.probe import capture_modulation_statistics
+from analysis.probe.variance import capture_modulation_statistics
 from models import build_generator, count_parameters, generator_config
 from models.norms import CLADE, SPADE, Conditioning
 from models.plugins import load_plugin as load_plugin_file

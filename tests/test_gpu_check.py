@@ -3,7 +3,8 @@ import importlib.util
 
 import pandas as pd
 
-from analysis import speed, train_speed
+from analysis.speed import variants as speed
+from analysis.speed import train_step as train_speed
 
 from tests.conftest import ROOT
 
@@ -44,6 +45,6 @@ def test_summary_lists_steps_and_tables(tmp_path):
 
 
 def test_summary_columns_are_the_speed_tables_own():
-    """The summary picks columns by name: a renamed column in analysis.speed must not vanish from it."""
+    """The summary picks columns by name: a renamed column in analysis.speed.variants must not vanish from it."""
     assert set(gpu_summary.SPEED_COLUMNS) <= set(speed.COLUMNS)
     assert set(gpu_summary.TRAIN_COLUMNS) <= set(train_speed.TRAIN_COLUMNS)

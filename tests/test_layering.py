@@ -1,4 +1,4 @@
-"""The layers import downwards only: fileio < data < models < analysis < the CLIs, and no module
+"""The layers import downwards only: fileio < data < models < training < analysis < the CLIs, and no module
 imports a project module inside a function (the usual way to hide an import cycle)."""
 import ast
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"fileio": 0, "data": 1, "models": 2, "analysis": 3, "run_analysis": 4, "train": 4}
-MODULES = sorted(p for package in ("fileio", "data", "models", "analysis") for p in (ROOT / package).rglob("*.py")) \
+LAYERS = {"fileio": 0, "data": 1, "models": 2, "training": 3, "analysis": 4, "run_analysis": 5, "train": 5}
+MODULES = sorted(p for package in ("fileio", "data", "models", "training", "analysis") for p in (ROOT / package).rglob("*.py")) \
     + [ROOT / "run_analysis.py", ROOT / "train.py"]
 
 
@@ -51,16 +51,16 @@ def test_imports_go_down_the_layers_at_module_level(path):
     imports = list(project_imports(path.read_text(), name, path.name == "__init__.py"))
     upward = [f"line {line}: {target}" for line, target, _ in imports if layer(target) > layer(name)]
     assert not upward, (f"{name} (layer {name.split('.')[0]}) imports a higher layer: {upward}; the order is "
-                        f"fileio < data < models < analysis < run_analysis.py / train.py")
+                        f"fileio < data < models < training < analysis < run_analysis.py / train.py")
     nested = [f"line {line}: {target}" for line, target, inside in imports if inside]
     assert not nested, f"{name} imports project modules inside functions: {nested}; import them at the top"
 
 
 def test_the_checker_sees_upward_relative_and_nested_imports():
-    source = ("from fileio import atomic\nfrom .labels import x\nimport analysis.costs\nimport torch\n\n"
+    source = ("from fileio import atomic\nfrom .labels import x\nimport analysis.costs.layers\nimport torch\n\n"
               "def f():\n    from models import presets\n")
     found = list(project_imports(source, "data.example"))
-    assert found == [(1, "fileio", False), (2, "data.labels", False), (3, "analysis.costs", False),
+    assert found == [(1, "fileio", False), (2, "data.labels", False), (3, "analysis.costs.layers", False),
                      (7, "models", True)]
     assert list(project_imports("from . import build\n", "models", is_package=True)) == [(1, "models", False)]
-    assert [layer(t) for _, t, _ in found] == [0, 1, 3, 2]
+    assert [layer(t) for _, t, _ in found] == [0, 1, 4, 2]

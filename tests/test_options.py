@@ -63,7 +63,7 @@ def test_zero_is_a_value_not_unset():
 def test_save_every_zero_checkpoints_only_at_the_end(tmp_path):
     from data.synthetic import SyntheticScenes
     from models.presets import generator_config
-    from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+    from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 
     g = generator_config("synthetic", "clade", ngf=4, crop_size=32)
     trainer = Trainer(g_config=g, d_config=discriminator_config_for(g, ndf=8, num_D=1, n_layers_D=2),

@@ -8,8 +8,9 @@ import torch
 
 import run_analysis
 import train
-from analysis import probe, probe_ablation
-from analysis.costs import layer_costs, module_role
+from analysis.probe import variance as probe
+from analysis.probe import ablation as probe_ablation
+from analysis.costs.layers import layer_costs, module_role
 from models import build_generator, load_generator_dir, norm_spec, registered_norms, save_generator_dir, unregister_norm
 from models.checkpoint import GENERATOR_CONFIG, PLUGIN_FILE_KEY
 from models.plugins import load_plugin, load_plugins, loaded_plugins, plugin_files, split_plugin_args

@@ -2,7 +2,7 @@
 
 Writes tables/bench.csv, tables/bench_profile.csv, tables/bench_train_step.csv (unless
 --no-bench-train-step) and figures; ``--compare`` adds the plain-vs-fast comparison of
-analysis/speed.py.
+analysis/speed/variants.py.
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops, time_interleaved
-from analysis.cost_figures import latency_vs_macs, op_breakdown
-from analysis.costs import generator_inputs
+from analysis.speed.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops, time_interleaved
+from analysis.costs.figures import latency_vs_macs, op_breakdown
+from analysis.costs.layers import generator_inputs
 from models import build_generator, fuse_for_inference
 
-from .. import speed, stats
-from ..context import RunContext
+from analysis.speed import variants as speed
+from analysis.quality import stats
+from analysis.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run(ctx: RunContext) -> dict:
     if s["train_step"]:
         train = bench_train_step(s["presets"][:1], s["norms"], batch_sizes=[min(s["batch_sizes"])], device=ctx.device,
                                  repeats=max(2, s["repeats"] // 3), warmup=1)
-        ctx.write_table(train, "bench_train_step", **meta, note="models.trainer.Trainer.train_step without the "
+        ctx.write_table(train, "bench_train_step", **meta, note="training.trainer.Trainer.train_step without the "
                         "VGG loss (it needs local VGG19 weights)")
         tables.append({"file": "tables/bench_train_step.csv",
                        "caption": "Images per second of a full training iteration (G step + D step, official "

@@ -6,7 +6,7 @@
 
 Converts the run's ``checkpoints/spade/`` (or ``--checkpoint``: a SPADE folder with
 ``generator.json``, or an official ``latest_net_G.pth`` built from ``--preset``) with
-``analysis.convert``: every SPADE layer's gamma/beta averaged per class over ``--convert-images``
+``analysis.probe.convert``: every SPADE layer's gamma/beta averaged per class over ``--convert-images``
 val label maps (the probe's images), the backbone copied. Writes
 ``checkpoints/spade-to-clade/`` (official CLADE layout) and, with ``--convert-finetune-steps`` K
 > 0, ``checkpoints/spade-to-clade-ft/``: the converted weights trained K more steps under the train
@@ -28,13 +28,13 @@ import pandas as pd
 from data.presets import DATASETS
 from models import load_generator_dir
 from models.checkpoint import GENERATOR_WEIGHTS
-from models.checkpoint_store import remove_training_state
-from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+from training.checkpoint_store import remove_training_state
+from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 
-from ..context import RunContext
-from ..convert import CONVERSION_RECORD, load_spade_generator, write_clade_dir
-from .probe import probe_batches
-from .train import training_dataset, vgg_status
+from analysis.context import RunContext
+from analysis.probe.convert import CONVERSION_RECORD, load_spade_generator, write_clade_dir
+from analysis.stages.probe import probe_batches
+from analysis.stages.train import training_dataset, vgg_status
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ import logging
 
 import pandas as pd
 
-from analysis.cost_figures import per_layer_bars, stage_share
-from analysis.cost_tables import OVERHEAD_DEFINITION, cost_tables
-from analysis.costs import PROGRAM_COUNTED, ROLES
+from analysis.costs.figures import per_layer_bars, stage_share
+from analysis.costs.tables import OVERHEAD_DEFINITION, cost_tables
+from analysis.costs.layers import PROGRAM_COUNTED, ROLES
 
-from ..context import RunContext
+from analysis.context import RunContext
 
 log = logging.getLogger(__name__)
 # What the report shows of tables/costs.csv: enough to compare the methods; the CSV has the rest.

@@ -16,7 +16,7 @@ others. A CLADE-ICPE generator gets the val ICPE maps computed in the mode it wa
 Seeds and variants: a folder's ``variant.json`` (written by the train stage) names its run,
 method, seed, steps, SPADE kernel size and mask resolution; coarse-mask runs are scored on label
 maps coarsened the way they were trained. Every model gets a ``quality_seeds`` row with bootstrap
-intervals over the images (``analysis.quality_seeds``); ``evaluation.csv`` holds one row per run
+intervals over the images (``analysis.quality.seeds``); ``evaluation.csv`` holds one row per run
 with the mean over its seeds and a Student-t interval; every 3x3 SPADE seed at full mask
 resolution is also scored with its gamma/beta replaced by class means (``ablation_quality``), and
 ``neighbourhood`` gives the share of single-class 3x3 windows at each generator resolution.
@@ -42,14 +42,19 @@ from data.neighbourhood import coarsen_labels, single_class_fraction
 from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
 from models.checkpoint import GENERATOR_WEIGHTS
 from models.presets import label_config
-from models.sample_grid import colorize_labels
+from training.sample_grid import colorize_labels
 
-from .. import fid_protocol, metrics, quality_seeds, roi, segmenters, stats
-from ..bench import summarize_times, time_interleaved
-from ..context import RunContext
-from ..costs import generator_inputs, is_modulation, layer_costs
-from ..options import EvalOptions
-from ..probe import capture_modulation_statistics
+from analysis.quality import fid_protocol
+from analysis.quality import metrics
+from analysis.quality import seeds as quality_seeds
+from analysis.report import roi
+from analysis.quality import segmenters
+from analysis.quality import stats
+from analysis.speed.bench import summarize_times, time_interleaved
+from analysis.context import RunContext
+from analysis.costs.layers import generator_inputs, is_modulation, layer_costs
+from analysis.options import EvalOptions
+from analysis.probe.variance import capture_modulation_statistics
 
 log = logging.getLogger(__name__)
 # Generator folders that are not a registered norm's name but have a display name of their own.
@@ -184,7 +189,7 @@ def _batches(images: torch.Tensor, batch_size: int):
 # --- costs --------------------------------------------------------------------------------
 
 def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFrame:
-    """Params and GMACs (analysis.costs, batch 1) of each generator, and its median latency
+    """Params and GMACs (analysis.costs.layers, batch 1) of each generator, and its median latency
     in ms (batch 1, forward only, no_grad), timed round-robin in this run."""
     rows, calls = [], {}
     for norm, generator in generators.items():
@@ -452,7 +457,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
         "eval_images": opts.images,
         "segmenter": segmenter.description,
         "notes": notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
-                          f"Params and GMACs: analysis.costs on the evaluated generators (batch 1); latency_ms: "
+                          f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
                           f"median of {opts.latency_repeats} forward passes ({timing}) "
                           f"timed round-robin with the other methods in this run."],
         "proxy": ([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),

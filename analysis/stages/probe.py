@@ -16,7 +16,7 @@ kernel-size ablation (a purely per-pixel SPADE) is one more folder:
 folder with ``generator.json``, or an official-format ``.pth`` built from ``--preset`` and
 ``--probe-norm`` (read from its keys when omitted; a CLADE-ICPE one is fed official-mode ICPE
 maps, as the official code computes them). Every generator's ICPE maps are computed in its
-``icpe_mode`` (``analysis.probe.position_mode``). Images: the val split (synthetic scenes
+``icpe_mode`` (``analysis.probe.variance.position_mode``). Images: the val split (synthetic scenes
 ``seed + 1000`` like the eval stage, or ``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
 ``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
 resized: a stand-in, flagged in the tables' meta and the captions.
@@ -41,11 +41,12 @@ from models.presets import OFFICIAL_ICPE_MODE
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
 
-from .. import probe, probe_ablation
-from ..context import RunContext
-from ..options import ProbeOptions
-from ..quality_seeds import VARIANT_FILE
-from ..probe_figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
+from analysis.probe import variance as probe
+from analysis.probe import ablation as probe_ablation
+from analysis.context import RunContext
+from analysis.options import ProbeOptions
+from analysis.quality.seeds import VARIANT_FILE
+from analysis.probe.figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
 
 log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 1000  # the eval stage's synthetic val split

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from ..context import RunContext
-from ..report import STAGE_ORDER, read_records, write_report
+from analysis.context import RunContext
+from analysis.report.assemble import STAGE_ORDER, read_records, write_report
 
 log = logging.getLogger(__name__)
 

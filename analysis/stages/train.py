@@ -41,15 +41,15 @@ from torch.utils.data import Dataset
 from data.neighbourhood import coarsen_labels
 from data.synthetic import SyntheticScenes
 from fileio import write_json_atomic
-from models.checkpoint_store import SettingsMismatchError, has_checkpoint, remove_training_state
+from training.checkpoint_store import SettingsMismatchError, has_checkpoint, remove_training_state
 from models.presets import generator_config
 from models.registry import norm_spec
-from models.trainer import Trainer, TrainRecipe, discriminator_config_for
-from models.vgg import VGGWeightsMissingError, resolve_vgg_weights
+from training.trainer import Trainer, TrainRecipe, discriminator_config_for
+from training.vgg import VGGWeightsMissingError, resolve_vgg_weights
 
-from ..context import RunContext
-from ..quality_seeds import VARIANT_FILE
-from ..options import options_dict
+from analysis.context import RunContext
+from analysis.quality.seeds import VARIANT_FILE
+from analysis.options import options_dict
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from PIL import Image
 from scipy import ndimage
 
 from data.icpe import EPS, flip_icpe, icpe_map, icpe_map_batch
-from analysis.icpe_bench import main as bench_main
-from analysis.icpe_bench import official_icpe_reference
+from analysis.speed.icpe_bench import main as bench_main
+from analysis.speed.icpe_bench import official_icpe_reference
 from data.synthetic import SYNTHETIC_DONTCARE, render_scene
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from analysis.speed import official_data_path
+from analysis.speed.variants import official_data_path
 from data.labels import make_semantic
 from models import build_generator
 

@@ -5,18 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.bench import synthetic_batch
-from analysis.cost_formulas import closed_form_generator_costs, has_closed_form
-from analysis.costs import generator_inputs, is_modulation, layer_costs
-from analysis.probe import capture_modulation_statistics, layer_summary, modulation_layers, variance_decomposition
-from analysis.probe_ablation import ablation_effects
-from analysis.speed import calibrate_batchnorm
+from analysis.speed.bench import synthetic_batch
+from analysis.costs.formulas import closed_form_generator_costs, has_closed_form
+from analysis.costs.layers import generator_inputs, is_modulation, layer_costs
+from analysis.probe.variance import capture_modulation_statistics, layer_summary, modulation_layers, variance_decomposition
+from analysis.probe.ablation import ablation_effects
+from analysis.speed.variants import calibrate_batchnorm
 from models import (ModulatedNorm, build_generator, count_parameters, fuse_for_inference, norm_spec, register_norm,
                     unregister_norm)
 from models.checkpoint import suggest_configs
 from models.presets import generator_config
 from models.registry import recognise_norm
-from models.trainer import Trainer, TrainRecipe, discriminator_config_for
+from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 
 NAME = "test-class-gain"
 

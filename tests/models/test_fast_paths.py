@@ -12,7 +12,7 @@ from models.fast import _class_affine_expression, accelerate, class_affine, grap
 from models.fusion import FusedCLADE, FusedConditioning, FusedGenerator, FusedSPADE
 
 FP32_TOL = 1e-4
-BF16_TOL = 5e-2  # analysis.speed.BF16_TOLERANCE: bf16 output vs fp32 reference output (tanh range [-1, 1])
+BF16_TOL = 5e-2  # analysis.speed.variants.BF16_TOLERANCE: bf16 output vs fp32 reference output (tanh range [-1, 1])
 
 CONFIGS = {
     "edge": dict(label_nc=5, ngf=4, crop_size=64, no_instance=False),

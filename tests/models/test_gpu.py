@@ -6,12 +6,12 @@ import torch
 from models import fuse_for_inference
 from models.fast import accelerate
 from tests.models.test_fast_paths import BF16_TOL, CONFIGS, FP32_TOL, calibrated, inputs, reference
-from tests.models.test_trainer import TinyScenes, tiny_trainer
+from tests.training.test_trainer import TinyScenes, tiny_trainer
 
 pytestmark = pytest.mark.gpu
 
 NORMS = ["spade", "clade", "clade-icpe"]
-TRAIN_LOSS_TOL = {False: 1e-3, True: 5e-2}   # relative, fp32 / bf16 autocast (as analysis.train_speed)
+TRAIN_LOSS_TOL = {False: 1e-3, True: 5e-2}   # relative, fp32 / bf16 autocast (as analysis.speed.train_step)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from analysis import probe
+from analysis.probe import variance as probe
 from analysis.context import RunContext
 from analysis.stages import eval as eval_stage
 from analysis.stages import probe as probe_stage
@@ -22,8 +22,8 @@ from models import build_generator, load_generator_dir, save_generator_dir
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS
 from models.presets import generator_config
 from models.release import discover_generators, inspect_release_folder, load_release_generator
-from models.trainer import Trainer
-from models.train_recipe import TrainRecipe, discriminator_config_for
+from training.trainer import Trainer
+from training.recipe import TrainRecipe, discriminator_config_for
 
 SIZE = 32   # synthetic scenes and generators (the smallest output of 5 upsamplings)
 

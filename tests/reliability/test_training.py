@@ -1,7 +1,7 @@
 """Reliability of training: resume, checkpoints on disk, divergence, signals, DDP layouts, bad weights.
 
 Each test is one thing a careful user tried (resuming, disks filling, runs diverging, signals,
-bad weights files), on the tiny networks of tests/models/test_trainer.py.
+bad weights files), on the tiny networks of tests/training/test_trainer.py.
 """
 import errno
 import json
@@ -22,15 +22,15 @@ from analysis.context import RunContext
 from analysis.options import TrainOptions
 from analysis.stages import train as stage
 from models import build_generator_from_config, load_generator_dir, load_official_checkpoint
-from models.checkpoint_store import (DiskFullError, SettingsMismatchError, find_resume_target, read_checkpoint,
+from training.checkpoint_store import (DiskFullError, SettingsMismatchError, find_resume_target, read_checkpoint,
                                      remove_training_state)
 from models.presets import generator_config
-from models.train_log import read_history
-from models.train_loop import TrainingInterrupted
-from models.trainer import NonFiniteLossError, Trainer
-from models.train_recipe import TrainRecipe, discriminator_config_for
-from models.vgg import VGG19_FILE, VGGWeightsInvalidError
-from tests.models.test_trainer import LABEL_NC, SIZE, TinyScenes, tiny_trainer
+from training.run_log import read_history
+from training.loop import TrainingInterrupted
+from training.trainer import NonFiniteLossError, Trainer
+from training.recipe import TrainRecipe, discriminator_config_for
+from training.vgg import VGG19_FILE, VGGWeightsInvalidError
+from tests.training.test_trainer import LABEL_NC, SIZE, TinyScenes, tiny_trainer
 
 CLI = ["--preset", "custom", "--label_nc", str(LABEL_NC), "--contain_dontcare_label", "--crop_size", str(SIZE),
        "--ngf", "4", "--ndf", "8", "--n_layers_D", "3", "--batch-size", "2", "--no-vgg", "--num-workers", "0",
@@ -343,7 +343,7 @@ def test_finished_stage_keeps_only_the_generator(tmp_path):
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", GLOO_SOCKET_IFNAME="lo")
-    from models.distributed import cleanup_distributed, make_loader, setup_distributed
+    from training.distributed import cleanup_distributed, make_loader, setup_distributed
 
     info = setup_distributed("cpu")
     torch.set_num_threads(1)

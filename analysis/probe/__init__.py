@@ -1,0 +1,1 @@
+"""The modulation probe: variance decomposition, ablations, figures, SPADE-to-CLADE conversion."""

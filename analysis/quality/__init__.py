@@ -1,0 +1,1 @@
+"""Image quality: Frechet distances, segmenters, the FID protocol, statistics, per-seed scores."""

@@ -1,0 +1,1 @@
+"""The report: Findings, the papers' numbers, return on investment, report.md assembly."""

@@ -1,0 +1,1 @@
+"""Latency and memory: the interleaved timer, model variants, the training step, ICPE."""
