@@ -467,7 +467,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                      f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
                      f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
                      f"model's params, GMACs and measured latency."),
-            TableRef("tables/seeds.csv",
+            TableRef("tables/quality_seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
                      f"val label maps, with the 95 % percentile bootstrap interval over those images "
                      f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
