@@ -15,6 +15,7 @@ import torch
 
 from data.datasets import Skipped, build_dataset
 from fileio import atomic_path, provenance, write_json_atomic
+from models.checkpoint import weight_file
 
 from analysis.options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions,
                               ReportOptions, TrainOptions, options_dict, resolve)
@@ -96,6 +97,7 @@ class RunContext:
     preset: str = "synthetic"          # dataset preset of the trained models
     dataroot: Path | None = None       # real dataset root; None = built-in synthetic scenes
     checkpoints: Path | None = None    # evaluate these (<dir>/<norm>/) instead of training
+    checkpoint: tuple[str, ...] = ()   # [NAME=]PATH of more generators for probe, convert and eval (--checkpoint)
     quick: bool = False                # CI-sized run (< 3 minutes on 2 CPU cores)
     force: bool = False                # recompute stages that already finished
     seed: int = 0
@@ -111,6 +113,8 @@ class RunContext:
 
     def __post_init__(self):
         self.out = Path(self.out)
+        self.checkpoint = tuple(map(str, self.checkpoint))
+        self.given_generators()   # ValueError naming a --checkpoint that names no generator
         cuda = torch.device(self.device).type == "cuda"
         for name in STAGE_FIELDS:
             setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda))
@@ -150,6 +154,28 @@ class RunContext:
                         dataroot=None if dataroot in (None, SYNTHETIC_DATAROOT) else Path(dataroot),
                         skip_invalid=meta.get("options", {}).get("run", {}).get("skip_invalid", False))
         return cls(out=out, **{**settings, **options})
+
+    def given_generators(self) -> dict[str, Path]:
+        """{name: path} of the ``--checkpoint [NAME=]PATH`` generators, in the order given. The name
+        (a table row, a probe model) defaults to the folder's name, or for a file its folder's;
+        ValueError when a path holds no generator weights or two generators share a name."""
+        named = {}
+        for text in self.checkpoint:
+            name, sep, path = text.partition("=")
+            if not sep or "/" in name:   # a plain PATH, maybe with "=" inside
+                name, path = "", text
+            path = Path(path)
+            try:
+                weights = weight_file(path)
+            except FileNotFoundError as exc:
+                raise ValueError(f"--checkpoint {text}: {exc}") from None
+            name = name or (path if path.is_dir() else weights.parent).resolve().name
+            if name in named or name == "real":
+                taken = "the real-images row" if name == "real" else f"--checkpoint {named[name]}"
+                raise ValueError(f"--checkpoint {text}: the name {name!r} is taken by {taken}; pass "
+                                 f"--checkpoint OTHER_NAME={path}")
+            named[name] = path
+        return named
 
     @property
     def tables_dir(self) -> Path:

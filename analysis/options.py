@@ -25,9 +25,7 @@ import torch
 from models.presets import OFFICIAL_PRESETS
 from models.registry import registered_norms
 
-from analysis.quality.fid_protocol import PROTOCOLS
-from analysis.probe.variance import BASES
-from analysis.quality.segmenters import CLASS_MAPS, INPUT_NORMS
+from analysis.choices import BASES, CLASS_MAP_NAMES, INPUT_NORMS, PROTOCOLS
 
 _UNSET = object()
 # Official reference numbers of the cost cross-checks (a folder beside the repository).
@@ -35,7 +33,7 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
 def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any = _UNSET, flag: str | None = None,
-           choices=None, minimum: float | None = None, metavar: str | None = None, append: bool = False,
+           choices=None, minimum: float | None = None, metavar: str | None = None,
            cli: bool = True, exists: bool = False):
     """A dataclass field with its default, help text and command-line spelling.
 
@@ -49,7 +47,7 @@ def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any
     automatic = quick is not _UNSET or cpu is not _UNSET or callable(default)
     return field(default=None if automatic else default,
                  metadata=dict(help=help, default=default, quick=quick, cpu=cpu, flag=flag, choices=choices,
-                               minimum=minimum, metavar=metavar, append=append, cli=cli, exists=exists))
+                               minimum=minimum, metavar=metavar, cli=cli, exists=exists))
 
 
 def _all_norms() -> tuple[str, ...]:
@@ -151,17 +149,12 @@ class TrainOptions:
 class ProbeOptions:
     """Stage 'probe': semantic / positional / residual shares of gamma and beta."""
 
-    checkpoint: Path | None = option(None, "probe one generator: a folder with generator.json, or an "
-                                     "official-format latest_net_G.pth (architecture from --preset and "
-                                     "--probe-norm); run_analysis.py probe --checkpoint PATH is the same")
-    norm: str | None = option(None, "modulation of a bare --probe-checkpoint .pth (default: read from its keys)",
-                              choices=registered_norms)
     images: int = option(64, "val images probed per model; the ablation runs on a quarter of them (at least 2)",
                          quick=8, minimum=1)
-    checkpoint_images: int = option(6, "val images probed for a --probe-checkpoint generator (full-size ade20k "
+    checkpoint_images: int = option(6, "val images probed for a --checkpoint generator (full-size ade20k "
                                     "SPADE: 5-15 s per image and pass on a 2-core CPU); its ablation runs on "
                                     "2 of them, all layers at once", minimum=1)
-    checkpoint_per_layer: bool = option(False, "with --probe-checkpoint also ablate each layer alone (one more "
+    checkpoint_per_layer: bool = option(False, "with --checkpoint also ablate each layer alone (one more "
                                         "generator pass per layer and ablation image; minutes on a CPU)")
     basis: str = option("quadratic", "regression basis on the ICPE coordinates for the positional part",
                         choices=tuple(BASES))
@@ -178,9 +171,6 @@ class ProbeOptions:
 class EvalOptions:
     """Stage 'eval': quality of each generator next to what it costs."""
 
-    generator: tuple[str, ...] = option((), "also score this generator folder (latest_net_G.pth + "
-                                        "generator.json) as method NAME (default: the folder's name); "
-                                        "repeatable", append=True, metavar="[NAME=]DIR")
     images: int = option(128, "val images generated per method (and real reference size)", quick=32, minimum=2)
     train_images: int = option(256, "real training images the proxy segmenter learns from", quick=64, minimum=1)
     proxy_steps: int = option(200, "training steps of the proxy segmenter (batch 16)", quick=40, minimum=0)
@@ -194,7 +184,7 @@ class EvalOptions:
                                             "instead of FID", flag="--inception-weights", exists=True)
     segmenter: Path | None = option(None, "TorchScript segmenter for mIoU (default: a proxy trained on the "
                                     "real images)", flag="--segmenter", exists=True)
-    segmenter_class_map: str | None = option(None, f"label id -> segmenter class: {sorted(CLASS_MAPS)} or a "
+    segmenter_class_map: str | None = option(None, f"label id -> segmenter class: {sorted(CLASS_MAP_NAMES)} or a "
                                              "JSON file (default: the paper's map for the preset, else "
                                              "identity)",
                                              flag="--segmenter-class-map")
@@ -213,10 +203,6 @@ class EvalOptions:
 class ConvertOptions:
     """Stage 'convert': the trained SPADE turned into CLADE (per-class mean modulation), then fine-tuned."""
 
-    checkpoint: Path | None = option(None, "SPADE generator to convert: a folder with generator.json or an "
-                                     "official latest_net_G.pth (architecture from --preset); "
-                                     "run_analysis.py convert --checkpoint PATH is the same (default: the "
-                                     "run's checkpoints/spade)")
     images: int = option(64, "label maps whose per-class mean gamma/beta become the CLADE tables", quick=16,
                          minimum=1)
     finetune_steps: int = option(50, "training steps of the converted CLADE under the train stage's recipe "
@@ -233,12 +219,14 @@ class ReportOptions:
 
 class OptionParser(argparse.ArgumentParser):
     """ArgumentParser that never expands abbreviations (``allow_abbrev=False``) and, for an
-    unknown ``--option``, says so before anything else, with the options it may have meant
-    (argparse alone would report a confusing error about the next value)."""
+    unknown ``--option``, says so before anything else, with the options it may have meant, or
+    what replaced it when ``renamed`` names it (argparse alone would report a confusing error
+    about the next value)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
+        self.renamed = renamed or {}   # option of an earlier version -> what replaces it
 
     def parse_known_args(self, args=None, namespace=None):
         argv = sys.argv[1:] if args is None else list(args)
@@ -248,6 +236,8 @@ class OptionParser(argparse.ArgumentParser):
                 break
             name = token.split("=", 1)[0]
             if token.startswith("--") and name not in known:
+                if name in self.renamed:
+                    self.error(f"{name} was replaced by {self.renamed[name]}")
                 close = sorted(o for o in known if o.startswith(name)) or difflib.get_close_matches(name, known, 3)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
                 self.error(f"unrecognized option {name} (options are never abbreviated){hint}")
@@ -353,7 +343,7 @@ def add_options(parser, cls, prefix: str = "") -> None:
             continue
         if typing.get_origin(kind) is tuple:
             kind = typing.get_args(kind)[0]
-            kwargs["action" if md["append"] else "nargs"] = "append" if md["append"] else "+"
+            kwargs["nargs"] = "+"
         if kind in (int, float):
             kind = _checked(kind, md["minimum"], flag)
         if kind is Path and md.get("exists"):
@@ -367,7 +357,7 @@ def options_from_args(args: argparse.Namespace, cls, prefix: str = ""):
     given = {}
     for f in fields(cls):
         value = getattr(args, dest_name(f, prefix), None) if f.metadata.get("cli", True) else None
-        if isinstance(value, list) and not f.metadata.get("append"):
+        if isinstance(value, list):
             # "a,b c" -> (a, b, c): lists of names may be comma- or space-separated
             value = tuple(part for item in value for part in (item.split(",") if isinstance(item, str) else [item])
                           if part != "")

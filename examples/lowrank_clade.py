@@ -11,8 +11,9 @@ modulation: fewer parameters, possibly lower quality, which is the trade the rep
 
 ``U`` starts random and ``V`` at zero, so every layer starts as the identity modulation
 (scale 1, shift 0) and both factors get gradients from the first step on (both zero would be a
-saddle). With instance maps the layer appends CLADE's edge-feature channel (a 1x1 conv of the
-instance-edge map), so it drops into the same generator as CLADE.
+saddle). With instance maps the toolkit appends CLADE's edge-feature channel (``edge_channel=True``:
+a 1x1 conv of the instance-edge map, ``models.norms.ModulatedNorm``), so it drops into the same
+generator as CLADE.
 """
 from __future__ import annotations
 
@@ -52,18 +53,9 @@ class LowRankCLADE(ModulatedNorm):
         super().__init__()
         self.param_free_norm = param_free_norm(config.param_free_norm, channels)
         self.lowrank_affine = LowRankClassAffine(config.class_nc, channels)
-        self.edge = not config.no_instance
-        if self.edge:
-            self.inst_conv = nn.Conv2d(1, 1, kernel_size=1)
 
     def modulation(self, cond, size):
         return self.lowrank_affine(cond.label_at(size))
-
-    def forward(self, x: torch.Tensor, cond) -> torch.Tensor:
-        out = super().forward(x, cond)
-        if self.edge:
-            out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:])).to(out.dtype)), dim=1)
-        return out
 
 
 register_norm("lowrank-clade", LowRankCLADE, label=f"CLADE low-rank (r={RANK})", color="#e377c2",

@@ -18,7 +18,7 @@ from .encoder import ConvEncoder
 from .generator import Generator
 from .fusion import fuse_for_inference
 from .norms import CLADE, SPADE, Conditioning, ModulatedNorm
-from .presets import (NORMS, OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
+from .presets import (OFFICIAL_PRESETS, PRESETS, DiscriminatorConfig, GeneratorConfig,
                       discriminator_config, generator_config)
 from .registry import NormSpec, norm_spec, register_norm, registered_norms, unregister_norm
 
@@ -30,7 +30,7 @@ __all__ = [
     "ModulatedNorm", "fuse_for_inference", "NormSpec", "norm_spec", "register_norm", "registered_norms",
     "unregister_norm",
     "GeneratorConfig", "DiscriminatorConfig", "generator_config", "discriminator_config",
-    "NORMS", "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
+    "PRESETS", "OFFICIAL_PRESETS", "count_parameters",
 ]
 
 

@@ -1,13 +1,20 @@
 """Load official ``*_net_G.pth`` / ``*_net_D.pth`` files, and say what fits when they don't.
 
 Our module names are the official ones, so the official ``state_dict`` loads as is; the
-work here is reading files safely and explaining mismatches.
+work here is reading files safely and explaining mismatches. One reader says what a generator
+file holds (:func:`inspect`: norm, width, VAE, prefix, the ``generator.json`` beside it) and one
+loader builds any generator from it (:func:`load_generator`: a folder written by
+``save_generator_dir`` / train.py, an official weight file or release folder with a preset):
+
+    info = inspect("30_net_G.pth")                  # CheckpointInfo(norm='spade', ngf=64, ...)
+    G = load_generator("30_net_G.pth", preset="ade20k")
 """
 from __future__ import annotations
 
 import json
 import logging
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,12 +23,14 @@ from torch import nn
 from fileio import load_weights, save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
-from .presets import OFFICIAL_PRESETS, GeneratorConfig, config_to_dict
+from .presets import OFFICIAL_ICPE_MODE, OFFICIAL_PRESETS, GeneratorConfig, config_to_dict, generator_config
 from .registry import norm_spec, recognise_norm, registered_norms
 
 log = logging.getLogger(__name__)
 
 GENERATOR_WEIGHTS = "latest_net_G.pth"
+# Generator weight files of a folder, in order of preference (the official releases ship best_net_G.pth).
+WEIGHT_FILES = ("best_net_G.pth", GENERATOR_WEIGHTS)
 GENERATOR_CONFIG = "generator.json"
 PLUGIN_FILE_KEY = "plugin_file"  # generator.json: the plugin file that registered the norm (plugin norms only)
 ICPE_MODE_KEY = "icpe_mode"      # generator.json: GeneratorConfig.icpe_mode (norms that need ICPE)
@@ -124,13 +133,15 @@ def _describe_custom_generator(found: dict, ngf: int, norm: str | None) -> str:
     return f"preset='custom', norm={norm!r}, ngf={ngf}{detail}"
 
 
-def load_official_checkpoint(module: nn.Module, path_or_state_dict) -> nn.Module:
+def load_official_checkpoint(module: nn.Module, path_or_state_dict, source: str | None = None) -> nn.Module:
     """Strictly load an official (or our exported) state_dict into ``module``.
 
     On any mismatch raises CheckpointMismatchError listing missing, unexpected and
-    wrong-shaped keys and the preset/options whose network would fit the file.
+    wrong-shaped keys and the preset/options whose network would fit the file (named
+    ``source`` in the message when a state_dict read elsewhere is given).
     """
-    state, source = read_state_dict(path_or_state_dict)
+    state, read_from = read_state_dict(path_or_state_dict)
+    source = repr(str(source)) if source is not None else read_from
     state = _strip_wrapper_prefix(state)
     missing, unexpected, wrong = compare_state_dicts(module.state_dict(), state)
     if missing or unexpected or wrong:
@@ -197,7 +208,15 @@ def load_generator_dir(folder, device=None) -> nn.Module:
     was recorded, by train.py, which trains with :data:`LEGACY_ICPE_MODE`: it loads with that
     mode and a logged warning (add ``"icpe_mode"`` to the file to silence it)."""
     folder = Path(folder)
-    config_path = folder / GENERATOR_CONFIG
+    generator = build_generator_from_config(read_generator_config(folder / GENERATOR_CONFIG))
+    load_official_checkpoint(generator, folder / GENERATOR_WEIGHTS)
+    return generator.to(device or "cpu")
+
+
+def read_generator_config(config_path) -> GeneratorConfig:
+    """The GeneratorConfig of a ``generator.json`` (see :func:`load_generator_dir` for the ICPE
+    mode of old files); ValueError naming the file and what is wrong, or the plugin to load."""
+    config_path = Path(config_path)
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(config_path)!r} is missing; expected the generator options as JSON "
                                 f"(GeneratorConfig fields, e.g. {{\"label_nc\": 150, \"norm\": \"clade\"}})")
@@ -214,11 +233,127 @@ def load_generator_dir(folder, device=None) -> nn.Module:
                         "train.py trains with. If the generator was trained with the other mode, set "
                         "\"%s\": \"official\" in that file", config_path, ICPE_MODE_KEY, LEGACY_ICPE_MODE,
                         ICPE_MODE_KEY)
-        config = GeneratorConfig(**record)
+        return GeneratorConfig(**record)
     except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         if PLUGIN_FILE_KEY in str(exc) or "--plugin" in str(exc):
             raise
         raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from None
-    generator = build_generator_from_config(config)
-    load_official_checkpoint(generator, folder / GENERATOR_WEIGHTS)
+
+
+# --- what a generator file holds -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a generator weight file says about its architecture (:func:`inspect`)."""
+
+    path: Path                       # the weight file read
+    norm: str                        # the registered norm whose key_markers its keys contain
+    ngf: int                         # head_0 keeps 16 * ngf channels
+    use_vae: bool                    # a 2-d fc.weight is the VAE variant's Linear (z -> features)
+    most_upsampling: bool            # an up_4 block: num_upsampling_layers "most"
+    wrapped: bool                    # its keys carried DataParallel's "module." prefix (removed in state)
+    config: GeneratorConfig | None   # from the generator.json beside it (label_nc, instance maps, ...)
+    state: dict = field(repr=False, compare=False, default_factory=dict)  # the state_dict, prefix removed
+
+    @property
+    def norm_evidence(self) -> str:
+        """``norm X (keys contain 'marker')``, for the log."""
+        return f"norm {self.norm} (keys contain {', '.join(norm_spec(self.norm).key_markers)!r})"
+
+    def describe(self) -> str:
+        """What was read and from which keys, for the log."""
+        return (f"{self.norm_evidence}, ngf {self.ngf}" + (", VAE" if self.use_vae else "")
+                + (", 'module.' prefix removed" if self.wrapped else ""))
+
+
+def weight_file(path) -> Path:
+    """The generator weight file ``path`` names: the file itself, or a folder's ``best_net_G.pth``
+    or ``latest_net_G.pth``; FileNotFoundError saying what was expected."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        inner = sorted(p.name for p in path.iterdir() if any((p / name).is_file() for name in WEIGHT_FILES))
+        hint = (f"; it is a folder of generator folders ({', '.join(inner)}): pass it as --checkpoints {path}"
+                if inner else "")
+        raise FileNotFoundError(f"{str(path)!r} holds none of {list(WEIGHT_FILES)}; expected a generator folder "
+                                f"({GENERATOR_WEIGHTS} + {GENERATOR_CONFIG}, as train.py writes) or a weight "
+                                f"file{hint}")
+    raise FileNotFoundError(f"{str(path)!r}: no such file or folder; expected a generator .pth file or a folder "
+                            f"with {GENERATOR_WEIGHTS}")
+
+
+def inspect(path) -> CheckpointInfo:
+    """Read a generator file (or a folder's weight file) once: its norm from the registry's key
+    markers (plugins included), width, VAE input, ``module.`` prefix, and the ``generator.json``
+    beside a ``latest_net_G.pth``. ValueError when no registered norm's markers are in its keys."""
+    weights = weight_file(path)
+    found, _ = read_state_dict(weights)
+    state = _strip_wrapper_prefix(found)
+    if "conv_img.weight" not in state or "fc.weight" not in state:
+        raise ValueError(f"{str(weights)!r} is not a generator state_dict (no conv_img / fc weights; keys like "
+                         f"{_abbrev(list(state), 4)})")
+    norm = recognise_norm(state)
+    if norm is None:
+        markers = {name: norm_spec(name).key_markers for name in registered_norms()}
+        raise ValueError(f"{str(weights)!r}: the keys hold none of the registered norms' key markers ({markers}); "
+                         f"if a plugin defines its norm, pass --plugin FILE")
+    config_path = weights.parent / GENERATOR_CONFIG
+    config = read_generator_config(config_path) if weights.name == GENERATOR_WEIGHTS and config_path.is_file() \
+        else None
+    return CheckpointInfo(path=weights, norm=norm, ngf=_infer_ngf({k: v.shape for k, v in state.items()}),
+                          use_vae=state["fc.weight"].dim() == 2,
+                          most_upsampling=any(k.startswith("up_4.") for k in state), wrapped=state is not found,
+                          config=config, state=state)
+
+
+def official_config(info: CheckpointInfo, preset: str, norm: str | None = None) -> tuple[GeneratorConfig, str]:
+    """(the config of ``preset`` that the bare file ``info`` loads into, the widths that show its
+    instance edge). Norm (``norm`` overrides the keys), ngf, VAE and upsampling come from ``info``; the
+    instance-edge input is whichever of with / without whose network has the file's shapes; a
+    norm that needs ICPE gets the official code's ICPE mode. Without a fit, the preset's own
+    choice is returned (loading it then lists the mismatching keys)."""
+    options = dict(ngf=info.ngf, use_vae=info.use_vae, icpe_mode=OFFICIAL_ICPE_MODE,
+                   **({"num_upsampling_layers": "most"} if info.most_upsampling else {}))
+    norm = norm or info.norm
+    shapes = {k: tuple(v.shape) for k, v in info.state.items()}
+    default = generator_config(preset, norm, **options)
+    for no_instance in (default.no_instance, not default.no_instance):
+        config = generator_config(preset, norm, **options, no_instance=no_instance)
+        network = build_generator_from_config(config, device="meta")
+        if {k: tuple(v.shape) for k, v in network.state_dict().items()} == shapes:
+            return config, _edge_evidence(info.state, config)
+    return default, "no variant of the preset has the file's shapes"
+
+
+def _edge_evidence(state: dict, config: GeneratorConfig) -> str:
+    """The widths that show whether the file reads the instance-edge channel."""
+    conv = state.get("head_0.conv_0.weight_orig", state.get("head_0.conv_0.weight"))
+    shared = state.get("head_0.norm_0.mlp_shared.0.weight")
+    if norm_spec(config.norm).edge_channel and conv is not None:
+        return f"head_0.conv_0 input width {conv.shape[1]} for {conv.shape[0]} features"
+    if shared is not None:
+        return f"head_0.norm_0.mlp_shared input width {shared.shape[1]} for {config.class_nc} classes"
+    return "the file's shapes are those of the network " + ("without" if config.no_instance else "with") + " it"
+
+
+def load_generator(path, preset: str | None = None, *, norm: str | None = None, device=None) -> nn.Module:
+    """Any generator: a folder (or its ``latest_net_G.pth``) with ``generator.json`` loads as
+    written; a bare weight file or release folder is built from ``preset`` with
+    :func:`official_config` (``norm`` overrides its keys) and loaded strictly."""
+    info = inspect(path)
+    if info.config is not None:
+        generator = build_generator_from_config(info.config)
+    else:
+        if preset is None:
+            raise ValueError(f"{str(info.path)!r} has no {GENERATOR_CONFIG} beside it; pass the preset its "
+                             f"architecture comes from (--preset)")
+        config, evidence = official_config(info, preset, norm)
+        log.info("%s: preset %s, %s, instance edge %s (%s)", info.path, preset, info.describe(),
+                 "no" if config.no_instance else "yes", evidence)
+        generator = build_generator_from_config(config)
+    load_official_checkpoint(generator, info.state, source=info.path)
     return generator.to(device or "cpu")

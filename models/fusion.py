@@ -269,7 +269,7 @@ class FusedCLADE(_Prepared):
             convs = (affine.dist_conv_w, affine.dist_conv_b)
             self.register_buffer("icpe_weight", torch.cat([c.weight.detach().reshape(1, 2) for c in convs]).t().clone())
             self.register_buffer("icpe_bias", 1 + torch.cat([c.bias.detach() for c in convs]))
-        self.edge = m.edge
+        self.edge = m.inst_conv is not None
         if self.edge:  # inst_conv is 1x1 from one channel to one: w * edge + b
             self.register_buffer("edge_weight", m.inst_conv.weight.detach().reshape(1, 1, 1, 1).clone())
             self.register_buffer("edge_bias", m.inst_conv.bias.detach().reshape(1, 1, 1, 1).clone())

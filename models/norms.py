@@ -83,17 +83,33 @@ def param_free_norm(kind: str, channels: int) -> nn.Module:
 class ModulatedNorm(nn.Module):
     """Base of the modulation layers: ``param_free_norm(x) * scale + shift``.
 
-    A subclass sets ``self.param_free_norm`` and implements ``modulation(cond, size)``.
+    A subclass sets ``self.param_free_norm`` and implements ``modulation(cond, size)``. When its
+    registry entry has ``edge_channel`` and the config has instance maps, the toolkit gives the
+    layer ``inst_conv`` (``models.registry.build_norm``), a 1x1 conv of the instance-edge map
+    appended here as one more output channel, as the official CLADE does.
     """
 
     modulation_override = None  # callable(cond, size) -> (scale, shift), or None
 
+    def __init__(self):
+        super().__init__()
+        self.inst_conv: nn.Module | None = None  # set by models.registry.build_norm (see above)
+
     def modulation(self, cond: Conditioning, size) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement modulation(cond, size) -> (scale, shift)")
 
+    def modulation_parts(self) -> list[str]:
+        """Names of the child modules that compute the modulation: their parameters and MACs are
+        this layer's modulation cost (``analysis.costs.layers``); the others count as backbone.
+        Default: every child but the parameter-free norm (which has a cost role of its own)."""
+        return [name for name, _ in self.named_children() if name != "param_free_norm"]
+
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         scale, shift = (self.modulation_override or self.modulation)(cond, x.shape[-2:])
-        return self.param_free_norm(x) * scale + shift
+        out = self.param_free_norm(x) * scale + shift
+        if self.inst_conv is not None:
+            out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:])).to(out.dtype)), dim=1)
+        return out
 
 
 class SPADE(ModulatedNorm):
@@ -141,25 +157,15 @@ class ClassAffine(nn.Module):
 class CLADE(ModulatedNorm):
     """Class-adaptive normalisation (``icpe=True``: CLADE-ICPE).
 
-    With instance maps (``edge=True``) a 1x1 conv of the instance-edge map is appended as
-    one extra output channel, as in the official code.
+    With instance maps the registry gives it the edge-feature channel (``inst_conv``, see
+    :class:`ModulatedNorm`), as the official code does.
     """
 
-    def __init__(self, channels: int, class_nc: int, edge: bool = False, icpe: bool = False,
-                 norm: str = "batch"):
+    def __init__(self, channels: int, class_nc: int, icpe: bool = False, norm: str = "batch"):
         super().__init__()
         self.param_free_norm = param_free_norm(norm, channels)
         self.class_specified_affine = ClassAffine(class_nc, channels, icpe)
-        self.edge = edge
-        if edge:
-            self.inst_conv = nn.Conv2d(1, 1, kernel_size=1)
 
     def modulation(self, cond: Conditioning, size):
         dist = cond.dist_at(size) if self.class_specified_affine.icpe else None
         return self.class_specified_affine(cond.label_at(size), dist)
-
-    def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        out = super().forward(x, cond)
-        if self.edge:
-            out = torch.cat((out, self.inst_conv(cond.edge_at(x.shape[-2:])).to(out.dtype)), dim=1)
-        return out

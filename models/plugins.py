@@ -6,7 +6,8 @@
 ``run_analysis.py --plugin FILE`` and ``train.py --plugin FILE`` call :func:`load_plugins` before
 they read the other options, so ``--train-norms spade,clade,lowrank-clade`` accepts the name.
 Every norm a file registers records the file in ``NormSpec.source``; ``generator.json`` stores it
-(``plugin_files``) so that loading the folder without the plugin names the file to pass.
+(key ``"plugin_file"``, ``models.checkpoint.PLUGIN_FILE_KEY``) so that loading the folder without
+the plugin names the file to pass.
 
 Loading the same file twice is a no-op (the command line may repeat it, a notebook may rerun a
 cell); a file that registers nothing is refused, since it was surely meant to.

@@ -15,8 +15,6 @@ from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_p
 
 from .registry import norm_spec, registered_norms
 
-# The built-in kinds (models/registry.py); registered_norms() also lists those registered later.
-NORMS = registered_norms()
 UPSAMPLING_DEPTHS = {"normal": 5, "more": 6, "most": 7}
 # The ICPE mode (data.icpe.MODES) train.py and the Trainer's datasets use: a config of a norm that
 # needs ICPE gets it unless told otherwise. The official CLADE release was trained with "official".

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
 from .norms import CLADE, SPADE, ModulatedNorm
-
-if TYPE_CHECKING:
-    from .presets import GeneratorConfig
 
 
 @dataclass(frozen=True)
@@ -31,12 +28,12 @@ class NormSpec:
     """Everything the toolkit needs to know about one kind of modulation layer."""
 
     name: str
-    build: Callable[[int, "GeneratorConfig"], nn.Module]  # (channels, config) -> one layer
+    build: Callable[[int, Any], nn.Module]  # (channels, models.presets.GeneratorConfig) -> one layer
     label: str                       # display name, e.g. "CLADE-ICPE"
     color: str                       # matplotlib colour
     needs_icpe: bool = False         # the generator needs dist=<ICPE map [N, 2, H, W]>
-    edge_channel: bool = False       # appends the instance-edge feature channel when the config has instance maps
-    class_adaptive: bool = False     # scale/shift depend on the class only (CLADE family)
+    edge_channel: bool = False       # the toolkit appends the instance-edge feature channel (inst_conv) when the config has instance maps
+    class_adaptive: bool = False     # scale/shift from the class (CLADE family): nothing for the convert stage to do
     key_markers: tuple[str, ...] = ()  # state_dict key substrings that identify this kind in a checkpoint
     source: str | None = None        # file of the plugin that registered it; None for built-ins
 
@@ -118,12 +115,11 @@ def _spade(channels: int, config) -> SPADE:
 
 def _clade(icpe: bool):
     def build(channels: int, config) -> CLADE:
-        return CLADE(channels, config.class_nc, edge=not config.no_instance, icpe=icpe,
-                     norm=config.param_free_norm)
+        return CLADE(channels, config.class_nc, icpe=icpe, norm=config.param_free_norm)
     return build
 
 
-register_norm("spade", SPADE, build=_spade, label="SPADE", color="#d62728", key_markers=("mlp_shared",))
+register_norm("spade", SPADE, build=_spade, label="SPADE", color="#d62728", key_markers=("mlp_shared", "mlp_gamma"))
 register_norm("clade", CLADE, build=_clade(False), label="CLADE", color="#1f77b4", edge_channel=True,
               class_adaptive=True, key_markers=("class_specified_affine",))
 register_norm("clade-icpe", CLADE, build=_clade(True), label="CLADE-ICPE", color="#2ca02c", needs_icpe=True,
@@ -131,5 +127,12 @@ register_norm("clade-icpe", CLADE, build=_clade(True), label="CLADE-ICPE", color
 
 
 def build_norm(config, channels: int) -> nn.Module:
-    """The modulation layer that ``config.norm`` names, for ``channels`` feature channels."""
-    return norm_spec(config.norm).build(channels, config)
+    """The modulation layer that ``config.norm`` names, for ``channels`` feature channels, with the
+    instance-edge channel (``inst_conv``, see ``models.norms.ModulatedNorm``) when its entry asks for it."""
+    spec = norm_spec(config.norm)
+    layer = spec.build(channels, config)
+    if spec.extra_channels(config):
+        # Registered after the layer's own modules, as the official CLADE does: the same
+        # initialisation order, so the same weights from the same seed.
+        layer.inst_conv = nn.Conv2d(1, 1, kernel_size=1)
+    return layer

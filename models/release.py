@@ -23,18 +23,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from . import build_generator_from_config
-from .checkpoint import GENERATOR_CONFIG, load_official_checkpoint, read_state_dict
-from .presets import OFFICIAL_ICPE_MODE, PRESETS, GeneratorConfig, generator_config
-from .registry import norm_spec, recognise_norm, registered_norms
+from .build import build_generator_from_config
+from .checkpoint import GENERATOR_CONFIG, WEIGHT_FILES, inspect, load_official_checkpoint, official_config
+from .presets import PRESETS, GeneratorConfig
+from .registry import norm_spec
 
 log = logging.getLogger(__name__)
 
-# Weight files of a release folder, in order of preference.
-WEIGHT_FILES = ("best_net_G.pth", "latest_net_G.pth")
 # Folder name (without its _dist / _pretrained suffix) -> preset.
 RELEASE_PRESETS = {"ade20k": "ade20k", "ade20k_outdoor": "ade20k-outdoor",
                    "cityscapes": "cityscapes", "coco": "coco-stuff"}
@@ -63,12 +60,8 @@ def expected_folders() -> list[str]:
     return [base + suffix for suffix in RELEASE_SUFFIXES for base in RELEASE_PRESETS]
 
 
-def weight_file(folder: str | Path) -> Path | None:
-    """``best_net_G.pth`` or else ``latest_net_G.pth`` in ``folder``; None if neither."""
-    for name in WEIGHT_FILES:
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    return None
+def _has_weights(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
 def release_folders(root: str | Path) -> list[Path]:
@@ -77,7 +70,7 @@ def release_folders(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir()
-                  if p.is_dir() and weight_file(p) is not None and not (p / GENERATOR_CONFIG).is_file())
+                  if p.is_dir() and _has_weights(p) and not (p / GENERATOR_CONFIG).is_file())
 
 
 def place_folder(name: str) -> tuple[str, str]:
@@ -93,64 +86,25 @@ def place_folder(name: str) -> tuple[str, str]:
         f"<dataset>_pretrained), or a folder written by models.save_generator_dir / train.py")
 
 
-def infer_norm(state: dict) -> str:
-    """The registered norm whose modulation keys the state_dict has (``NormSpec.key_markers``)."""
-    norm = recognise_norm(state)
-    if norm is None:
-        markers = {name: norm_spec(name).key_markers for name in registered_norms()}
-        raise ReleaseLayoutError(f"no modulation keys in the state_dict (looked for {markers}); "
-                                 f"not a SPADE/CLADE generator")
-    return norm
-
-
-def _shape(state: dict, *keys: str) -> torch.Size:
-    for key in keys:
-        if key in state:
-            return state[key].shape
-    raise ReleaseLayoutError(f"the state_dict has none of {list(keys)}; not an official generator")
-
-
-def infer_instance_edge(state: dict, norm: str, class_nc: int) -> tuple[bool, str]:
-    """(whether the generator reads an instance-edge channel, the evidence as text).
-
-    CLADE appends the edge feature to the first residual conv's input (head_0.conv_0 reads
-    one channel more than it writes); SPADE's shared MLP reads class_nc + 1 channels.
-    """
-    if norm == "spade":
-        width = _shape(state, "head_0.norm_0.mlp_shared.0.weight")[1]
-        return width == class_nc + 1, f"head_0.norm_0.mlp_shared input width {width} for {class_nc} classes"
-    conv = _shape(state, "head_0.conv_0.weight_orig", "head_0.conv_0.weight")
-    return conv[1] == conv[0] + 1, f"head_0.conv_0 input width {conv[1]} for {conv[0]} features"
-
-
 def inspect_release_folder(folder: str | Path) -> ReleaseGenerator:
-    """Place one release folder: preset from its name, norm and instance edge from its weights."""
+    """Place one release folder: preset from its name; norm, width and instance edge from its
+    weights (``models.checkpoint.inspect`` and ``official_config``)."""
     folder = Path(folder)
     preset, expected_norm = place_folder(folder.name)
-    path = weight_file(folder)
-    if path is None:
+    if not _has_weights(folder):
         raise FileNotFoundError(f"release folder {str(folder)!r} has none of {list(WEIGHT_FILES)}")
-    state, _ = read_state_dict(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    norm = infer_norm(state)
-    marker = ", ".join(norm_spec(norm).key_markers)
-    if norm != expected_norm:
-        log.warning("%s: the folder name suggests %s, but the keys (%s) say %s; using %s",
-                    path, expected_norm, marker, norm, norm)
-    class_nc = generator_config(preset, norm).class_nc
-    edge, evidence = infer_instance_edge(state, norm, class_nc)
-    # head_0 keeps 16 * ngf channels; a 2-d fc is the VAE variant's Linear (z -> features).
-    ngf = _shape(state, "head_0.conv_0.weight_orig", "head_0.conv_0.weight")[0] // 16
-    use_vae = len(_shape(state, "fc.weight")) == 2
-    config = generator_config(preset, norm, no_instance=not edge, ngf=ngf, use_vae=use_vae,
-                              icpe_mode=OFFICIAL_ICPE_MODE)
-    preset_edge = not PRESETS[preset]["no_instance"]
-    reason = (f"{folder.name}/{path.name}: preset {preset} (folder name), norm {norm} (keys contain "
-              f"{marker!r}), instance edge {'yes' if edge else 'no'} ({evidence}"
+    info = inspect(folder)
+    if info.norm != expected_norm:
+        log.warning("%s: the folder name suggests %s, but the keys (%s) say %s; using %s", info.path, expected_norm,
+                    ", ".join(norm_spec(info.norm).key_markers), info.norm, info.norm)
+    config, evidence = official_config(info, preset)
+    edge, preset_edge = not config.no_instance, not PRESETS[preset]["no_instance"]
+    reason = (f"{folder.name}/{info.path.name}: preset {preset} (folder name), {info.norm_evidence}, instance edge "
+              f"{'yes' if edge else 'no'} ({evidence}"
               + ("" if edge == preset_edge else f"; the {preset} preset has {'one' if preset_edge else 'none'}")
-              + f"), ngf {ngf}" + (", VAE" if use_vae else "")
+              + f"), ngf {info.ngf}" + (", VAE" if info.use_vae else "")
               + (f", ICPE mode {config.icpe_mode} (the official code's)" if config.icpe_mode else ""))
-    return ReleaseGenerator(folder.name, path, preset, norm, config, reason)
+    return ReleaseGenerator(folder.name, info.path, preset, info.norm, config, reason)
 
 
 def discover_generators(root: str | Path, preset: str | None = None,

@@ -10,6 +10,8 @@ import models
 from analysis.probe.variance import capture_modulation_statistics
 from models import build_generator, count_parameters, generator_config
 from models.norms import CLADE, SPADE, Conditioning
+from models.presets import with_options
+from models.registry import build_norm
 from models.plugins import load_plugin as load_plugin_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +107,7 @@ def test_lowrank_clade_is_a_clade_whose_tables_have_rank_r(lowrank, preset):
     expected = clade.modulation(cond, (32, 32))
     torch.testing.assert_close(scale, expected[0])
     torch.testing.assert_close(shift, expected[1])
-    assert layer.edge == (not config.no_instance) == hasattr(layer, "inst_conv")
+    assert layer.inst_conv is None   # the edge channel is the toolkit's (models.registry.build_norm), not the plugin's
     assert count_parameters(layer.lowrank_affine) == 2 * module.RANK * (config.class_nc + 128)
 
 
@@ -134,7 +136,7 @@ def norm_parameter_counts(layer_classes: dict, preset: str = "ade20k") -> dict:
 def test_readme_parameter_table_is_what_the_layers_give(groupdnet, lowrank):
     counts = norm_parameter_counts({
         "SPADE": lambda c, cfg: SPADE(c, cfg.semantic_nc),
-        "CLADE": lambda c, cfg: CLADE(c, cfg.class_nc, edge=not cfg.no_instance),
+        "CLADE": lambda c, cfg: build_norm(with_options(cfg, norm="clade"), c),
         "GroupDNet-SPADE": groupdnet[1][0][1],
         "CLADE low-rank (r=8)": lowrank[1][0][1],
     })

@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +26,9 @@ except ModuleNotFoundError:   # Python 3.10
     tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs tomllib (3.11+) or tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted(p for folder in ("models", "data", "analysis", "tests", "scripts") for p in (ROOT / folder).rglob("*.py")) \
+# The packages pyproject.toml ships (tests/test_layering.py orders them).
+PACKAGES = ("fileio", "data", "models", "training", "analysis", "cli")
+SOURCES = sorted(p for folder in (*PACKAGES, "tests", "scripts") for p in (ROOT / folder).rglob("*.py")) \
     + sorted(ROOT.glob("*.py"))
 OLDEST_TORCH = Version("2.4")
 # Standard-library names that Python 3.10 lacks.
@@ -75,6 +79,24 @@ def test_this_environment_satisfies_the_ranges():
         except metadata.PackageNotFoundError:
             continue   # dev extras need not be installed everywhere
         assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} not in {req.specifier}"
+
+
+def test_a_wheel_built_offline_holds_every_module_and_both_commands(tmp_path):
+    source = tmp_path / "source"   # a copy: building writes build/ and *.egg-info beside the sources
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", source)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("clade_toolkit-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    modules = {p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    assert "analysis/stages/registry.py" in modules and not modules - names, sorted(modules - names)
+    assert "clade-analysis = cli.run_analysis:main" in entry_points
+    assert "clade-train = cli.train:command" in entry_points
 
 
 def test_sources_parse_as_python_310_and_use_no_newer_stdlib_names():

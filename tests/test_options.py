@@ -1,15 +1,16 @@
 """Typed options: defaults declared once and shown in --help, 0 kept as a value, no abbreviations,
-``probe --checkpoint FILE``, negative values refused with a message naming the option."""
+``--checkpoint [NAME=]PATH``, negative values refused with a message naming the option."""
 import gzip
 import json
+import re
 from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import run_analysis
-import train
+from cli import run_analysis
+from cli import train
 from analysis.context import RunContext, StageResult
 from analysis.options import BenchOptions, TrainOptions, default_text, flag_name, resolve
 from analysis.stages.registry import STAGES
@@ -122,28 +123,41 @@ def generator_file(tmp_path):
     return folder
 
 
-def test_probe_checkpoint_accepts_a_file_and_a_generator_folder(generator_file):
+def test_checkpoint_names_a_file_or_a_generator_folder_for_every_stage_that_reads_one(generator_file, tmp_path):
     weights = generator_file / "latest_net_G.pth"
-    for path in (weights, generator_file):
-        ctx = run_analysis.context_from_args(run_analysis.parse_args(["probe", "--checkpoint", str(path)]))
-        assert ctx.probe.checkpoint == path and ctx.checkpoints is None
-    same = run_analysis.parse_args(["probe", "--probe-checkpoint", str(weights)])
-    assert run_analysis.context_from_args(same).probe.checkpoint == weights
+    for stage in ("probe", "convert", "eval", "all"):
+        argv = [stage, "--checkpoint", str(weights), "--checkpoint", f"mine={generator_file}"]
+        ctx = run_analysis.context_from_args(run_analysis.parse_args(argv))
+        assert ctx.given_generators() == {"gen": weights, "mine": generator_file} and ctx.checkpoints is None
+        assert run_analysis.stage_settings("eval", ctx)["run"]["checkpoint"] == [str(weights), f"mine={generator_file}"]
+    plain = run_analysis.context_from_args(run_analysis.parse_args(["probe"]))
+    assert "checkpoint" not in run_analysis.stage_settings("probe", plain)["run"]   # older records still match
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "no such file or folder"),
-    ("folder of folders", r"is a folder of generator folders \(gen\); pass it as --checkpoints"),
-    ("empty folder", "is a folder without generator.json"),
-    ("other stage", "one generator is read by the probe stage only"),
+    ("missing", "--checkpoint .*nope.pth.*: no such file or folder"),
+    ("folder of folders", r"it is a folder of generator folders \(gen\): pass it as --checkpoints"),
+    ("empty folder", r"holds none of \['best_net_G.pth', 'latest_net_G.pth'\]"),
+    ("same name", "the name 'gen' is taken by --checkpoint"),
+    ("other stage", "is read by the probe, convert and eval stages, not by the train stage"),
 ])
-def test_probe_checkpoint_errors_say_what_to_pass(generator_file, tmp_path, case, message):
+def test_checkpoint_errors_say_what_to_pass(generator_file, tmp_path, case, message):
     path = {"missing": tmp_path / "nope.pth", "folder of folders": generator_file.parent,
-            "empty folder": tmp_path / "empty", "other stage": generator_file}[case]
+            "empty folder": tmp_path / "empty", "other stage": generator_file, "same name": generator_file}[case]
     (tmp_path / "empty").mkdir(exist_ok=True)
-    stage = "eval" if case == "other stage" else "probe"
+    stage = "train" if case == "other stage" else "probe"
+    argv = [stage, "--checkpoint", str(path)] + (["--checkpoint", str(path)] if case == "same name" else [])
     with pytest.raises(SystemExit, match=message):
-        run_analysis.context_from_args(run_analysis.parse_args([stage, "--checkpoint", str(path)]))
+        run_analysis.context_from_args(run_analysis.parse_args(argv))
+
+
+@pytest.mark.parametrize("old, new", [("--probe-checkpoint", "--checkpoint PATH"),
+                                      ("--eval-generator", "--checkpoint \\[NAME=\\]PATH"),
+                                      ("--probe-norm", "nothing: the norm is read from the checkpoint's keys")])
+def test_replaced_options_name_their_replacement(old, new, capsys):
+    with pytest.raises(SystemExit):
+        run_analysis.parse_args(["probe", old, "x"])
+    assert re.search(f"error: {old} was replaced by {new}", capsys.readouterr().err)
 
 
 def test_meta_records_the_resolved_options(tmp_path):

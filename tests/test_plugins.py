@@ -3,14 +3,15 @@ generic piece (options, probe, costs) working for a layer the toolkit does not k
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
-import run_analysis
-import train
+from cli import run_analysis
+from cli import train
 from analysis.probe import variance as probe
 from analysis.probe import ablation as probe_ablation
-from analysis.costs.layers import layer_costs, module_role
+from analysis.costs.layers import layer_costs, module_roles
 from models import build_generator, load_generator_dir, norm_spec, registered_norms, save_generator_dir, unregister_norm
 from models.checkpoint import GENERATOR_CONFIG, PLUGIN_FILE_KEY
 from models.plugins import load_plugin, load_plugins, loaded_plugins, plugin_files, split_plugin_args
@@ -100,11 +101,10 @@ def test_generator_folder_names_the_plugin_needed_to_load_it(plugin_file, tmp_pa
 
 def test_run_analysis_options_accept_plugin_names_and_comma_lists(plugin_file):
     path = plugin_file("test-cli-norm")
-    argv = ["--plugin", str(path), "--train-norms", "spade,clade", "test-cli-norm", "--probe-norm", "test-cli-norm"]
+    argv = ["--plugin", str(path), "--train-norms", "spade,clade", "test-cli-norm"]
     load_plugins(split_plugin_args(argv)[0])
     ctx = run_analysis.context_from_args(run_analysis.parse_args(argv))
     assert ctx.train.norms == ("spade", "clade", "test-cli-norm")
-    assert ctx.probe.norm == "test-cli-norm"
     assert "test-cli-norm" in ctx.costs.norms and "test-cli-norm" in ctx.bench.norms
 
 
@@ -150,8 +150,10 @@ def test_probe_refuses_layers_that_bypass_modulation_or_return_bad_shapes(plugin
 
 def test_cost_roles_put_a_plugin_layer_s_own_modules_under_modulation(plugin_file):
     load_plugin(plugin_file("test-cost-norm"))
-    assert module_role("head_0.norm_0.table_predictor") == "modulation_plugin"
     G = build_generator("synthetic", "test-cost-norm", ngf=4, crop_size=32)
+    roles = module_roles(G)
+    assert roles["head_0.norm_0"] == "modulation_apply" and roles["head_0.norm_0.param_free_norm"] == "modulation_norm"
+    assert roles["head_0.conv_0"] == "backbone"
     table = layer_costs(G, (torch.zeros(1, G.config.semantic_nc, 32, 32),))
     norm_params = sum(m.table.numel() for m in probe.modulation_layers(G).values())
     assert table[table.role.str.startswith("modulation")].params.sum() == norm_params
@@ -162,3 +164,58 @@ def test_example_plugins_load_by_path_from_the_command_line():
     argv = ["--plugin", str(examples / "lowrank_clade.py"), "--plugin", str(examples / "groupdnet_spade.py")]
     assert load_plugins(split_plugin_args(argv)[0]) == ("lowrank-clade", "groupdnet-spade")
     assert norm_spec("lowrank-clade").source == str(examples / "lowrank_clade.py")
+
+
+@pytest.fixture
+def groupdnet_plugin():
+    """examples/groupdnet_spade.py, loaded as --plugin loads it; unregistered afterwards."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "groupdnet_spade.py"
+    yield path
+    if "groupdnet-spade" in registered_norms():
+        unregister_norm("groupdnet-spade")
+
+
+def test_a_plugin_layers_bare_weights_are_probed_and_converted(groupdnet_plugin, tmp_path):
+    load_plugin(groupdnet_plugin)
+    G = build_generator("synthetic", "groupdnet-spade", ngf=4)
+    # a bare official-style file (DataParallel prefix, no generator.json): everything read from its keys
+    torch.save({"module." + k: v for k, v in G.state_dict().items()}, tmp_path / "30_net_G.pth")
+    common = ["--plugin", str(groupdnet_plugin), "--checkpoint", f"mine={tmp_path / '30_net_G.pth'}", "--quick",
+              "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert run_analysis.main(["probe", *common, "--probe-checkpoint-images", "2"]) == 0
+    layers = pd.read_csv(tmp_path / "out" / "tables" / "probe_layers.csv")
+    assert set(layers.model) == {"mine"} and layers.semantic_ratio.notna().any()
+    assert run_analysis.main(["convert", *common, "--convert-images", "2", "--convert-finetune-steps", "0"]) == 0
+    converted = load_generator_dir(tmp_path / "out" / "checkpoints" / "spade-to-clade")
+    assert converted.config.norm == "clade" and converted.config.ngf == 4
+    record = json.loads((tmp_path / "out" / "stages" / "convert.json").read_text())
+    assert record["source"] == str(tmp_path / "30_net_G.pth")
+
+
+def test_a_plugin_layer_s_parts_are_its_own_cost_roles_even_with_spade_s_names(groupdnet_plugin):
+    load_plugin(groupdnet_plugin)
+    G = build_generator("synthetic", "groupdnet-spade", ngf=4, crop_size=32)
+    roles = module_roles(G)
+    # GroupDNet's shared conv is named like SPADE's, but it is the plugin's part, not SPADE's
+    assert {roles[f"head_0.norm_0.{part}"] for part in ("mlp_shared", "mlp_shared.0", "group_gamma",
+                                                          "group_beta")} == {"modulation_plugin"}
+    assert module_roles(build_generator("synthetic", "spade", ngf=4, crop_size=32))["head_0.norm_0.mlp_shared"] \
+        == "modulation_spade_shared"
+
+
+def test_the_toolkit_appends_the_edge_channel_of_a_plugin_layer_that_asks_for_it(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "examples" / "lowrank_clade.py"
+    load_plugin(path)
+    try:
+        G = build_generator("synthetic", "lowrank-clade", ngf=4, crop_size=32)   # synthetic: instance maps
+        assert not G.config.no_instance and G.head_0.conv_0.in_channels == G.head_0.conv_0.out_channels + 1
+        layer = G.head_0.norm_0
+        assert list(dict(layer.named_children())) == ["param_free_norm", "lowrank_affine", "inst_conv"]
+        assert module_roles(G)["head_0.norm_0.inst_conv"] == "modulation_edge"
+        semantic = torch.zeros(1, G.config.semantic_nc, 32, 32)
+        semantic[:, 0] = 1
+        semantic[:, -1, :, 16:] = 1   # an instance edge on the right half
+        out = G.eval()(semantic)
+        assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+    finally:
+        unregister_norm("lowrank-clade")

@@ -5,7 +5,7 @@ import warnings
 
 import pandas as pd
 
-import run_analysis
+from cli import run_analysis
 from analysis.stages.registry import STAGE_NAMES
 
 

@@ -174,13 +174,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     """
     main = trainer.rank == 0
     out_dir = Path(out_dir) if out_dir is not None else None
-    if isinstance(data, DataLoader):
-        loader, dataset = data, data.dataset
-    else:
-        dataset = data
-        loader = make_loader(dataset, batch_size=trainer.recipe.batch_size, seed=trainer.recipe.seed,
-                             rank=trainer.rank, world_size=trainer.world_size, num_workers=num_workers,
-                             pin_memory=trainer.device.type == "cuda")
+    loader, dataset = _loader(trainer, data, num_workers)
     if validate:
         _validate(trainer, dataset)
     per_epoch = batches_per_epoch(loader)
@@ -198,8 +192,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     trainer.stopped_early = False
     watch = WeightNormWatch(trainer.networks()) if main else None
     fit_start = time.perf_counter()
-    window: dict[str, list[float]] = {}
-    window_start, window_steps = time.perf_counter(), 0
+    window = _LossWindow()
     bar = tqdm(total=total, initial=trainer.step, disable=not (main and progress), dynamic_ncols=True,
                desc=f"train {trainer.g_config.norm}", unit="step")
     interrupted = None
@@ -207,16 +200,10 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         with _StopOnSignal(out_dir is not None) as stop:
             while trainer.step < total and not trainer.stopped_early and interrupted is None:
                 for batch in epoch_batches(loader, trainer.epoch, trainer.epoch_batch):
-                    t0 = time.perf_counter()
                     try:
-                        values = trainer.train_step(batch)
+                        window.add(trainer.timed_step(batch, per_epoch))
                     except NonFiniteLossError as exc:
                         raise NonFiniteLossError(f"{exc} {_checkpoint_note(trainer, out_dir)}") from None
-                    trainer.advance_position(per_epoch)
-                    trainer.train_seconds += time.perf_counter() - t0
-                    for k, v in values.items():
-                        window.setdefault(k, []).append(v)
-                    window_steps += 1
                     bar.update(1)
                     done = trainer.step >= total
                     signalled = stop.signum is not None
@@ -231,14 +218,14 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                             log.warning("time cap of %.0f s reached: stopping at step %d of %d",
                                         max_seconds, trainer.step, total)
                     if _due(trainer.step, log_every) or done:
-                        row = _log_row(trainer, window, window_steps * per_step / (time.perf_counter() - window_start))
+                        row = window.row(trainer, per_step)
                         history.append(row)
-                        bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window, "images_per_s")})
+                        bar.set_postfix({k: f"{row[k]:.3g}" for k in (*window.losses, "images_per_s")})
                         if out_dir is not None and main:
                             append_row(out_dir, row)
                         if watch is not None:
                             watch.check(trainer.step)
-                        window, window_start, window_steps = {}, time.perf_counter(), 0
+                        window = _LossWindow()
                     if out_dir is not None:
                         _save_outputs(trainer, out_dir, history, samples=_due(trainer.step, sample_every) or done,
                                       checkpoint=_due(trainer.step, save_every) or done)
@@ -259,12 +246,36 @@ def _time_is_up(trainer, fit_start: float, max_seconds: float) -> bool:
     return any_rank(time.perf_counter() - fit_start > max_seconds, trainer.device)
 
 
-def _log_row(trainer, window: dict[str, list[float]], images_per_s: float) -> dict:
-    """One logged row: position, time, throughput, lr and the window's mean losses."""
-    return {"step": trainer.step, "epoch": trainer.epoch, "seconds": round(trainer.train_seconds, 3),
-            "images_per_s": round(images_per_s, 3),
-            "lr_G": trainer.opt_G.param_groups[0]["lr"], "lr_D": trainer.opt_D.param_groups[0]["lr"],
-            **{k: float(np.mean(v)) for k, v in window.items()}}
+def _loader(trainer, data, num_workers: int) -> tuple[DataLoader, object]:
+    """(loader, dataset) of ``data``: a DataLoader as given, or one over a Dataset, shuffled by
+    (seed, epoch) and split across ranks."""
+    if isinstance(data, DataLoader):
+        return data, data.dataset
+    loader = make_loader(data, batch_size=trainer.recipe.batch_size, seed=trainer.recipe.seed, rank=trainer.rank,
+                         world_size=trainer.world_size, num_workers=num_workers,
+                         pin_memory=trainer.device.type == "cuda")
+    return loader, data
+
+
+class _LossWindow:
+    """The losses of the steps since the last logged row, and when they started."""
+
+    def __init__(self):
+        self.losses: dict[str, list[float]] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.losses.setdefault(k, []).append(v)
+        self.steps += 1
+
+    def row(self, trainer, images_per_step: int) -> dict:
+        """One logged row: position, time, throughput, lr and the window's mean losses."""
+        images_per_s = self.steps * images_per_step / (time.perf_counter() - self.start)
+        return {"step": trainer.step, "epoch": trainer.epoch, "seconds": round(trainer.train_seconds, 3),
+                "images_per_s": round(images_per_s, 3),
+                "lr_G": trainer.opt_G.param_groups[0]["lr"], "lr_D": trainer.opt_D.param_groups[0]["lr"],
+                **{k: float(np.mean(v)) for k, v in self.losses.items()}}
 
 
 def _save_outputs(trainer, out_dir: Path, history: list[dict], *, samples: bool, checkpoint: bool) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -264,6 +265,14 @@ class Trainer:
         self.last_batch.update(label=batch["label"], image=image)
         self.step += 1
         self._apply_lr()
+        return values
+
+    def timed_step(self, batch: dict, batches_per_epoch: int) -> dict[str, float]:
+        """:meth:`train_step`, then :meth:`advance_position`; their time is added to ``train_seconds``."""
+        start = time.perf_counter()
+        values = self.train_step(batch)
+        self.advance_position(batches_per_epoch)
+        self.train_seconds += time.perf_counter() - start
         return values
 
     def advance_position(self, batches_per_epoch: int) -> None:

@@ -7,7 +7,6 @@ import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from models.presets import NORMS
 from models.registry import norm_spec, registered_norms
 
 # Stacking order and colours of the roles; the small CLADE roles are merged into one.
@@ -84,8 +83,10 @@ def _stage_key(stage: str) -> float:
     return int(h) * int(w)
 
 
-def stage_share(per_layer: pd.DataFrame, preset: str, norms=NORMS) -> plt.Figure:
-    """Share of GMACs (fvcore and complete) spent at each resolution stage, per norm."""
+def stage_share(per_layer: pd.DataFrame, preset: str, norms=None) -> plt.Figure:
+    """Share of GMACs (fvcore and complete) spent at each resolution stage, per norm (default: every
+    registered norm)."""
+    norms = registered_norms() if norms is None else norms
     data = per_layer[(per_layer.preset == preset) & per_layer.norm.isin(norms)]
     stages = sorted(data.stage.unique(), key=_stage_key)
     cmap = plt.get_cmap("viridis", len(stages))

@@ -51,6 +51,7 @@ from data.labels import make_semantic
 from models import build_generator_from_config
 from models.discriminator import MultiscaleDiscriminator
 from models.init import init_official
+from models.norms import CLADE, SPADE, ModulatedNorm
 from models.presets import DiscriminatorConfig, label_config
 from models.registry import norm_spec
 
@@ -79,7 +80,6 @@ PROGRAM_COUNTED = ("reference generator (models.Generator: the official ops, pla
                    "inference model timed by the latency tables (models.fuse_for_inference) folds BatchNorm into "
                    "the modulation and replaces the one-hot convs (fc, SPADE's mlp_shared) by row gathers, so it "
                    "does fewer multiply-adds than counted here")
-NORM_LAYER_NAMES = ("norm_0", "norm_1", "norm_s")
 _RESIZE_OPS = {"upsample_nearest2d", "argmax", "to"}
 # Pure metadata / view ops: truly zero work. Every other op is either counted or reported.
 _ZERO_COST_OPS = {f"aten::{name}" for name in (
@@ -179,25 +179,45 @@ def _record_stages(model: nn.Module) -> tuple[dict, list]:
     return stages, handles
 
 
-def module_role(name: str) -> str:
-    """Role of a module's parameters and ops, from its dotted name (see :data:`ROLES`)."""
-    parts = name.split(".")
-    norm_at = next((i for i, p in enumerate(parts) if p in NORM_LAYER_NAMES), None)
-    if norm_at is None:
-        return "backbone"
-    inner = parts[norm_at + 1:]
-    if not inner:
-        return "modulation_apply"
-    if inner[0] == "class_specified_affine":
-        return "modulation_icpe" if len(inner) > 1 else "modulation_clade_affine"
-    return {"mlp_shared": "modulation_spade_shared", "mlp_gamma": "modulation_spade_gamma",
-            "mlp_beta": "modulation_spade_beta", "param_free_norm": "modulation_norm",
-            "inst_conv": "modulation_edge"}.get(inner[0], "modulation_plugin")
+# Roles of the parts of the built-in layers (a subclass keeps its parent's parts); the parts of any
+# other layer (a plugin's) are "modulation_plugin". inst_conv is the toolkit's edge channel in any layer.
+_PART_ROLES = ((SPADE, {"mlp_shared": "modulation_spade_shared", "mlp_gamma": "modulation_spade_gamma",
+                        "mlp_beta": "modulation_spade_beta"}),
+               (CLADE, {"class_specified_affine": "modulation_clade_affine"}))
 
 
-def op_role(name: str, op: str) -> str:
-    """Role of one op run directly by module ``name`` (refines :func:`module_role`)."""
-    role = module_role(name)
+def module_roles(model: nn.Module) -> dict[str, str]:
+    """{module name: role} (see :data:`ROLES`) of every module of ``model``: a modulation layer
+    (``models.ModulatedNorm``) is "modulation_apply", its parameter-free norm "modulation_norm",
+    the parts its ``modulation_parts()`` names a modulation role (built-in parts their own, the
+    rest "modulation_plugin"), its other children and everything outside the layers "backbone"."""
+    roles = {name: "backbone" for name, _ in model.named_modules()}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, ModulatedNorm):
+            continue
+        roles[name] = "modulation_apply"
+        parts = set(layer.modulation_parts())
+        for child, module in layer.named_children():
+            role = _part_role(layer, child) if child in parts else (
+                "modulation_norm" if child == "param_free_norm" else "backbone")
+            for inner, _ in module.named_modules(prefix=f"{name}.{child}"):
+                # CLADE-ICPE's dist convs inside the class tables
+                roles[inner] = "modulation_icpe" if role == "modulation_clade_affine" and inner != f"{name}.{child}" \
+                    else role
+    return roles
+
+
+def _part_role(layer: nn.Module, child: str) -> str:
+    if child == "inst_conv":
+        return "modulation_edge"
+    for cls, parts in _PART_ROLES:
+        if isinstance(layer, cls) and child in parts:
+            return parts[child]
+    return "modulation_plugin"
+
+
+def op_role(role: str, op: str) -> str:
+    """Role of one op run directly by a module of role ``role`` (refines :func:`module_roles`)."""
     if role == "modulation_apply" and op in _RESIZE_OPS:
         return "modulation_resize"
     if role == "modulation_clade_affine" and op != "embedding":
@@ -254,23 +274,24 @@ def layer_costs(model: nn.Module, inputs: tuple, *, kwargs: dict | None = None) 
     own_ops = _exclusive({name: per_module.get(prefixed(name), Counter()) for name in modules}, modules)
     own_uncounted = _exclusive({name: analysis.unsupported_ops(prefixed(name)) for name in modules}, modules)
 
+    roles = module_roles(model)
     rows = []
     for name, module in modules.items():
         by_role: dict[str, Counter] = {}
         for op, macs in own_ops[name].items():
-            by_role.setdefault(op_role(name, op), Counter())[op] += macs
+            by_role.setdefault(op_role(roles[name], op), Counter())[op] += macs
         params = sum(p.numel() for p in module.parameters(recurse=False))
         if params or own_uncounted[name]:
-            by_role.setdefault(module_role(name), Counter())
+            by_role.setdefault(roles[name], Counter())
         for role, ops in by_role.items():
             fvcore = sum(n for op, n in ops.items() if op not in _SKIPPED_OP_NAMES)
             rows.append({
                 "module": name or "(root)", "type": type(module).__name__, "role": role,
                 "stage": stages.get(name, "mixed") if name else "mixed",
-                "params": params if role == module_role(name) else 0,
+                "params": params if role == roles[name] else 0,
                 "gmacs_fvcore": fvcore / 1e9, "gmacs_complete": sum(ops.values()) / 1e9,
                 "ops": ", ".join(sorted(ops)),
-                "uncounted_ops": format_op_counts(own_uncounted[name]) if role == module_role(name) else "",
+                "uncounted_ops": format_op_counts(own_uncounted[name]) if role == roles[name] else "",
             })
     table = pd.DataFrame(rows)
     table = table[(table.params > 0) | (table.gmacs_complete > 0) | (table.uncounted_ops != "")]

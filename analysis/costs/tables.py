@@ -149,7 +149,3 @@ def cost_tables(presets, norms, *, device="cpu", reference_dir=None, train_step:
     per_layer = per_layer[["preset", "norm"] + [c for c in per_layer.columns if c not in ("preset", "norm")]]
     return pd.DataFrame(rows), per_layer, pd.DataFrame(checks)
 
-
-def cost_summary(presets, norms, **kwargs) -> pd.DataFrame:
-    """The summary table of :func:`cost_tables` (one row per preset x norm)."""
-    return cost_tables(presets, norms, **kwargs)[0]

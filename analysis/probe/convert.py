@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from fileio import provenance, write_json_atomic
-from models import (build_generator, build_generator_from_config, load_generator_dir, load_official_checkpoint,
-                    save_generator_dir)
-from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
+from models import build_generator_from_config, norm_spec, save_generator_dir
+from models.checkpoint import load_generator
 from models.presets import with_options
 
 from analysis.probe.variance import PARAMS, ProbeStatistics, capture_modulation_statistics, modulation_layers
@@ -48,28 +47,20 @@ log = logging.getLogger(__name__)
 CONVERSION_RECORD = "conversion.json"
 
 
-def load_spade_generator(source, preset: str | None = None, device=None, **overrides) -> nn.Module:
-    """A trained SPADE generator from our folder (``generator.json`` + ``latest_net_G.pth``) or
-    from an official ``latest_net_G.pth`` (architecture from ``preset`` and ``overrides``, e.g.
-    ``ngf``; ngf is read from the file when not given)."""
-    source = Path(source)
-    if source.is_dir() or (source.name == GENERATOR_WEIGHTS and (source.parent / GENERATOR_CONFIG).is_file()):
-        generator = load_generator_dir(source if source.is_dir() else source.parent, device)
-    else:
-        if preset is None:
-            raise ValueError(f"{str(source)!r} is a bare official checkpoint; pass preset=<name> "
-                             f"(e.g. 'ade20k') so its architecture can be built")
-        state, _ = read_state_dict(source)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        conv = state.get("head_0.conv_1.weight_orig", state.get("head_0.conv_1.weight"))
-        if conv is not None:
-            overrides.setdefault("ngf", conv.shape[0] // 16)
-        generator = build_generator(preset, "spade", device, **overrides)
-        load_official_checkpoint(generator, state)
-    if generator.config.norm != "spade":
-        raise ValueError(f"{str(source)!r} holds a {generator.config.norm!r} generator; the conversion "
-                         f"expects a SPADE generator (norm='spade')")
+def load_spade_generator(source, preset: str | None = None, device=None) -> nn.Module:
+    """A trained SPADE-like generator (a norm that is not ``class_adaptive``: SPADE, or a plugin
+    such as GroupDNet-SPADE): our folder (``generator.json`` + ``latest_net_G.pth``), or an official
+    weight file built from ``preset`` (``models.checkpoint.load_generator``)."""
+    generator = load_generator(source, preset, device=device)
+    check_convertible(generator.config.norm, str(source))
     return generator
+
+
+def check_convertible(norm: str, source: str) -> None:
+    """ValueError when ``norm``'s modulation is class-adaptive already: nothing to convert."""
+    if norm_spec(norm).class_adaptive:
+        raise ValueError(f"{source!r} holds a {norm!r} generator, whose modulation depends on the class only "
+                         f"(class_adaptive); the conversion expects a spatially-adaptive one such as SPADE")
 
 
 def first_images(batches: Iterable[dict], images: int) -> Iterator[dict]:
@@ -127,8 +118,7 @@ def clade_from_statistics(spade: nn.Module, stats: ProbeStatistics) -> nn.Module
     Same options as ``spade.config`` with ``norm='clade'``, on ``spade``'s device, in its train/eval
     mode. Raises ValueError if ``stats`` lacks a SPADE layer or the weights do not fit.
     """
-    if spade.config.norm != "spade":
-        raise ValueError(f"expected a SPADE generator; got norm={spade.config.norm!r}")
+    check_convertible(spade.config.norm, "the generator")
     layers = list(modulation_layers(spade))
     missing = [n for n in layers if n not in stats.layers]
     if missing:

@@ -48,15 +48,13 @@ from models.generator import check_icpe_data
 from models.norms import ModulatedNorm
 from models.presets import TOOLKIT_ICPE_MODE
 
+from analysis.choices import BASES
+
 log = logging.getLogger(__name__)
 
 PARAMS = ("gamma", "beta")
 # Regression bases on the ICPE coordinates (dy, dx): 'linear' is what ICPE's 1x1 convs can
 # express; 'quadratic' also captures centre-versus-border effects (dy^2, dx^2).
-BASES = {
-    "linear": ("1", "dy", "dx"),
-    "quadratic": ("1", "dy", "dx", "dy^2", "dx^2", "dy*dx"),
-}
 
 
 def basis_features(positions: torch.Tensor, basis: str = "quadratic") -> torch.Tensor:

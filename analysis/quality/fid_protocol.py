@@ -27,11 +27,11 @@ import torch.nn.functional as F
 
 from data.datasets import build_dataset
 
+from analysis.choices import PROTOCOLS
 from analysis.quality import metrics
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("toolkit", "official")
 # (height, width) the official test scripts save images at (load_size / crop of the val options).
 OFFICIAL_SIZES = {"ade20k": (256, 256), "ade20k-outdoor": (256, 256), "coco-stuff": (256, 256),
                   "cityscapes": (256, 512)}

@@ -16,7 +16,6 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from unittest import mock
 from typing import Callable, Iterable
 
 import numpy as np
@@ -90,19 +89,21 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, inception: nn.Module):
         super().__init__()
-        from pytorch_fid import inception as fid  # imported when FID is scored: it loads torchvision's models
-
-        # InceptionV3.__init__ calls fid_inception_v3(), which downloads; hand it ours instead.
-        with mock.patch.object(fid, "fid_inception_v3", lambda: inception):
-            self.net = fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[2048]],
-                                       resize_input=False, normalize_input=False)
-        self.net.eval()
+        i = inception
+        # pytorch_fid.inception.InceptionV3's blocks 0-3 (input to pool3) in its order, built from
+        # ``inception`` here because InceptionV3.__init__ downloads weights of its own.
+        self.net = nn.Sequential(
+            i.Conv2d_1a_3x3, i.Conv2d_2a_3x3, i.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
+            i.Conv2d_3b_1x1, i.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
+            i.Mixed_5b, i.Mixed_5c, i.Mixed_5d, i.Mixed_6a, i.Mixed_6b, i.Mixed_6c, i.Mixed_6d, i.Mixed_6e,
+            i.Mixed_7a, i.Mixed_7b, i.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+        ).eval()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
         if resize:  # pytorch-fid's resize_input
             images = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.net(images)[0].flatten(1)
+        return self.net(images).flatten(1)
 
 
 def load_fid_inception(weights: str | Path | None = None, device="cpu") -> InceptionFeatures:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from analysis.choices import INPUT_NORMS
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255  # target value of pixels that are not scored (dontcare, unmapped classes)
@@ -36,10 +38,9 @@ IGNORE_INDEX = 255  # target value of pixels that are not scored (dontcare, unma
 # Cityscapes label id -> train id (cityscapesScripts labels.py); other ids are not scored.
 CITYSCAPES_LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
                                 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# The names are analysis.choices.CLASS_MAP_NAMES (the options offer them).
 CLASS_MAPS = {"identity": None, "cityscapes-train-ids": CITYSCAPES_LABEL_TO_TRAIN_ID}
 
-# How each kind of segmenter expects its input, from images in [-1, 1].
-INPUT_NORMS = ("imagenet", "caffe-bgr", "zero-one", "minus-one-one")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 

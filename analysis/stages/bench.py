@@ -50,17 +50,13 @@ def reference_kernel_ms(device, repeats: int = 15) -> list[float]:
     return [t * 1e3 for t in times]
 
 
-def run(ctx: RunContext) -> StageResult:
-    s = _settings(ctx)
-    torch.manual_seed(ctx.seed)
-    log.info("bench settings: %s on %s", s, ctx.device)
-    meta = dict(settings=s, memory_method=memory_method(ctx.device),
-                timing="median / p90 over repeats after warm-up, models interleaved round-robin per "
-                       "(preset, batch, dtype); peak_mem_mb excludes weights and inputs")
-    before = reference_kernel_ms(ctx.device)
-    bench = bench_generators(s["presets"], s["norms"], s["batch_sizes"], s["dtypes"], s["compiled"], ctx.device,
+def timed_generators(s: dict, device) -> tuple[pd.DataFrame, list[float], list[float]]:
+    """(the latency table of the settings ``s``, with each row's reliability and its ratio to SPADE;
+    the reference matmul's times before and after it)."""
+    before = reference_kernel_ms(device)
+    bench = bench_generators(s["presets"], s["norms"], s["batch_sizes"], s["dtypes"], s["compiled"], device,
                              s["repeats"], s["warmup"])
-    after = reference_kernel_ms(ctx.device)
+    after = reference_kernel_ms(device)
     checks = [stats.summary_reliability(r.p10_ms, r.median_ms, r.p90_ms, r.n, before, after)
               for r in bench.itertuples()]
     bench["reliable"] = [c.reliable for c in checks]
@@ -69,6 +65,28 @@ def run(ctx: RunContext) -> StageResult:
     keys = ["preset", "batch", "dtype", "mode"]
     spade = bench[bench["norm"] == "spade"][keys + ["median_ms"]].rename(columns={"median_ms": "spade_ms"})
     bench["ratio_to_spade"] = bench["median_ms"] / bench[keys].merge(spade, how="left", on=keys)["spade_ms"].to_numpy()
+    return bench, before, after
+
+
+def timing_notes(bench: pd.DataFrame, before: list[float], after: list[float]) -> list[str]:
+    """The report's sentence on whether the timing can carry a speed verdict."""
+    unreliable = bench[~bench["reliable"]]
+    if len(unreliable):
+        return [f"**Unreliable timing** in {len(unreliable)} of {len(bench)} rows (e.g. {unreliable.norm.iloc[0]}, "
+                f"{unreliable.preset.iloc[0]}: {unreliable.unreliable_reason.iloc[0]}); the Findings draw no speed "
+                f"conclusion from them. Re-run the bench stage on a quiet machine."]
+    return [f"Timing reliable: repeats within {stats.MAX_SPREAD:.0%} of their median and the reference matmul "
+            f"within {stats.MAX_DRIFT:.0%} before vs after ({np.median(before):.3g} vs {np.median(after):.3g} ms)."]
+
+
+def run(ctx: RunContext) -> StageResult:
+    s = _settings(ctx)
+    torch.manual_seed(ctx.seed)
+    log.info("bench settings: %s on %s", s, ctx.device)
+    meta = dict(settings=s, memory_method=memory_method(ctx.device),
+                timing="median / p90 over repeats after warm-up, models interleaved round-robin per "
+                       "(preset, batch, dtype); peak_mem_mb excludes weights and inputs")
+    bench, before, after = timed_generators(s, ctx.device)
     ctx.write_table(bench, "bench", **meta)
     tables = [TableRef("tables/bench.csv",
                        "Generator forward latency (median, p10, p90 ms) and peak memory per preset, norm, batch, "
@@ -110,13 +128,7 @@ def run(ctx: RunContext) -> StageResult:
                                "Images per second of a full training iteration (G step + D step, official "
                                "losses without VGG) per generator."))
         summary["train_images_per_s"] = train[["preset", "norm", "images_per_s"]].to_dict("records")
-    unreliable = bench[~bench["reliable"]]
-    notes = ([f"**Unreliable timing** in {len(unreliable)} of {len(bench)} rows (e.g. {unreliable.norm.iloc[0]}, "
-              f"{unreliable.preset.iloc[0]}: {unreliable.unreliable_reason.iloc[0]}); the Findings draw no speed "
-              f"conclusion from them. Re-run the bench stage on a quiet machine."] if len(unreliable) else
-             [f"Timing reliable: repeats within {stats.MAX_SPREAD:.0%} of their median and the reference matmul "
-              f"within {stats.MAX_DRIFT:.0%} before vs after ({np.median(before):.3g} vs {np.median(after):.3g} ms)."])
-    result = StageResult(tables=tables, figures=figures, notes=notes, summary=summary)
+    result = StageResult(tables=tables, figures=figures, notes=timing_notes(bench, before, after), summary=summary)
     if ctx.bench.compare:
         compared = variants.run_compare(ctx)
         result.tables += compared.tables

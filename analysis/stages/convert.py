@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from data.presets import DATASETS
-from models import load_generator_dir
-from models.checkpoint import GENERATOR_WEIGHTS
+from models import load_generator_dir, norm_spec
+from models.checkpoint import GENERATOR_WEIGHTS, inspect
 from training.checkpoint_store import remove_training_state
 from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 
@@ -43,14 +43,19 @@ FINETUNED = "spade-to-clade-ft"     # checkpoints/<FINETUNED>/: the same after -
 
 
 def spade_source(ctx: RunContext) -> tuple[Path | None, str]:
-    """(the SPADE generator to convert, or None with the reason): ``--convert-checkpoint``, else
-    the run's checkpoints/spade when it exists. Folders given with ``--checkpoints`` are the
-    user's: nothing is written into them unless ``--convert-checkpoint`` asks for it."""
-    if ctx.convert.checkpoint is not None:
-        return Path(ctx.convert.checkpoint), ""
+    """(the SPADE generator to convert, or None with the reason): the spatially-adaptive one (a
+    norm that is not ``class_adaptive``) among ``--checkpoint`` (ValueError when several are), else the run's checkpoints/spade when it
+    exists. Folders given with ``--checkpoints`` are the user's: nothing is written into them
+    unless a ``--checkpoint`` asks for a conversion."""
+    given = [path for path in ctx.given_generators().values() if not norm_spec(inspect(path).norm).class_adaptive]
+    if len(given) > 1:
+        raise ValueError(f"--checkpoint: {len(given)} spatially-adaptive generators ({', '.join(map(str, given))}); the convert "
+                         f"stage converts one, run it once per generator with another --out")
+    if given:
+        return given[0], ""
     folder = ctx.checkpoint_dir("spade")
     if not (folder / GENERATOR_WEIGHTS).is_file():
-        return None, f"no SPADE generator in {folder} (train spade, or pass --convert-checkpoint PATH)"
+        return None, f"no SPADE generator in {folder} (train spade, or pass --checkpoint PATH)"
     if ctx.checkpoints is not None:
         return None, (f"--checkpoints {ctx.checkpoints} holds your generators and is left as it is; convert "
                       f"with: run_analysis.py convert --checkpoint {folder} --out OUT")

@@ -6,7 +6,7 @@
 
 For every generator folder (``latest_net_G.pth`` + ``generator.json``) under the checkpoints
 root (--checkpoints, default ``<out>/checkpoints``): the three methods' ``<norm>/`` first, then
-any other subfolder, named after it (e.g. ``spade-1x1/``), then each ``--eval-generator DIR``.
+any other subfolder, named after it (e.g. ``spade-1x1/``), then each ``--checkpoint [NAME=]PATH``.
 All must read the same label layout and draw images of one size. For each: generate the val
 split's images from its label maps, score them with a segmenter (yours, or a proxy trained here
 on the real training images) and a Frechet distance (FID with the Inception weights, else on the
@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 
 from data.labels import make_semantic
 from data.neighbourhood import coarsen_labels, single_class_fraction
-from models import NORMS, fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
-from models.checkpoint import GENERATOR_WEIGHTS
+from models import fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
+from models.checkpoint import GENERATOR_WEIGHTS, load_generator
 from models.presets import label_config
 from training.sample_grid import colorize_labels
 
@@ -69,34 +69,37 @@ def method_name(name: str) -> str:
 
 # --- generators ---------------------------------------------------------------------------
 
-def generator_folders(ctx: RunContext, extra_folders=()) -> dict[str, Path]:
+def generator_folders(ctx: RunContext) -> dict[str, Path]:
     """{name: folder} of the generators to score, in table order: ``<checkpoints>/<norm>/`` of
-    the registered methods (registry order), the root's other subfolders holding
-    ``latest_net_G.pth`` (sorted, named after the folder), then ``extra_folders``
-    (``"DIR"`` or ``"NAME=DIR"``, as --eval-generator)."""
+    the registered methods (registry order), then the root's other subfolders holding
+    ``latest_net_G.pth`` (sorted, named after the folder)."""
     root = ctx.checkpoint_root
-    folders = {n: ctx.checkpoint_dir(n) for n in NORMS if (ctx.checkpoint_dir(n) / GENERATOR_WEIGHTS).is_file()}
-    others = sorted(p for p in root.iterdir() if p.name not in NORMS and (p / GENERATOR_WEIGHTS).is_file()) \
+    norms = registered_norms()
+    folders = {n: ctx.checkpoint_dir(n) for n in norms if (ctx.checkpoint_dir(n) / GENERATOR_WEIGHTS).is_file()}
+    others = sorted(p for p in root.iterdir() if p.name not in norms and (p / GENERATOR_WEIGHTS).is_file()) \
         if root.is_dir() else []
-    named = [(p.name, p) for p in others]
-    for text in map(str, extra_folders):
-        name, sep, path = text.partition("=")
-        if not sep or "/" in name:   # a plain DIR, maybe with "=" inside
-            name, path = "", text
-        named.append((name or Path(path).name, Path(path)))
-    for name, folder in named:
-        if not (folder / GENERATOR_WEIGHTS).is_file():
-            raise FileNotFoundError(f"--eval-generator {folder}: no {GENERATOR_WEIGHTS} there; expected a folder "
-                                    f"written by models.save_generator_dir or train.py ({GENERATOR_WEIGHTS} + "
-                                    f"generator.json)")
-        if name in folders and folders[name].resolve() == folder.resolve():
+    return folders | {p.name: p for p in others}
+
+
+def load_generators(ctx: RunContext, device) -> tuple[dict, dict[str, Path]]:
+    """({name: generator}, {name: its folder}) of every generator to score: the checkpoint root's
+    folders, the official release folders there (``models.release``), then each ``--checkpoint``
+    (``models.checkpoint.load_generator``)."""
+    skip = set(release.release_folders(ctx.checkpoint_root))   # official release folders: no generator.json
+    folders = {name: f for name, f in generator_folders(ctx).items() if f not in skip}
+    releases = release.discover_generators(ctx.checkpoint_root, ctx.preset, taken=folders)
+    generators = {name: load_generator_dir(folder, device) for name, folder in folders.items()}
+    generators |= {name: release.load_release_generator(entry, device) for name, entry in releases.items()}
+    folders |= {name: entry.path.parent for name, entry in releases.items()}
+    for name, path in ctx.given_generators().items():
+        if name in folders and folders[name].resolve() == (path if path.is_dir() else path.parent).resolve():
             continue
-        if name == "real" or name in folders:
-            taken = "the real-images row" if name == "real" else str(folders[name])
-            raise ValueError(f"generator folder {folder}: its name {name!r} names its table row and is taken by "
-                             f"{taken}; pass it as --eval-generator OTHER_NAME={folder} or rename the folder")
-        folders[name] = folder
-    return folders
+        if name in folders:
+            raise ValueError(f"--checkpoint {path}: its name {name!r} names its table row and is taken by "
+                             f"{folders[name]}; pass --checkpoint OTHER_NAME={path}")
+        generators[name] = load_generator(path, ctx.preset, device=device)
+        folders[name] = path if path.is_dir() else path.parent
+    return {name: g.eval() for name, g in generators.items()}, folders
 
 
 def check_compatible(generators: dict, folders: dict[str, Path]) -> None:
@@ -182,10 +185,6 @@ def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _batches(images: torch.Tensor, batch_size: int):
-    return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-
-
 # --- costs --------------------------------------------------------------------------------
 
 def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFrame:
@@ -252,16 +251,11 @@ def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str
 def run(ctx: RunContext) -> StageResult:
     opts = ctx.eval
     device = torch.device(ctx.device)
-    skip = set(release.release_folders(ctx.checkpoint_root))   # official release folders: no generator.json
-    folders = {name: f for name, f in generator_folders(ctx, opts.generator).items() if f not in skip}
-    releases = release.discover_generators(ctx.checkpoint_root, ctx.preset, taken=folders)
-    folders.update({name: entry.path.parent for name, entry in releases.items()})
-    if not folders:
+    generators, folders = load_generators(ctx, device)
+    if not generators:
         raise FileNotFoundError(f"no generator folder under {ctx.checkpoint_root} (<norm>/{GENERATOR_WEIGHTS} for "
-                                f"norm in {list(NORMS)}, or any <name>/{GENERATOR_WEIGHTS}); run the train stage "
-                                f"first, or pass --checkpoints DIR or --eval-generator DIR")
-    generators = {name: (release.load_release_generator(releases[name], device) if name in releases
-                         else load_generator_dir(folder, device)).eval() for name, folder in folders.items()}
+                                f"norm in {list(registered_norms())}, or any <name>/{GENERATOR_WEIGHTS}); run the "
+                                f"train stage first, or pass --checkpoints DIR or --checkpoint PATH")
     check_compatible(generators, folders)
     cfg = next(iter(generators.values())).config
     size = cfg.output_size[0]

@@ -2,7 +2,7 @@
 
     python run_analysis.py probe --out reports/default            # trained checkpoints/<norm>/
     python run_analysis.py probe --checkpoints ckpts              # ckpts/<name>/ of any names
-    python run_analysis.py probe --preset ade20k --checkpoint latest_net_G.pth --probe-norm spade
+    python run_analysis.py probe --preset ade20k --checkpoint 30_net_G.pth
 
 Probes every generator folder (``latest_net_G.pth`` + ``generator.json``) under the checkpoint
 root (``ctx.checkpoint_dir``): spade, clade, clade-icpe first, then any other folder. The
@@ -12,10 +12,11 @@ kernel-size ablation (a purely per-pixel SPADE) is one more folder:
     cp -r runs/0000N-synthetic-spade/generator reports/default/checkpoints/spade-k1
     python run_analysis.py probe --out reports/default --force
 
-``--checkpoint PATH`` (also spelled ``--probe-checkpoint``) probes one generator instead: a
-folder with ``generator.json``, or an official-format ``.pth`` built from ``--preset`` and
-``--probe-norm`` (read from its keys when omitted; a CLADE-ICPE one is fed official-mode ICPE
-maps, as the official code computes them). Every generator's ICPE maps are computed in its
+``--checkpoint [NAME=]PATH`` (repeatable) probes one more generator, named NAME (default: its
+folder's name): a folder with ``generator.json``, or an official-format ``.pth`` or release folder
+built from ``--preset`` (norm, width and instance edge read from its keys by
+``models.checkpoint.inspect``; a CLADE-ICPE one is fed official-mode ICPE maps, as the official
+code computes them). Every generator's ICPE maps are computed in its
 ``icpe_mode`` (``analysis.probe.variance.position_mode``). Images: the val split (synthetic scenes
 ``seed + 1000`` like the eval stage, or ``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
 ``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
@@ -35,10 +36,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from models import NORMS, build_generator, load_generator_dir, load_official_checkpoint
-from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, read_state_dict
-from models.presets import OFFICIAL_ICPE_MODE
-from data.presets import DATASETS
+from models import load_generator_dir, registered_norms
+from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, load_generator
+from data.presets import DATASETS, canonical_preset
 from data.synthetic import SyntheticScenes
 
 from analysis.probe import variance
@@ -55,58 +55,25 @@ SYNTHETIC = DATASETS["synthetic"]
 
 # --- which generators ------------------------------------------------------------------------
 
-def infer_options(state: dict) -> dict:
-    """``norm`` (spade | clade | clade-icpe) and ``ngf`` of an official generator state_dict."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any("mlp_shared" in k for k in state):
-        norm = "spade"
-    elif any("class_specified_affine" in k for k in state):
-        norm = "clade-icpe" if any("dist_conv_w" in k for k in state) else "clade"
-    else:
-        raise ValueError(f"cannot tell the modulation of a state_dict with keys like {list(state)[:4]}; "
-                         f"expected an official generator (pass --probe-norm)")
-    conv = state.get("head_0.conv_1.weight_orig", state.get("head_0.conv_1.weight"))
-    return {"norm": norm} | ({"ngf": conv.shape[0] // 16} if conv is not None else {})
-
-
-def load_checkpoint(path: Path, preset: str, norm: str | None, device) -> torch.nn.Module:
-    """Generator from a folder with generator.json, or from an official-format .pth
-    (``preset``'s architecture with ``norm`` and ngf read from the file unless given; a
-    CLADE-ICPE one with the official code's ICPE mode)."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if (folder / GENERATOR_CONFIG).is_file() and (path.is_dir() or path.name == GENERATOR_WEIGHTS):
-        return load_generator_dir(folder, device)
-    if path.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} has no {GENERATOR_CONFIG}; pass the .pth file itself "
-                                f"with --preset and --probe-norm")
-    state, _ = read_state_dict(path)
-    options = infer_options(state) | ({"norm": norm} if norm else {})
-    generator = build_generator(preset, **options, icpe_mode=OFFICIAL_ICPE_MODE)
-    if generator.config.icpe_mode is not None:
-        log.info("probe: %s has no %s; its ICPE maps are computed in mode %r, as the official code's",
-                 path, GENERATOR_CONFIG, generator.config.icpe_mode)
-    return load_official_checkpoint(generator, state).to(device)
-
-
-def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str, torch.nn.Module]]:
-    """{model name: (source, generator)} to probe."""
-    if opts.checkpoint is not None:
-        generator = load_checkpoint(opts.checkpoint, ctx.preset, opts.norm, ctx.device)
-        cfg = generator.config
-        kernel = f"-k{cfg.spade_kernel_size}" if cfg.norm == "spade" and cfg.spade_kernel_size != 3 else ""
-        return {cfg.norm + kernel: (str(opts.checkpoint), generator)}
-    root = ctx.checkpoint_dir(NORMS[0]).parent
-    folders = [ctx.checkpoint_dir(n) for n in NORMS]
+def find_generators(ctx: RunContext) -> dict[str, tuple[str, torch.nn.Module, bool]]:
+    """{model name: (source, generator, given with --checkpoint)} to probe: the generator folders
+    under the checkpoint root (the registered norms' first), then each ``--checkpoint``."""
+    root = ctx.checkpoint_root
+    folders = [ctx.checkpoint_dir(n) for n in registered_norms()]
     if root.is_dir():
         folders += sorted(p for p in root.iterdir() if p.is_dir() and p not in folders)
-    found = {p.name: (str(p), load_generator_dir(p, ctx.device)) for p in folders
+    found = {p.name: (str(p), load_generator_dir(p, ctx.device), False) for p in folders
              if (p / GENERATOR_CONFIG).is_file() and (p / GENERATOR_WEIGHTS).is_file()}
+    for name, path in ctx.given_generators().items():
+        if name in found:
+            raise ValueError(f"--checkpoint {path}: the name {name!r} is taken by {found[name][0]}; pass "
+                             f"--checkpoint OTHER_NAME={path}")
+        found[name] = (str(path), load_generator(path, ctx.preset, device=ctx.device), True)
     if not found:
         raise FileNotFoundError(
             f"no trained generator under {str(root)!r}: expected <dir>/<norm>/{GENERATOR_WEIGHTS} and "
-            f"{GENERATOR_CONFIG} for norm in {list(NORMS)}. Run `python run_analysis.py train` first, "
-            f"pass --checkpoints DIR, or probe one file with --checkpoint PATH")
+            f"{GENERATOR_CONFIG} for norm in {list(registered_norms())}. Run `python run_analysis.py train` first, "
+            f"pass --checkpoints DIR, or probe one generator with --checkpoint PATH")
     return found
 
 
@@ -118,7 +85,11 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     h, w = config.output_size
     mode = variance.position_mode(config)
     if ctx.dataroot is not None:
-        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode, max_samples=images)
+        # The custom preset's classes and size are the generator's (its generator.json), not a preset's.
+        labels = (dict(label_nc=config.label_nc, contain_dontcare_label=config.contain_dontcare_label,
+                       crop_size=config.crop_size, load_size=config.crop_size)
+                  if canonical_preset(ctx.preset) == "custom" else {})
+        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode, max_samples=images, **labels)
         items = [dataset[i] for i in range(min(images, len(dataset)))]
         return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
     seed = ctx.seed + VAL_SEED_OFFSET
@@ -194,10 +165,10 @@ def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, b
 
 def run(ctx: RunContext) -> StageResult:
     opts = ctx.probe
-    generators = find_generators(ctx, opts)
+    generators = find_generators(ctx)
     channels, ablations, sources, data, stand_in = [], [], {}, {}, False
     figures, counts = [], {}
-    for name, (source, generator) in generators.items():
+    for name, (source, generator, given) in generators.items():
         cfg = generator.config
         variant_file = Path(source) / VARIANT_FILE
         variant = json.loads(variant_file.read_text()) if variant_file.is_file() else {}
@@ -207,9 +178,9 @@ def run(ctx: RunContext) -> StageResult:
         seed = int(variant.get("seed", 0))
         run_name = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
         batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
-        # A --probe-checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
-        images = opts.checkpoint_images if opts.checkpoint else opts.images
-        budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if opts.checkpoint
+        # A --checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
+        images = opts.checkpoint_images if given else opts.images
+        budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if given
                   else dict(per_layer=seed == 0))   # per layer once per run; every seed for 'all'
         budget.update(run=run_name, seed=seed)
         batches, description, is_stand_in = probe_batches(ctx, cfg, images, batch_size)

@@ -22,7 +22,10 @@ def test_round_trip_through_file(tmp_path, norm):
 def test_ddp_prefix_is_accepted():
     G = build_generator("custom", "clade", **TINY)
     state = {"module." + k: v for k, v in G.state_dict().items()}
-    load_official_checkpoint(build_generator("custom", "clade", **TINY), state)
+    torch.manual_seed(1)   # another initialisation, so equal weights can only come from the file
+    H = load_official_checkpoint(build_generator("custom", "clade", **TINY), state)
+    assert list(H.state_dict()) == list(G.state_dict())
+    assert all(torch.equal(v, H.state_dict()[k]) for k, v in G.state_dict().items())
 
 
 def test_missing_file_names_it(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_analysis
-import train
+from cli import run_analysis
+from cli import train
 from analysis.context import StageResult
 from analysis.quality.metrics import FID_WEIGHTS_FILE, load_fid_inception
 from analysis.report.assemble import build_report

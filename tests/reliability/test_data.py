@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-import run_analysis
-import train
+from cli import run_analysis
+from cli import train
 from analysis.context import RunContext, StageResult
 from data.datasets import build_dataset, custom_has_instances
-from data.presets import check_data_source
+from data.presets import DATASETS, check_data_source
 from tests.data.fake_layouts import (random_label, save_map, save_photo, write_ade20k, write_cityscapes, write_coco,
                                      write_custom)
 
@@ -78,9 +78,12 @@ def test_bad_train_options_are_one_line_errors(argv, expected):
     assert "\n" not in str(info.value.code)
 
 
-def test_matching_sources_pass(tmp_path):
-    check_data_source("synthetic", None)
-    check_data_source("ade20k", tmp_path)
+@pytest.mark.parametrize("preset", sorted(DATASETS))
+def test_each_preset_passes_with_its_source_and_is_refused_with_the_other(tmp_path, preset):
+    own, other = (None, tmp_path) if preset == "synthetic" else (tmp_path, None)
+    assert check_data_source(preset, own) is None
+    with pytest.raises(ValueError, match="--dataroot"):
+        check_data_source(preset, other)
 
 
 @pytest.mark.reliability("clear_error")

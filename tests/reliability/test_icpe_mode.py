@@ -19,7 +19,7 @@ from data.datasets import build_dataset
 from data.icpe import icpe_map, icpe_map_batch
 from data.synthetic import SYNTHETIC_DONTCARE, SyntheticScenes
 from models import build_generator, load_generator_dir, save_generator_dir
-from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS
+from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, load_generator
 from models.presets import generator_config
 from models.release import discover_generators, inspect_release_folder, load_release_generator
 from training.trainer import Trainer
@@ -82,7 +82,7 @@ def test_unknown_mode_in_generator_json_is_refused_naming_the_file(tmp_path):
 @pytest.mark.reliability("wrong_run")
 @pytest.mark.parametrize("mode", [None, "official"])
 def test_train_cli_records_the_mode_it_trained_with(tmp_path, mode):
-    import train
+    from cli import train
     argv = ["--preset", "synthetic", "--norm", "clade-icpe", "--crop_size", str(SIZE), "--ngf", "4", "--ndf", "8",
             "--n_layers_D", "3", "--batch-size", "2", "--num-samples", "2", "--steps", "1", "--no-vgg", "--no-amp",
             "--num-workers", "0", "--no-progress", "--out", str(tmp_path)] + (["--icpe-mode", mode] if mode else [])
@@ -129,7 +129,7 @@ def test_official_release_folder_loads_in_official_mode_and_says_so(tmp_path, ca
 def test_bare_official_weights_probed_in_official_mode(tmp_path):
     path = tmp_path / "30_net_G.pth"
     torch.save(tiny().state_dict(), path)
-    G = probe_stage.load_checkpoint(path, "synthetic", None, "cpu")
+    G = load_generator(path, "synthetic")
     assert G.config.norm == "clade-icpe" and G.config.icpe_mode == "official"
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import train
+from cli import train
 from analysis.context import RunContext
 from analysis.options import TrainOptions
 from analysis.stages import train as stage
@@ -53,7 +53,7 @@ def _data_root(tmp_path) -> str:
 
 
 def _cli(tmp_path, monkeypatch, dataset=None):
-    import train
+    from cli import train
     monkeypatch.setattr(train, "build_dataset", lambda options: dataset or TinyScenes())
     return lambda *extra: train.main(CLI + ["--out", str(tmp_path), "--dataroot", _data_root(tmp_path), *extra])
 
@@ -138,7 +138,7 @@ def test_resume_latest_skips_a_newer_run_without_checkpoint(tmp_path, monkeypatc
 
 @pytest.mark.reliability("wrong_run")
 def test_resume_of_a_run_without_checkpoint_says_it_starts_over(tmp_path, monkeypatch):
-    import train
+    from cli import train
     run = _cli(tmp_path, monkeypatch)
     folder = tmp_path / "00001-custom-clade"   # a run killed before its first checkpoint
     folder.mkdir(parents=True)

@@ -171,7 +171,7 @@ def test_missing_vgg_weights_fail_naming_the_file(tmp_path):
 
 
 def test_train_cli_dry_run_prints_options(capsys, tmp_path):
-    import train
+    from cli import train
     code = train.main(["--preset", "synthetic", "--norm", "spade", "--spade_kernel_size", "1", "--ngf", "8",
                        "--steps", "5", "--no-vgg", "--set", "lambda_feat=5", "--out", str(tmp_path), "--dry-run",
                        "--no-spectral-input-scaling"])
@@ -184,7 +184,7 @@ def test_train_cli_dry_run_prints_options(capsys, tmp_path):
 
 
 def test_train_cli_runs_and_resumes(tmp_path, monkeypatch):
-    import train
+    from cli import train
     monkeypatch.setattr(train, "build_dataset", lambda options: TinyScenes())
     common = ["--preset", "custom", "--label_nc", str(LABEL_NC), "--contain_dontcare_label", "--crop_size", str(SIZE), "--ngf", "4",
               "--ndf", "8", "--n_layers_D", "3", "--batch-size", "2", "--no-vgg", "--out", str(tmp_path),

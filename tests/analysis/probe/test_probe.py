@@ -12,7 +12,7 @@ from analysis.probe.variance import (LayerStatistics, capture_modulation_statist
                             prepare_inputs, variance_decomposition)
 from analysis.probe.ablation import ablate, ablation_effects
 from models import CLADE, build_generator, save_generator_dir
-from models.checkpoint import save_state_dict_atomic
+from models.checkpoint import load_generator, save_state_dict_atomic
 
 
 # --- a hand-made scene with exact answers ----------------------------------------------------
@@ -274,11 +274,9 @@ def test_stage_without_checkpoints_says_what_to_do(tmp_path):
 
 
 def test_bare_official_checkpoint_loads_with_options_from_its_keys(tmp_path):
-    from analysis.stages import probe as stage
-
     G = tiny("clade-icpe")
     save_state_dict_atomic(G.state_dict(), tmp_path / "latest_net_G.pth")
-    loaded = stage.load_checkpoint(tmp_path / "latest_net_G.pth", "synthetic", None, "cpu")
+    loaded = load_generator(tmp_path / "latest_net_G.pth", "synthetic")
     assert loaded.config.norm == "clade-icpe"
     torch.testing.assert_close(loaded.state_dict(), G.state_dict())
 
@@ -295,3 +293,18 @@ def test_stand_in_labels_are_remapped_and_resized_for_other_presets(tmp_path):
     assert label.max() < config.class_nc
     semantic, dist = prepare_inputs(batches[0], config)
     assert semantic.shape[1] == config.semantic_nc and dist.shape == (2, 2, *config.output_size)
+
+
+def test_a_custom_generator_is_probed_on_its_dataset_with_the_classes_of_its_generator_json(tmp_path):
+    from cli import run_analysis
+    from tests.data.fake_layouts import write_custom
+
+    root = write_custom(tmp_path / "data", with_instances=False)   # labels 0, 1, 2 and 255 (dontcare)
+    G = build_generator("custom", "clade", ngf=4, label_nc=3, contain_dontcare_label=True, no_instance=True,
+                        crop_size=32)
+    save_generator_dir(G, tmp_path / "custom_gen")
+    argv = ["probe", "--preset", "custom", "--dataroot", str(root), "--checkpoint", str(tmp_path / "custom_gen"),
+            "--out", str(tmp_path / "out"), "--quick", "--device", "cpu", "--probe-checkpoint-images", "2"]
+    assert run_analysis.main(argv) == 0
+    meta = json.loads((tmp_path / "out" / "tables" / "probe_layers.meta.json").read_text())
+    assert meta["data"] == {"custom_gen": f"{root} val, first 2 images"} and meta["stand_in"] is False

@@ -280,9 +280,8 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
                        tmp_path / "checkpoints" / "spade-1x1")
     (tmp_path / "checkpoints" / "notes").mkdir()   # a folder without weights is not a generator
     save_generator_dir(build_generator("synthetic", "clade-icpe", ngf=4), tmp_path / "elsewhere" / "generator")
-    ctx = RunContext(out=tmp_path, quick=True,
-                     eval=EvalOptions(images=8, proxy_steps=4,
-                                      generator=(f"mine={tmp_path / 'elsewhere' / 'generator'}",)))
+    ctx = RunContext(out=tmp_path, quick=True, checkpoint=(f"mine={tmp_path / 'elsewhere' / 'generator'}",),
+                     eval=EvalOptions(images=8, proxy_steps=4))
     summary = eval_stage.run(ctx).record()
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
@@ -295,22 +294,26 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
     assert (tmp_path / "figures" / "roi_quality_vs_cost.png").is_file()
 
 
-def test_generator_folders_default_root_names_and_clashes(tmp_path):
-    from analysis.stages.eval import generator_folders
+def test_generators_of_the_default_root_and_of_checkpoint_names_and_clashes(tmp_path):
+    from analysis.stages.eval import generator_folders, load_generators
     from models import build_generator, save_generator_dir
 
     tiny_checkpoints(tmp_path, norms=("clade",))
     ours = save_generator_dir(build_generator("synthetic", "clade", ngf=4), tmp_path / "runs" / "x=1" / "generator")
-    ctx = RunContext(out=tmp_path)   # no --checkpoints: <out>/checkpoints
-    assert generator_folders(ctx, [str(ours)]) == {"clade": tmp_path / "checkpoints" / "clade", "generator": ours}
-    assert list(generator_folders(ctx, [f"clade-k1={ours}"])) == ["clade", "clade-k1"]
-    assert list(generator_folders(ctx, [str(tmp_path / "checkpoints" / "clade")])) == ["clade"]  # listed once
+
+    def names(*given):
+        return load_generators(RunContext(out=tmp_path, checkpoint=given), "cpu")[1]   # no --checkpoints: <out>/checkpoints
+
+    assert names(str(ours)) == {"clade": tmp_path / "checkpoints" / "clade", "generator": ours}
+    assert list(names(f"clade-k1={ours}")) == ["clade", "clade-k1"]
+    assert list(names(str(ours / "latest_net_G.pth"))) == ["clade", "generator"]   # a file: its folder's name
+    assert list(names(str(tmp_path / "checkpoints" / "clade"))) == ["clade"]  # listed once
     with pytest.raises(ValueError, match=r"'clade' names its table row and is taken by .*checkpoints/clade"):
-        generator_folders(ctx, [f"clade={ours}"])
+        names(f"clade={ours}")
     with pytest.raises(ValueError, match="taken by the real-images row"):
-        generator_folders(ctx, [f"real={ours}"])
-    with pytest.raises(FileNotFoundError, match="no latest_net_G.pth there"):
-        generator_folders(ctx, [str(tmp_path / "runs")])
+        names(f"real={ours}")
+    with pytest.raises(ValueError, match=r"--checkpoint .*runs: .*holds none of"):
+        names(str(tmp_path / "runs"))
     assert generator_folders(RunContext(out=tmp_path, checkpoints=tmp_path / "runs" / "x=1")) == {"generator": ours}
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import run_analysis
+from cli import run_analysis
 from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.report import assemble, findings
 from analysis.stages.registry import STAGE_NAMES, STAGES, reported_stages, stage, stage_writing
