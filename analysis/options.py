@@ -27,7 +27,7 @@ from models.registry import registered_norms
 
 from analysis.quality.fid_protocol import PROTOCOLS
 from analysis.probe.variance import BASES
-from analysis.quality.segmenters import CLASS_MAPS, INPUT_NORMS
+from analysis.quality.segmenter_io import CLASS_MAPS, INPUT_NORMS
 
 _UNSET = object()
 # Official reference numbers of the cost cross-checks (a folder beside the repository).
