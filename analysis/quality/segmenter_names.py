@@ -9,6 +9,7 @@ from __future__ import annotations
 
 PAPER = "paper"   # --segmenter value: the published network of the run's preset
 PAPER_SEGMENTER_NAMES = ("drn-d-105", "upernet-101", "deeplabv2")
+DISPLAY_NAMES = {"drn-d-105": "DRN-D-105", "upernet-101": "UPerNet-101", "deeplabv2": "DeepLabV2"}
 PRESET_SEGMENTER = {"cityscapes": "drn-d-105", "ade20k": "upernet-101", "ade20k-outdoor": "upernet-101",
                     "coco-stuff": "deeplabv2"}
 # What --segmenter-weights names, as the releases are downloaded.

@@ -80,6 +80,7 @@ class Segmenter(Protocol):
 
     description: str   # goes into the tables' 'segmenter' column
     is_proxy: bool     # True: its scores are labelled *_proxy
+    kind: str          # 'proxy', 'torchscript' or the paper network's name (segmenter_names.PAPER_SEGMENTER_NAMES)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] in [-1, 1] -> class logits [N, C, H, W]."""
@@ -105,6 +106,7 @@ class TorchScriptSegmenter(nn.Module):
     """A user-provided segmenter: images in [-1, 1] -> logits [N, C, H, W] at the image size."""
 
     is_proxy = False
+    kind = "torchscript"
 
     def __init__(self, module: nn.Module, class_map: dict | None = None, input_norm: str = "imagenet",
                  description: str = "user segmenter"):
@@ -170,6 +172,7 @@ class ProxySegmenter(nn.Module):
     """
 
     is_proxy = True
+    kind = "proxy"
 
     def __init__(self, num_classes: int, width: int = 16, description: str = "proxy (untrained)"):
         super().__init__()

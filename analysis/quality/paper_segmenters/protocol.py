@@ -28,7 +28,7 @@ from torch import nn
 
 from analysis.quality.paper_segmenters.release import load_released_network
 from analysis.quality.segmenter_io import CLASS_MAPS, NORMALIZATIONS, map_labels, normalize
-from analysis.quality.segmenter_names import PAPER_SEGMENTER_NAMES, PRECISIONS, RELEASED_FILES
+from analysis.quality.segmenter_names import DISPLAY_NAMES, PAPER_SEGMENTER_NAMES, PRECISIONS, RELEASED_FILES
 
 UPERNET_IMG_SIZES = (300, 375, 450, 525, 600)   # config/ade20k-resnet101-upernet.yaml, DATASET.imgSizes
 UPERNET_MAX_SIZE = 1000                          # DATASET.imgMaxSize
@@ -53,7 +53,7 @@ class Protocol:
 
 PROTOCOLS = {
     "drn-d-105": Protocol(
-        display="DRN-D-105", dataset="Cityscapes", num_classes=19, class_map="cityscapes-train-ids",
+        display=DISPLAY_NAMES["drn-d-105"], dataset="Cityscapes", num_classes=19, class_map="cityscapes-train-ids",
         labels="Cityscapes label ids -> 19 train ids (cityscapesScripts); other ids ignored",
         input_norm="cityscapes-drn", reference="github.com/fyu/drn d75db2e, segment.py test (single scale)",
         resolution="the image as given (--segmenter-size resizes it, bilinear); scores upsampled x8 by the "
@@ -62,7 +62,7 @@ PROTOCOLS = {
         unpublished=("test resolution of the generated images (default: as generated)",
                      "single-scale test (segment.py's default; --ms not used)")),
     "upernet-101": Protocol(
-        display="UPerNet-101", dataset="ADE20K", num_classes=150, class_map="identity",
+        display=DISPLAY_NAMES["upernet-101"], dataset="ADE20K", num_classes=150, class_map="identity",
         labels="ADE20K ids 1..150 = the toolkit's 0..149; 'other' (0) ignored",
         input_norm="imagenet",
         reference="github.com/CSAILVision/semantic-segmentation-pytorch 8f27c9b, eval.py with "
@@ -73,7 +73,7 @@ PROTOCOLS = {
         multi_scale="softmax averaged over the short sides (--segmenter-img-sizes)",
         unpublished=("short sides of the multi-scale test (default: the config's imgSizes)",)),
     "deeplabv2": Protocol(
-        display="DeepLabV2", dataset="COCO-Stuff", num_classes=182, class_map="identity",
+        display=DISPLAY_NAMES["deeplabv2"], dataset="COCO-Stuff", num_classes=182, class_map="identity",
         labels="COCO-Stuff ids 0..181; 255 (unlabelled) and the toolkit's dontcare id 182 ignored",
         input_norm="caffe-bgr", reference="github.com/kazuto1011/deeplab-pytorch 4219467, main.py test "
                                           "(configs/cocostuff164k.yaml)",
@@ -119,7 +119,8 @@ class PaperSegmenter(nn.Module):
                              "sides of --segmenter-img-sizes")
         if name == "upernet-101" and (not img_sizes or min(img_sizes) < 1):
             raise ValueError(f"UPerNet-101 short sides {img_sizes!r}: expected one or more sizes >= 1")
-        self.name, self.protocol, self.network = name, PROTOCOLS[name], network
+        self.name = self.kind = name
+        self.protocol, self.network = PROTOCOLS[name], network
         self.weights, self.test_size, self.img_sizes = weights, test_size, tuple(img_sizes)
         self.precision, self.channels_last = precision, channels_last
         self.class_map = CLASS_MAPS[self.protocol.class_map]
