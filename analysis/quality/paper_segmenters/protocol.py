@@ -19,6 +19,7 @@ its own transposed-conv upsampling), so ``argmax`` is the reference's prediction
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,7 @@ class PaperSegmenter(nn.Module):
         self.precision, self.channels_last = precision, channels_last
         self.class_map = CLASS_MAPS[self.protocol.class_map]
         self.sizes_seen: set[tuple[int, int]] = set()
+        self.seconds, self.images_scored = 0.0, 0   # wall-clock time of forward calls, for the stage record
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
 
@@ -160,8 +162,22 @@ class PaperSegmenter(nn.Module):
         with autocast:
             return call(x).float()
 
-    @torch.no_grad()
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Mean wall-clock seconds per scored image so far (None before the first call)."""
+        return self.seconds / self.images_scored if self.images_scored else None
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        scores = self._scores(images)
+        if scores.is_cuda:
+            torch.cuda.synchronize(scores.device)
+        self.seconds += time.perf_counter() - start
+        self.images_scored += len(images)
+        return scores
+
+    @torch.no_grad()
+    def _scores(self, images: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[-2:])
         self.sizes_seen.add(size)
         x = normalize(images.float(), self.protocol.input_norm)
