@@ -29,9 +29,9 @@ from torch import nn
 
 from analysis.quality.paper_segmenters.release import load_released_network
 from analysis.quality.segmenter_io import CLASS_MAPS, NORMALIZATIONS, map_labels, normalize
-from analysis.quality.segmenter_names import DISPLAY_NAMES, PAPER_SEGMENTER_NAMES, PRECISIONS, RELEASED_FILES
+from analysis.quality.segmenter_names import (DISPLAY_NAMES, PAPER_SEGMENTER_NAMES, PRECISIONS, RELEASED_FILES,
+                                             UPERNET_IMG_SIZES)
 
-UPERNET_IMG_SIZES = (300, 375, 450, 525, 600)   # config/ade20k-resnet101-upernet.yaml, DATASET.imgSizes
 UPERNET_MAX_SIZE = 1000                          # DATASET.imgMaxSize
 UPERNET_PADDING = 32                             # DATASET.padding_constant
 
