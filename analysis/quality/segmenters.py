@@ -9,9 +9,11 @@ knows how to express the dataset's label map in its own classes (``target``):
     meter.update(logits, seg.target(label, logits.shape[1]))
     meter.scores()   # {'miou': ..., 'accuracy': ..., 'iou_per_class': [...], 'pixels': ...}
 
-The papers score generated images with pretrained segmenters (see ``PAPER_SEGMENTERS``). Without
-one, ``train_proxy_segmenter`` trains a small network on the real images of the dataset in use;
-its numbers are *proxy* scores, comparable between methods of one run, not with the papers.
+The papers score generated images with pretrained segmenters (see ``PAPER_SEGMENTERS``);
+``load_paper_segmenter(name, released_weights)`` builds each one with its own evaluation protocol
+(``analysis/quality/paper_segmenters``). Without one, ``train_proxy_segmenter`` trains a small
+network on the real images of the dataset in use; its numbers are *proxy* scores, comparable
+between methods of one run, not with the papers.
 """
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ For every generator folder (``latest_net_G.pth`` + ``generator.json``) under the
 root (--checkpoints, default ``<out>/checkpoints``): the three methods' ``<norm>/`` first, then
 any other subfolder, named after it (e.g. ``spade-1x1/``), then each ``--eval-generator DIR``.
 All must read the same label layout and draw images of one size. For each: generate the val
-split's images from its label maps, score them with a segmenter (yours, or a proxy trained here
-on the real training images) and a Frechet distance (FID with the Inception weights, else on the
+split's images from its label maps, score them with a segmenter (the papers' network of the preset
+from its released weights with ``--segmenter paper --segmenter-weights PATH``, a TorchScript file,
+or a proxy trained here on the real training images) and a Frechet distance (FID with the Inception weights, else on the
 proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
 others. A CLADE-ICPE generator gets the val ICPE maps computed in the mode it was trained with
 (``icpe_mode`` of its generator.json; "official" for a release folder).
@@ -447,7 +448,8 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
     if not ablation.empty:
         ctx.write_table(ablation, "ablation_quality", **meta)
     ctx.write_table(neighbourhood, "neighbourhood", **meta)
-    log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter", "segmenter_kind"])))
+    log.info("evaluation (%s):\n%s", segmenter.description,
+             roi.to_markdown(table.drop(columns=["segmenter", "segmenter_kind"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
     ctx.write_table(roi_table, "roi", **meta)
     ctx.write_table(modulation, "roi_modulation", **meta)

@@ -1,10 +1,14 @@
 """Each published segmenter with its own evaluation protocol, as its reference code evaluates.
 
-| network | input | test resolution | multi-scale | classes |
-| --- | --- | --- | --- | --- |
-| DRN-D-105 (fyu/drn ``segment.py test``) | RGB, Cityscapes mean / std (info.json) | the image as given | none (``--ms`` off) | 19 train ids from the Cityscapes label ids |
-| UPerNet-101 (``eval.py``, config ade20k-resnet101-upernet) | RGB, ImageNet mean / std | short side 300, 375, 450, 525, 600 (long side <= 1000), sides rounded up to multiples of 32 | softmax averaged over the 5 sizes, each upsampled to the image size | ADE ids 1..150 = our 0..149 |
-| DeepLabV2 (deeplab-pytorch ``main.py test``) | BGR in [0, 255] minus the Caffe mean | the image as given (no resize) | MSC: max of the logits at scales 1, 0.5, 0.75 | COCO-Stuff ids 0..181, 255 ignored |
+- DRN-D-105 (fyu/drn ``segment.py test``): RGB normalised with the Cityscapes mean / std of
+  DRN's ``info.json``; the image as given, single scale (``--ms`` off); scores upsampled by the
+  network's own transposed conv; Cityscapes label ids -> 19 train ids.
+- UPerNet-101 (``eval.py``, config ``ade20k-resnet101-upernet``): RGB, ImageNet mean / std; short
+  side 300, 375, 450, 525, 600 (long side <= 1000, sides rounded up to multiples of 32); softmax
+  upsampled to the image size and averaged over the sizes; ADE ids 1..150 = our 0..149.
+- DeepLabV2 (deeplab-pytorch ``main.py test``): BGR in [0, 255] minus the Caffe mean; the image as
+  given (no resize); MSC: max of the logits at scales 1, 0.5, 0.75; COCO-Stuff ids 0..181, 255
+  ignored.
 
 The papers do not publish the test resolution of their generated images: the default is the
 generated size (SPADE / CLADE: Cityscapes 512x256, COCO-Stuff 256x256), as each reference test
@@ -50,6 +54,7 @@ class Protocol:
     resolution: str        # test resolution and resizing, in words
     multi_scale: str
     unpublished: tuple[str, ...] = field(default=())   # choices the papers do not state (reference default used)
+    differences: tuple[str, ...] = field(default=())   # where the toolkit's scoring departs from the reference code
 
 
 PROTOCOLS = {
@@ -72,7 +77,11 @@ PROTOCOLS = {
                    f"rounded up to multiples of {UPERNET_PADDING}, bilinear resize; softmax upsampled to the "
                    f"image size (bilinear)",
         multi_scale="softmax averaged over the short sides (--segmenter-img-sizes)",
-        unpublished=("short sides of the multi-scale test (default: the config's imgSizes)",)),
+        unpublished=("short sides of the multi-scale test (default: the config's imgSizes)",),
+        differences=("mIoU averages the classes present in the labels or the predictions; eval.py averages all "
+                     "150 (an absent class counts 0): equal on the full val set, where every class occurs",
+                     "the float image is resized (bilinear, antialiased when shrinking, like PIL), not an 8-bit "
+                     "PIL image")),
     "deeplabv2": Protocol(
         display=DISPLAY_NAMES["deeplabv2"], dataset="COCO-Stuff", num_classes=182, class_map="identity",
         labels="COCO-Stuff ids 0..181; 255 (unlabelled) and the toolkit's dontcare id 182 ignored",
@@ -147,6 +156,7 @@ class PaperSegmenter(nn.Module):
         mean, std = NORMALIZATIONS[self.protocol.input_norm]
         return {"segmenter": self.name, "description": self.description, "weights": self.weights,
                 **asdict(self.protocol), "unpublished": list(self.protocol.unpublished),
+                "differences": list(self.protocol.differences),
                 "normalization": {"name": self.protocol.input_norm, "mean": list(mean), "std": list(std),
                                   "channels": "BGR in [0, 255]" if self.protocol.input_norm == "caffe-bgr"
                                   else "RGB in [0, 1]"},
