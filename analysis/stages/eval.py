@@ -480,7 +480,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                      f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
                      f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
                      f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
-                     f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
+                     f" from {segmenter.description}) next to the seed-0 "
                      f"model's params, GMACs and measured latency."),
             TableRef("tables/seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
