@@ -10,7 +10,7 @@ BASES = {
     "linear": ("1", "dy", "dx"),
     "quadratic": ("1", "dy", "dx", "dy^2", "dx^2", "dy*dx"),
 }
-# analysis.quality.segmenters: label id -> segmenter class maps (the keys of its CLASS_MAPS) and
+# analysis.quality.segmenter_io: label id -> segmenter class maps (the keys of its CLASS_MAPS) and
 # how a segmenter expects its input, from images in [-1, 1].
 CLASS_MAP_NAMES = ("identity", "cityscapes-train-ids")
-INPUT_NORMS = ("imagenet", "caffe-bgr", "zero-one", "minus-one-one")
+INPUT_NORMS = ("imagenet", "cityscapes-drn", "caffe-bgr", "zero-one", "minus-one-one")

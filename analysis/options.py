@@ -26,6 +26,8 @@ from models.presets import OFFICIAL_PRESETS
 from models.registry import registered_norms
 
 from analysis.choices import BASES, CLASS_MAP_NAMES, INPUT_NORMS, PROTOCOLS
+from analysis.quality.segmenter_names import (PAPER, PAPER_SEGMENTER_NAMES, PRECISIONS, RELEASED_FILES,
+                                              UPERNET_IMG_SIZES, is_paper_segmenter, parse_size)
 
 _UNSET = object()
 # Official reference numbers of the cost cross-checks (a folder beside the repository).
@@ -182,8 +184,25 @@ class EvalOptions:
     inception_weights: Path | None = option(None, "pt_inception-2015-12-05-6726825d.pth (default: the torch "
                                             "hub cache); without it the run reports fd_proxy_features "
                                             "instead of FID", flag="--inception-weights", exists=True)
-    segmenter: Path | None = option(None, "TorchScript segmenter for mIoU (default: a proxy trained on the "
-                                    "real images)", flag="--segmenter", exists=True)
+    segmenter: str | None = option(None, f"segmenter of mIoU / accuracy: '{PAPER}' (the published network of --preset, "
+                                   "from --segmenter-weights), one of " + " ".join(PAPER_SEGMENTER_NAMES) + " by name, "
+                                   "or a TorchScript file (default: a proxy trained on the real images)",
+                                   flag="--segmenter", metavar="paper|NAME|FILE.pt")
+    segmenter_weights: Path | None = option(None, "released weights of a --segmenter paper / NAME network, as "
+                                            "downloaded: " + "; ".join(f"{n}: {f.split(' (')[0]}"
+                                                                       for n, f in RELEASED_FILES.items()),
+                                            flag="--segmenter-weights", exists=True)
+    segmenter_size: str | None = option(None, "WxH test resolution of drn-d-105 / deeplabv2 (default: the "
+                                        "generated size; the papers do not state theirs)", flag="--segmenter-size")
+    segmenter_img_sizes: tuple[int, ...] = option(UPERNET_IMG_SIZES, "short sides of upernet-101's multi-scale test "
+                                                  "(default: its reference config's; the papers do not state theirs)",
+                                                  flag="--segmenter-img-sizes", minimum=1, metavar="PIXELS")
+    segmenter_precision: str = option("fp32", "precision of a paper segmenter (bf16: autocast; it moved 1-2 % of "
+                                      "the predicted pixels on seeded weights, see README)",
+                                      flag="--segmenter-precision", choices=PRECISIONS)
+    segmenter_channels_last: bool = option(False, "run a paper segmenter in channels_last memory format (same "
+                                           "predictions on seeded weights; faster on some CPUs / GPUs)",
+                                           flag="--segmenter-channels-last")
     segmenter_class_map: str | None = option(None, f"label id -> segmenter class: {sorted(CLASS_MAP_NAMES)} or a "
                                              "JSON file (default: the paper's map for the preset, else "
                                              "identity)",
@@ -197,6 +216,22 @@ class EvalOptions:
     fid_train_stats: Path | None = option(None, "official datasets/train_mu_si folder (m.npy, s.npy) for "
                                           "--fid-protocol official (default: computed from the training "
                                           "images once, cached)", flag="--fid-train-stats", exists=True)
+
+    def __post_init__(self):
+        """A --segmenter that is neither a paper network nor a file, a paper network without its
+        weights (or weights without one), or a malformed --segmenter-size is a ValueError."""
+        paper = self.segmenter is not None and is_paper_segmenter(self.segmenter)
+        if self.segmenter is not None and not paper and not Path(self.segmenter).is_file():
+            raise ValueError(f"--segmenter {self.segmenter!r}: no such file; expected {PAPER!r}, one of "
+                             f"{', '.join(PAPER_SEGMENTER_NAMES)} or a TorchScript file")
+        if paper and self.segmenter_weights is None:
+            raise ValueError(f"--segmenter {self.segmenter} needs --segmenter-weights: "
+                             + "; ".join(f"{n}: {f}" for n, f in RELEASED_FILES.items()))
+        if self.segmenter_weights is not None and not paper:
+            raise ValueError(f"--segmenter-weights {self.segmenter_weights} is read only with --segmenter {PAPER} "
+                             f"or {'|'.join(PAPER_SEGMENTER_NAMES)}")
+        if self.segmenter_size is not None:
+            parse_size(self.segmenter_size)
 
 
 @dataclass

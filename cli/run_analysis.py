@@ -23,6 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display ne
 import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
+from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name  # noqa: E402
 from analysis.options import (CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
                               options_from_args, positive_int)
 from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
@@ -117,12 +118,14 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
         raise SystemExit(f"run_analysis.py: {exc}") from None
     stages = {s.name: options_from_args(args, s.options, s.name) for s in STAGES}
     try:
-        return RunContext(out=out, device=args.device or default_device(), preset=args.preset,
-                          dataroot=args.dataroot, checkpoints=args.checkpoints, checkpoint=tuple(args.checkpoint),
-                          quick=args.quick,
-                          force=args.force, seed=args.seed, skip_invalid=args.skip_invalid,
-                          compare=options_from_args(args, CompareOptions, "compare"),
-                          **stages)
+        ctx = RunContext(out=out, device=args.device or default_device(), preset=args.preset,
+                         dataroot=args.dataroot, checkpoints=args.checkpoints, checkpoint=tuple(args.checkpoint),
+                         quick=args.quick, force=args.force, seed=args.seed, skip_invalid=args.skip_invalid,
+                         compare=options_from_args(args, CompareOptions, "compare"),
+                         **stages)
+        if args.stage in ("all", "eval") and is_paper_segmenter(ctx.eval.segmenter):
+            paper_segmenter_name(ctx.eval.segmenter, ctx.preset)   # refused before any stage runs
+        return ctx
     except ValueError as exc:
         raise SystemExit(f"run_analysis.py: {exc}") from exc
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from models.registry import norm_spec
 
@@ -56,8 +57,10 @@ def image_scores(images: torch.Tensor, labels: torch.Tensor, segmenter, extracto
     transform, minimum)}, as the eval stage builds them)."""
     inter, union, correct, scored = [], [], [], []
     features = {name: [] for name in extractors}
+    batches = tqdm(range(0, len(images), batch_size), desc="scoring images", unit="batch", leave=False,
+                   disable=None if len(images) > batch_size else True)   # None: shown on a terminal only
     with torch.no_grad():
-        for i in range(0, len(images), batch_size):
+        for i in batches:
             x = images[i:i + batch_size].to(device)
             if segmenter is not None:
                 logits = segmenter(x)

@@ -9,9 +9,11 @@ knows how to express the dataset's label map in its own classes (``target``):
     meter.update(logits, seg.target(label, logits.shape[1]))
     meter.scores()   # {'miou': ..., 'accuracy': ..., 'iou_per_class': [...], 'pixels': ...}
 
-The papers score generated images with pretrained segmenters (see ``PAPER_SEGMENTERS``). Without
-one, ``train_proxy_segmenter`` trains a small network on the real images of the dataset in use;
-its numbers are *proxy* scores, comparable between methods of one run, not with the papers.
+The papers score generated images with pretrained segmenters (see ``PAPER_SEGMENTERS``);
+``load_paper_segmenter(name, released_weights)`` builds each one with its own evaluation protocol
+(``analysis/quality/paper_segmenters``). Without one, ``train_proxy_segmenter`` trains a small
+network on the real images of the dataset in use; its numbers are *proxy* scores, comparable
+between methods of one run, not with the papers.
 """
 from __future__ import annotations
 
@@ -29,20 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from analysis.choices import INPUT_NORMS
+from analysis.quality.paper_segmenters.protocol import PaperSegmenter, load_paper_segmenter  # noqa: F401 (API)
+from analysis.quality.segmenter_io import (CITYSCAPES_LABEL_TO_TRAIN_ID, CLASS_MAPS, IGNORE_INDEX,  # noqa: F401
+                                          INPUT_NORMS, map_labels, normalize)
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255  # target value of pixels that are not scored (dontcare, unmapped classes)
-
-# Cityscapes label id -> train id (cityscapesScripts labels.py); other ids are not scored.
-CITYSCAPES_LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-                                23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-# The names are analysis.choices.CLASS_MAP_NAMES (the options offer them).
-CLASS_MAPS = {"identity": None, "cityscapes-train-ids": CITYSCAPES_LABEL_TO_TRAIN_ID}
-
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ PAPER_SEGMENTERS = {
     "cityscapes": SegmenterSpec(
         network="DRN-D-105 (github.com/fyu/drn, drn_d_105 DRNSeg with the Cityscapes weights)",
         classes="19 Cityscapes train ids (road ... bicycle)",
-        class_map="cityscapes-train-ids", input_norm="imagenet", file="drn_d_105_cityscapes.pt"),
+        class_map="cityscapes-train-ids", input_norm="cityscapes-drn", file="drn_d_105_cityscapes.pt"),
     "ade20k": SegmenterSpec(
         network="UperNet-101 (github.com/CSAILVision/semantic-segmentation-pytorch, "
                 "resnet101 encoder + upernet decoder)",
@@ -76,8 +69,9 @@ PAPER_SEGMENTERS["ade20k-outdoor"] = PAPER_SEGMENTERS["ade20k"]
 TORCHSCRIPT_CONTRACT = """\
 Expected file: a TorchScript module (torch.jit.script or torch.jit.trace, saved with
 torch.jit.save) taking a float tensor [N, 3, H, W] normalised as its `input_norm` says
-('imagenet': RGB in [0, 1] minus ImageNet mean over std; 'caffe-bgr': BGR in [0, 255] minus
-the Caffe mean; 'zero-one'; 'minus-one-one') and returning logits [N, C, h, w] (or a tuple /
+('imagenet': RGB in [0, 1] minus ImageNet mean over std; 'cityscapes-drn': the same with the
+Cityscapes mean / std of fyu/drn's info.json; 'caffe-bgr': BGR in [0, 255] minus the Caffe mean;
+'zero-one'; 'minus-one-one') and returning logits [N, C, h, w] (or a tuple /
 dict whose first / 'out' entry is that); logits are resized bilinearly to H x W. The class map
 turns the dataset's label ids into the C output channels; ids it does not list (dontcare,
 void classes) are not scored."""
@@ -88,6 +82,7 @@ class Segmenter(Protocol):
 
     description: str   # goes into the tables' 'segmenter' column
     is_proxy: bool     # True: its scores are labelled *_proxy
+    kind: str          # 'proxy', 'torchscript' or the paper network's name (segmenter_names.PAPER_SEGMENTER_NAMES)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] in [-1, 1] -> class logits [N, C, H, W]."""
@@ -109,39 +104,11 @@ def resolve_class_map(class_map) -> dict | None:
     return {int(k): int(v) for k, v in json.loads(path.read_text()).items()}
 
 
-def map_labels(label: torch.Tensor, num_classes: int, class_map: dict | None = None,
-               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Dataset label ids -> segmenter classes; unmapped ids and ids >= num_classes -> ignore."""
-    label = label.long()
-    if label.dim() == 4:
-        label = label[:, 0]
-    if class_map is not None:
-        lut = torch.full((max(int(label.max()) + 1, max(class_map) + 1),), ignore_index, dtype=torch.long)
-        for src, dst in class_map.items():
-            lut[src] = dst
-        label = lut.to(label.device)[label.clamp(min=0)]
-    return torch.where((label >= 0) & (label < num_classes), label, torch.full_like(label, ignore_index))
-
-
-def _normalize(images: torch.Tensor, input_norm: str) -> torch.Tensor:
-    if input_norm == "minus-one-one":
-        return images
-    x = (images + 1) / 2
-    if input_norm == "zero-one":
-        return x
-    if input_norm == "imagenet":
-        mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-    if input_norm == "caffe-bgr":
-        return x.flip(1) * 255 - torch.tensor(_CAFFE_BGR_MEAN, device=x.device).view(1, 3, 1, 1)
-    raise ValueError(f"input_norm={input_norm!r}; expected one of {INPUT_NORMS}")
-
-
 class TorchScriptSegmenter(nn.Module):
     """A user-provided segmenter: images in [-1, 1] -> logits [N, C, H, W] at the image size."""
 
     is_proxy = False
+    kind = "torchscript"
 
     def __init__(self, module: nn.Module, class_map: dict | None = None, input_norm: str = "imagenet",
                  description: str = "user segmenter"):
@@ -153,7 +120,7 @@ class TorchScriptSegmenter(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.module(_normalize(images, self.input_norm))
+        out = self.module(normalize(images, self.input_norm))
         if isinstance(out, dict):
             out = out["out"] if "out" in out else next(iter(out.values()))
         elif isinstance(out, (tuple, list)):
@@ -207,6 +174,7 @@ class ProxySegmenter(nn.Module):
     """
 
     is_proxy = True
+    kind = "proxy"
 
     def __init__(self, num_classes: int, width: int = 16, description: str = "proxy (untrained)"):
         super().__init__()

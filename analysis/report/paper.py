@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.quality.segmenter_names import DISPLAY_NAMES, PRESET_SEGMENTER
+
 CLADE_ABSTRACT = ("Tan et al., 'Rethinking Spatially-Adaptive Normalization', arXiv:2004.02867, abstract "
                   "(ADE20K generator); repeated in the TPAMI version, arXiv:2012.04644")
 SPADE_TABLE_1 = "Park et al., 'Semantic Image Synthesis with Spatially-Adaptive Normalization', CVPR 2019, Table 1"
@@ -186,9 +188,12 @@ def paper_quality_comparison(evaluation: pd.DataFrame | None, run_preset: str, *
 
     A measured value is given only for the dataset the run evaluated (``run_preset``) and only
     when the run has the paper's kind of metric (columns ``fid``, ``miou``, ``accuracy``; mIoU
-    and accuracy fractions are converted to percent as published). Proxy metrics
-    (``*_proxy``), another dataset or no SPADE row give NaN and a note saying why. Columns:
-    preset, metric, published, measured, note, source.
+    and accuracy fractions are converted to percent as published). mIoU and accuracy stand beside
+    the paper's only when the run's ``segmenter_kind`` is the paper's network for that dataset
+    (``segmenter_names.PRESET_SEGMENTER``, released weights); a user's TorchScript segmenter is
+    shown with a note that it is comparable only if it is that network. Proxy metrics
+    (``*_proxy``), another segmenter, another dataset or no SPADE row give NaN and a note saying
+    why. Columns: preset, metric, published, measured, note, source.
     """
     spade = None
     if evaluation is not None and "norm" in evaluation:
@@ -203,10 +208,7 @@ def paper_quality_comparison(evaluation: pd.DataFrame | None, run_preset: str, *
             elif spade is None:
                 note = "not measured: no SPADE row evaluated in this run"
             elif metric in spade and pd.notna(spade[metric]):
-                value = float(spade[metric])
-                if metric != "fid" and value <= 1.0:
-                    value *= 100.0
-                note = "same metric and dataset; training budget and segmenter may differ"
+                value, note = _measured(spade, metric, fig.preset)
             elif f"{metric}_proxy" in spade and pd.notna(spade[f"{metric}_proxy"]):
                 note = (f"not comparable: this run has {metric}_proxy (networks trained by the toolkit "
                         "on the run's own data), not the paper's metric")
@@ -215,3 +217,19 @@ def paper_quality_comparison(evaluation: pd.DataFrame | None, run_preset: str, *
             rows.append({"preset": fig.preset, "metric": metric, "published": float(getattr(fig, metric)),
                          "measured": value, "note": note, "source": fig.source})
     return pd.DataFrame(rows)
+
+
+def _measured(spade: pd.Series, metric: str, preset: str) -> tuple[float, str]:
+    """(this run's value in the paper's unit, note): NaN for mIoU / accuracy of another segmenter."""
+    value = float(spade[metric])
+    if metric == "fid":
+        return value, "same metric and dataset; training budget may differ"
+    value = value * 100.0 if value <= 1.0 else value
+    paper_net = DISPLAY_NAMES[PRESET_SEGMENTER[preset]]
+    kind, used = spade.get("segmenter_kind"), spade.get("segmenter", "an unrecorded segmenter")
+    if kind == PRESET_SEGMENTER[preset]:
+        return value, f"same metric, dataset and segmenter ({used}); training budget may differ"
+    if kind in DISPLAY_NAMES or kind == "proxy":
+        return np.nan, f"not comparable: this run's {metric} comes from {used}; the paper's from {paper_net}"
+    return value, (f"segmenter {used}: comparable only if it is the paper's {paper_net} with its released "
+                   f"weights; training budget may differ")

@@ -8,8 +8,9 @@ For every generator folder (``latest_net_G.pth`` + ``generator.json``) under the
 root (--checkpoints, default ``<out>/checkpoints``): the three methods' ``<norm>/`` first, then
 any other subfolder, named after it (e.g. ``spade-1x1/``), then each ``--checkpoint [NAME=]PATH``.
 All must read the same label layout and draw images of one size. For each: generate the val
-split's images from its label maps, score them with a segmenter (yours, or a proxy trained here
-on the real training images) and a Frechet distance (FID with the Inception weights, else on the
+split's images from its label maps, score them with a segmenter (the papers' network of the preset
+from its released weights with ``--segmenter paper --segmenter-weights PATH``, a TorchScript file,
+or a proxy trained here on the real training images) and a Frechet distance (FID with the Inception weights, else on the
 proxy segmenter's features), count params / GMACs and time a forward pass round-robin with the
 others. A CLADE-ICPE generator gets the val ICPE maps computed in the mode it was trained with
 (``icpe_mode`` of its generator.json; "official" for a release folder).
@@ -49,6 +50,7 @@ from analysis.quality import metrics
 from analysis.quality import seeds
 from analysis.report import roi
 from analysis.quality import segmenters
+from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name, parse_size
 from analysis.quality import stats
 from analysis.speed.bench import summarize_times, time_interleaved
 from analysis.context import FigureRef, RunContext, StageResult, TableRef
@@ -211,7 +213,14 @@ def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFr
 # --- scores -------------------------------------------------------------------------------
 
 def user_segmenter(ctx: RunContext, opts: EvalOptions, device):
-    """The --segmenter TorchScript file with the preset's paper class map and input norm by default."""
+    """The --segmenter: a paper network from its released weights (``paper``: the preset's), else the
+    TorchScript file with the preset's paper class map and input norm by default."""
+    if is_paper_segmenter(opts.segmenter):
+        return segmenters.load_paper_segmenter(
+            paper_segmenter_name(opts.segmenter, ctx.preset), opts.segmenter_weights, device,
+            test_size=parse_size(opts.segmenter_size) if opts.segmenter_size else None,
+            img_sizes=opts.segmenter_img_sizes, precision=opts.segmenter_precision,
+            channels_last=opts.segmenter_channels_last)
     spec = segmenters.PAPER_SEGMENTERS.get(ctx.preset)
     class_map = opts.segmenter_class_map or (spec.class_map if spec else None)
     input_norm = opts.segmenter_input or (spec.input_norm if spec else "imagenet")
@@ -251,6 +260,7 @@ def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str
 def run(ctx: RunContext) -> StageResult:
     opts = ctx.eval
     device = torch.device(ctx.device)
+    chosen = None if opts.segmenter is None else user_segmenter(ctx, opts, device)   # a wrong file fails first
     generators, folders = load_generators(ctx, device)
     if not generators:
         raise FileNotFoundError(f"no generator folder under {ctx.checkpoint_root} (<norm>/{GENERATOR_WEIGHTS} for "
@@ -268,7 +278,7 @@ def run(ctx: RunContext) -> StageResult:
     if needs_proxy:
         train = load_samples(ctx, "train", opts.train_images, size)
         proxy = train_proxy(ctx, opts, cfg.label_nc, train, device)
-    segmenter = proxy if opts.segmenter is None else user_segmenter(ctx, opts, device)
+    segmenter = proxy if chosen is None else chosen
     extractors, notes = feature_extractors(opts, proxy, device)
     official = None
     if opts.fid_protocol == "official" and "fid" in extractors:
@@ -301,6 +311,7 @@ def run(ctx: RunContext) -> StageResult:
     table = table[[c for c in order if c in table]]
     table["n_images"] = opts.images
     table["segmenter"] = segmenter.description
+    table["segmenter_kind"] = segmenter.kind
     neighbourhood = single_class_fraction(val["label"], generator_resolutions(cfg)).assign(
         dataset=ctx.preset if ctx.dataroot else "synthetic scenes")
     fid_reference = official.provenance if official else fid_protocol.toolkit_provenance()
@@ -423,14 +434,16 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                   quality: pd.DataFrame, ablation: pd.DataFrame, neighbourhood: pd.DataFrame) -> StageResult:
     """Tables (CSV + Markdown), figures and the stage's result."""
     timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
-    meta = dict(eval_images=opts.images, segmenter=segmenter.description,
+    protocol = segmenter.record() if isinstance(segmenter, segmenters.PaperSegmenter) else None
+    meta = dict(eval_images=opts.images, segmenter=segmenter.description, segmenter_protocol=protocol,
                 latency=f"median of {opts.latency_repeats} forward passes ({timing})", fid_reference=fid_reference)
     ctx.write_table(table, "evaluation", **meta)
     ctx.write_table(quality, "quality_seeds", **meta, bootstrap=f"percentile, {stats.N_BOOT} resamples of the images")
     if not ablation.empty:
         ctx.write_table(ablation, "ablation_quality", **meta)
     ctx.write_table(neighbourhood, "neighbourhood", **meta)
-    log.info("evaluation (%s):\n%s", segmenter.description, roi.to_markdown(table.drop(columns=["segmenter"])))
+    log.info("evaluation (%s):\n%s", segmenter.description,
+             roi.to_markdown(table.drop(columns=["segmenter", "segmenter_kind"])))
     roi_table, modulation = roi.roi_table(table), roi.modulation_roi(table)
     ctx.write_table(roi_table, "roi", **meta)
     ctx.write_table(modulation, "roi_modulation", **meta)
@@ -448,7 +461,9 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                f"gives it for {opts.images} other real images, the noise floor at this sample count.")
     return StageResult(
         summary={"methods": table.loc[table.norm != "real", "norm"].tolist(), "eval_images": opts.images,
-                 "segmenter": segmenter.description},
+                 "segmenter": segmenter.description,
+                 **({"segmenter_seconds_per_image": round(segmenter.seconds_per_image, 4)}
+                    if getattr(segmenter, "seconds_per_image", None) else {})},
         notes=notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
             f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
             f"median of {opts.latency_repeats} forward passes ({timing}) "
@@ -459,7 +474,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                      f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
                      f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
                      f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
-                     f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
+                     f" from {segmenter.description}) next to the seed-0 "
                      f"model's params, GMACs and measured latency."),
             TableRef("tables/quality_seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "

@@ -138,3 +138,25 @@ def test_published_quality_is_set_beside_comparable_numbers_only():
     assert "this run evaluated 'ade20k'" in table.loc[("cityscapes", "fid"), "note"]
     assert table.loc[("coco-stuff", "miou"), "published"] == 37.4
     assert table.loc[("ade20k-outdoor", "fid"), "published"] == 63.3
+
+
+def test_segmentation_scores_are_compared_with_the_papers_only_from_the_papers_segmenter():
+    def table(kind, description):
+        return pd.DataFrame({"norm": ["spade"], "fid": [40.0], "miou": [0.35], "accuracy": [0.7],
+                             "segmenter_kind": [kind], "segmenter": [description]})
+
+    same = paper.paper_quality_comparison(table("upernet-101", "UPerNet-101, released weights, 5 scales"),
+                                          "ade20k").set_index(["preset", "metric"])
+    assert same.loc[("ade20k", "miou"), "measured"] == pytest.approx(35.0)
+    assert "same metric, dataset and segmenter (UPerNet-101" in same.loc[("ade20k", "miou"), "note"]
+    other = paper.paper_quality_comparison(table("drn-d-105", "DRN-D-105, released weights"),
+                                           "ade20k").set_index(["preset", "metric"])
+    assert np.isnan(other.loc[("ade20k", "miou"), "measured"]) and np.isnan(other.loc[("ade20k", "accuracy"),
+                                                                                     "measured"])
+    assert "comes from DRN-D-105, released weights; the paper's from UPerNet-101" in \
+        other.loc[("ade20k", "miou"), "note"]
+    assert other.loc[("ade20k", "fid"), "measured"] == 40.0
+    user = paper.paper_quality_comparison(table("torchscript", "seg.pt (user segmenter)"),
+                                          "ade20k").set_index(["preset", "metric"])
+    assert user.loc[("ade20k", "miou"), "measured"] == pytest.approx(35.0)
+    assert "comparable only if it is the paper's UPerNet-101" in user.loc[("ade20k", "miou"), "note"]
