@@ -27,6 +27,10 @@ map (row and column offset from the centroid of the pixel's connected class comp
 (-1, 1)) that the layer sees: the map given to the generator, nearest-resized to the layer.
 A channel with ``total == 0`` (e.g. CLADE's initial ``beta = 0``) has undefined ratios: they are
 NaN and left out of every mean, and counted in ``zero_variance_channels``.
+
+Beside the modulation, the capture records each channel's variance of the parameter-free
+normalised activation the layer scales (``activation_variance``): the scale against which a
+modulation is negligible or not (``analysis.probe.verdicts``).
 """
 from __future__ import annotations
 
@@ -93,6 +97,22 @@ class LayerStatistics:
         self.xty = torch.zeros(class_nc, b, 2 * channels, dtype=torch.float64)
         self.yty = torch.zeros(class_nc, 2 * channels, dtype=torch.float64)
         self.offset: torch.Tensor | None = None
+        # per channel: sum and sum of squares of the normalised activation, and its element count
+        self.activation_sums = torch.zeros(2, channels, dtype=torch.float64)
+        self.activation_count = 0
+
+    def update_activation(self, normalised: torch.Tensor) -> None:
+        """Add one batch of the layer's parameter-free normalised activation [N, C, H, W]."""
+        x = normalised.detach().to("cpu", torch.float64).transpose(0, 1).reshape(self.channels, -1)
+        self.activation_sums += torch.stack((x.sum(1), (x * x).sum(1)))
+        self.activation_count += x.shape[1]
+
+    def activation_variance(self) -> np.ndarray:
+        """[C] variance of the normalised activation per channel (NaN when never recorded)."""
+        if self.activation_count == 0:
+            return np.full(self.channels, np.nan)
+        mean, square = (self.activation_sums / self.activation_count).numpy()
+        return np.maximum(square - mean ** 2, 0.0)
 
     def update(self, label: torch.Tensor, positions: torch.Tensor, scale: torch.Tensor,
                shift: torch.Tensor) -> None:
@@ -181,6 +201,7 @@ class LayerStatistics:
             "residual_ratio": ratio(within - positional),
             "positional_variance_adjusted": positional_adjusted,
             "positional_ratio_adjusted": ratio(positional_adjusted),
+            "activation_variance": self.activation_variance(),
         })
 
 
@@ -302,14 +323,26 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
             return scale, shift
         return capture
 
+    def record_activation(name):
+        def hook(module, inputs, output):
+            stats.layers[name].update_activation(output)   # modulation(), called first, created the entry
+        return hook
+
+    # A layer without a param_free_norm (a plugin's own forward) records no activation scale.
+    hooks = [m.param_free_norm.register_forward_hook(record_activation(name)) for name, m in modules.items()
+             if isinstance(getattr(m, "param_free_norm", None), nn.Module)]
     device = model_device(generator)
-    with eval_no_grad(generator), override_modulation(modules, make_override):
-        for batch in tqdm(batches, desc="probe: capture", unit="batch", disable=not progress):
-            semantic, dist = prepare_inputs(batch, config, device)
-            positions_at.clear()
-            positions_at["full"] = dist
-            generate_fixed_z(generator, semantic, dist)
-            stats.images += semantic.shape[0]
+    try:
+        with eval_no_grad(generator), override_modulation(modules, make_override):
+            for batch in tqdm(batches, desc="probe: capture", unit="batch", disable=not progress):
+                semantic, dist = prepare_inputs(batch, config, device)
+                positions_at.clear()
+                positions_at["full"] = dist
+                generate_fixed_z(generator, semantic, dist)
+                stats.images += semantic.shape[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
     silent = [f"{n} ({type(m).__name__})" for n, m in modules.items() if n not in stats.layers]
     if silent and stats.images:
         raise ValueError(f"modulation layers {silent} never called modulation(cond, size) in the forward pass; "

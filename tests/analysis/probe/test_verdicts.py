@@ -1,0 +1,164 @@
+"""Probe verdicts: class share against all other variance, the untrained baseline, negligible layers."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from analysis.probe.variance import LayerStatistics, capture_modulation_statistics, modulation_layers, \
+    variance_decomposition
+from analysis.probe.verdicts import (NEGLIGIBLE_RELATIVE_STD, VERDICT_COLUMNS, layer_shares, probe_verdicts,
+                                     share_interval, untrained_twin)
+from models import build_generator
+from training.trainer import Trainer, TrainRecipe
+
+from tests.analysis.probe.test_probe import CLASSES, H, STRIPE, U, random_batches, randomize_class_tables, stripes, tiny
+
+
+# --- the share and the negligible rule on a hand-made layer ----------------------------------
+
+def hand_layer(scale: float) -> pd.DataFrame:
+    """One channel on the stripes: gamma = scale * class value (Var 3.5 scale^2, all between
+    classes), beta = scale * a +-1 pattern (Var scale^2, all residual); normalised activation
+    of variance 4 (std 2)."""
+    label, positions, r = stripes()
+    gamma = scale * U[label[0]]
+    layer = LayerStatistics("hand", (H, STRIPE * CLASSES), 1, CLASSES)
+    layer.update(label, positions, gamma[None, None], (scale * r)[None, None])
+    layer.update_activation(2 * r[None, None])
+    frames = [layer.decompose(p).assign(depth=0) for p in ("gamma", "beta")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_share_pools_gamma_and_beta_against_all_non_class_variance():
+    row = layer_shares(hand_layer(1.0)).iloc[0]
+    assert row["share_class"] == pytest.approx(3.5 / 4.5, rel=1e-12)
+    assert row["modulation_std"] == pytest.approx(np.sqrt(4.5), rel=1e-12)
+    assert row["activation_std"] == pytest.approx(2.0, rel=1e-12)
+    assert not row["negligible"]
+
+
+# relative std = scale * sqrt(4.5) / 2: 4e-3 -> 4.24e-3 (above 2^-8 = 3.91e-3), 3.5e-3 -> 3.71e-3 (below)
+@pytest.mark.parametrize("scale, negligible", [(1e-2, False), (4e-3, False), (3.5e-3, True), (1e-6, True)])
+def test_negligible_means_modulation_std_below_two_to_the_minus_8_of_the_activation_std(scale, negligible):
+    row = layer_shares(hand_layer(scale)).iloc[0]
+    relative = scale * np.sqrt(4.5) / 2.0
+    assert row["relative_modulation_std"] == pytest.approx(relative, rel=1e-9)
+    assert row["negligible"] == (relative < NEGLIGIBLE_RELATIVE_STD) == negligible
+
+
+# --- intervals on shares ----------------------------------------------------------------------
+
+def test_interval_is_student_t_on_the_logit_scale():
+    shares = 1 / (1 + np.exp(-np.array([-1.0, 0.0, 1.0])))        # logits -1, 0, 1: mean 0, sd 1
+    centre, low, high = share_interval(shares)
+    half = scipy_stats.t.ppf(0.975, 2) / np.sqrt(3)
+    assert centre == pytest.approx(0.5, abs=1e-15)
+    assert low == pytest.approx(1 / (1 + np.exp(half)), rel=1e-12)
+    assert high == pytest.approx(1 / (1 + np.exp(-half)), rel=1e-12)
+    assert share_interval([0.4])[1:] == (pytest.approx(np.nan, nan_ok=True),) * 2
+
+
+def test_intervals_of_shares_near_the_bounds_stay_inside_zero_one():
+    for shares in ([0.97, 0.999, 0.9999], [1e-4, 0.02, 0.05], [1.0, 1.0, 1.0], [0.0, 0.3, 0.9]):
+        centre, low, high = share_interval(shares)
+        assert 0 <= low <= centre <= high <= 1
+    # a symmetric interval on the share scale would run past 1 here
+    shares = np.array([0.97, 0.999, 0.9999])
+    naive_high = shares.mean() + scipy_stats.t.ppf(0.975, 2) * shares.std(ddof=1) / np.sqrt(3)
+    assert naive_high > 1
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+def shares_of(generators: dict, batches, **columns) -> pd.DataFrame:
+    """layer_shares of {seed: generator} probed on ``batches``."""
+    frames = [variance_decomposition(capture_modulation_statistics(G, batches, progress=False))
+              .assign(model="m", run="m", seed=seed, **columns) for seed, G in generators.items()]
+    return layer_shares(pd.concat(frames, ignore_index=True))
+
+
+def spade(seed):
+    return untrained_twin(tiny("spade", param_free_norm="instance"), seed)
+
+
+def test_untrained_twin_is_the_trainers_initial_generator():
+    G = tiny("spade")
+    twin = untrained_twin(G, seed=7)
+    state = torch.get_rng_state()
+    trainer = Trainer(g_config=G.config, recipe=TrainRecipe(use_vgg=False, seed=7, channels_last=False))
+    for (name, a), (_, b) in zip(twin.state_dict().items(), trainer.G.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    torch.set_rng_state(state)
+    before = torch.get_rng_state()
+    untrained_twin(G, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)   # the global RNG is left as it was
+
+
+def test_an_untrained_spade_gets_no_supported_semantic_verdict():
+    batches = random_batches()
+    # the official initialisation (Xavier, gain 0.02): modulation std ~5e-5 of the activation
+    shares = shares_of({k: spade(k) for k in range(3)}, batches)
+    verdicts = probe_verdicts(shares, shares)
+    assert list(verdicts.columns) == VERDICT_COLUMNS and len(verdicts) == 18
+    assert set(verdicts["verdict"]) == {"no verdict: negligible modulation"}
+    # weights large enough to matter: judged against itself, never supported
+    shares = shares_of({k: randomize_class_tables(spade(k)) for k in range(3)}, batches)
+    verdicts = probe_verdicts(shares, shares)
+    assert not verdicts["negligible"].any()
+    assert "supported" not in set(verdicts["verdict"])
+    judged = verdicts[verdicts["verdict"] == "not supported"]
+    assert len(judged) == 18
+    assert (judged["share_class_low"] <= judged["share_class_untrained"]).all()
+    assert (judged["share_class_untrained"] <= judged["share_class_high"]).all()
+
+
+def test_class_only_modulation_is_supported_over_the_untrained_baseline():
+    batches = random_batches()
+    trained = {}
+    for seed in range(3):
+        G = spade(seed)
+        g = torch.Generator().manual_seed(seed)
+        for m in modulation_layers(G).values():
+            table = torch.randn(G.config.class_nc, m.mlp_gamma.out_channels, generator=g)
+            m.modulation_override = lambda cond, size, t=table: (t[cond.label_at(size)].permute(0, 3, 1, 2),) * 2
+        trained[seed] = G
+    verdicts = probe_verdicts(shares_of(trained, batches), shares_of({k: spade(k) for k in range(3)}, batches))
+    assert set(verdicts["verdict"]) == {"supported"}
+    np.testing.assert_allclose(verdicts["share_class_low"], 1, atol=1e-9)
+    assert (verdicts["share_class_untrained"] < 0.6).all()
+
+
+def test_negligible_layers_get_no_verdict():
+    batches = random_batches(1)
+    shrunk = {}
+    for seed in range(2):
+        G = randomize_class_tables(spade(seed))
+        for m in modulation_layers(G).values():
+            for conv in (m.mlp_gamma, m.mlp_beta):
+                conv.weight.data.mul_(1e-6)
+                conv.bias.data.mul_(1e-6)
+        shrunk[seed] = G
+    untrained = shares_of({k: randomize_class_tables(spade(k)) for k in range(2)}, batches)
+    verdicts = probe_verdicts(shares_of(shrunk, batches), untrained)
+    assert verdicts["negligible"].all()
+    assert set(verdicts["verdict"]) == {"no verdict: negligible modulation"}
+    assert not untrained["negligible"].any()
+
+
+def test_a_single_seed_gets_no_verdict_and_a_missing_baseline_is_named():
+    shares = shares_of({0: randomize_class_tables(spade(0))}, random_batches(1))
+    verdicts = probe_verdicts(shares, shares)
+    assert verdicts["share_class_low"].isna().all() and verdicts["share_class_high"].isna().all()
+    assert set(verdicts["verdict"]) == {"no verdict: one seed"}
+    with pytest.raises(ValueError, match="no untrained baseline for run 'm', seed 0, layer 'head_0.norm_0'"):
+        probe_verdicts(shares, shares.iloc[:0])
+
+
+def test_clade_is_class_only_by_construction():
+    batches = random_batches(1)
+    clade = {k: untrained_twin(tiny("clade", param_free_norm="instance"), k) for k in range(2)}
+    shares = shares_of(clade, batches)
+    np.testing.assert_allclose(shares["share_class"], 1, atol=1e-12)
+    verdicts = probe_verdicts(shares, shares)
+    assert set(verdicts["verdict"]) == {"no verdict: class-only by construction"}
