@@ -54,7 +54,7 @@ def plot_ratio_bars(layers: pd.DataFrame) -> plt.Figure:
             x = np.arange(len(df))
             empty = df["semantic_ratio_weighted"].isna().to_numpy()
             if "negligible" in df.columns:
-                empty |= df["negligible"].astype(bool).to_numpy()
+                empty = empty | df["negligible"].astype(bool).to_numpy()
             semantic = np.where(empty, 0.0, df["semantic_ratio_weighted"].to_numpy())
             positional = np.where(empty, 0.0, df["positional_ratio_adjusted_weighted"].to_numpy())
             parts = np.nan_to_num(np.stack([semantic, positional, np.where(empty, 0.0, 1 - semantic - positional)]))

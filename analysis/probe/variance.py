@@ -390,6 +390,8 @@ PARTS = {"semantic_ratio": "between_variance", "positional_ratio": "positional_v
          "residual_ratio": "residual_variance",
          "positional_ratio_adjusted": "positional_variance_adjusted"}
 COUNTS = {"channels": int, "zero_variance_channels": int}
+# Columns naming the probed model that a stage adds to the channel table; the summaries keep them.
+MODEL_KEYS = ("model", "run", "seed", "norm", "spade_kernel_size", "mask_factor")
 
 
 def _aggregate(group: pd.DataFrame) -> pd.Series:
@@ -413,7 +415,7 @@ def layer_summary(channels: pd.DataFrame) -> pd.DataFrame:
     ``*_weighted`` = sum over channels of the part / sum of total variances; the plain
     ratios are means over channels with defined (non-NaN) ratios.
     """
-    keys = [k for k in ("model", "run", "seed", "norm", "spade_kernel_size") if k in channels.columns]
+    keys = [k for k in MODEL_KEYS if k in channels.columns]
     by = keys + ["depth", "layer", "resolution", "param"]
     out = channels.groupby(by, sort=False, dropna=False).apply(_aggregate, include_groups=False)
     return out.astype(COUNTS).reset_index()
@@ -421,7 +423,7 @@ def layer_summary(channels: pd.DataFrame) -> pd.DataFrame:
 
 def resolution_summary(channels: pd.DataFrame) -> pd.DataFrame:
     """Aggregates per (resolution, param) over all channels of all layers at that resolution."""
-    keys = [k for k in ("model", "run", "seed", "norm", "spade_kernel_size") if k in channels.columns]
+    keys = [k for k in MODEL_KEYS if k in channels.columns]
     groups = channels.groupby(keys + ["resolution", "param"], sort=False, dropna=False)
     out = groups.apply(_aggregate, include_groups=False)
     return out.astype(COUNTS).assign(layers=groups["layer"].nunique()).reset_index()

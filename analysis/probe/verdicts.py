@@ -37,6 +37,8 @@ from torch import nn
 
 from models import build_generator_from_config
 
+from analysis.probe.variance import MODEL_KEYS
+
 NEGLIGIBLE_RELATIVE_STD = 2.0 ** -8
 LEVEL = 0.95
 # A share this close to 1 in the untrained generator is class-only by construction (CLADE's tables).
@@ -51,7 +53,6 @@ ONE_SEED = "no verdict: one seed"
 
 VERDICT_COLUMNS = ["model", "layer", "resolution", "share_class", "share_class_low", "share_class_high",
                    "share_class_untrained", "negligible", "verdict"]
-SHARE_KEYS = ("model", "run", "seed", "norm", "spade_kernel_size", "mask_factor")
 
 
 def untrained_twin(generator: nn.Module, seed: int) -> nn.Module:
@@ -81,7 +82,7 @@ def layer_shares(channels: pd.DataFrame) -> pd.DataFrame:
     """Per (model, seed, layer): ``share_class`` (gamma and beta pooled), the modulation and
     activation std and ``negligible`` (see the module docstring), from a ``variance_decomposition``
     table (with ``activation_variance``; model/run/seed columns kept when present)."""
-    keys = [k for k in SHARE_KEYS if k in channels.columns]
+    keys = [k for k in MODEL_KEYS if k in channels.columns]
     out = channels.groupby(keys + ["depth", "layer", "resolution"], sort=False, dropna=False).apply(
         _layer_row, include_groups=False)
     return out.astype({"negligible": bool}).reset_index()

@@ -162,3 +162,35 @@ def test_clade_is_class_only_by_construction():
     np.testing.assert_allclose(shares["share_class"], 1, atol=1e-12)
     verdicts = probe_verdicts(shares, shares)
     assert set(verdicts["verdict"]) == {"no verdict: class-only by construction"}
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def test_layers_without_variance_are_drawn_as_such_not_as_shares():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from analysis.probe.figures import plot_ratio_bars, plot_share_against_untrained
+    from analysis.probe.variance import layer_summary
+
+    G = randomize_class_tables(spade(0))
+    tiny_layer = next(iter(modulation_layers(G).values()))
+    for conv in (tiny_layer.mlp_gamma, tiny_layer.mlp_beta):     # the first layer: std ~1e-9
+        conv.weight.data.mul_(1e-8)
+        conv.bias.data.mul_(1e-8)
+    channels = variance_decomposition(capture_modulation_statistics(G, random_batches(1), progress=False))
+    channels = channels.assign(model="m", run="m", seed=0)
+    shares = layer_shares(channels)
+    assert shares["negligible"].tolist() == [True] + [False] * 17
+    layers = layer_summary(channels).merge(shares[["model", "layer", "negligible"]])
+    fig = plot_ratio_bars(layers)
+    ax = fig.axes[0]
+    coloured = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_facecolor()[:3] != (1, 1, 1)]
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1 and hatched[0].get_x() < 0          # layer 0: one hatched slot ...
+    assert all(p.get_height() == 0 for p in coloured if p.get_x() < 0)   # ... and no share bars
+    assert sum(t.get_text() == "no variance" for t in ax.texts) == 1
+    plt.close(fig)
+    verdicts = probe_verdicts(shares, shares)
+    fig = plot_share_against_untrained(verdicts)
+    assert sum(bool(p.get_hatch()) for p in fig.axes[0].patches) == 1
+    plt.close(fig)
