@@ -71,7 +71,8 @@ def _layer_row(group: pd.DataFrame) -> pd.Series:
     modulation_std = np.sqrt(total / channels)        # both params' variances, mean over channels
     activation = group.loc[group["param"] == group["param"].iloc[0], "activation_variance"]
     activation_std = np.sqrt(activation.mean()) if activation.notna().all() else 1.0
-    relative = modulation_std / activation_std if activation_std > 0 else np.inf
+    # no variation at all is negligible against any activation, even a constant one
+    relative = 0.0 if modulation_std == 0 else modulation_std / activation_std if activation_std > 0 else np.inf
     return pd.Series({"share_class": group["between_variance"].sum() / total if total > 0 else np.nan,
                       "modulation_std": modulation_std, "activation_std": activation_std,
                       "relative_modulation_std": relative,

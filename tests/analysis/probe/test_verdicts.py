@@ -39,7 +39,7 @@ def test_share_pools_gamma_and_beta_against_all_non_class_variance():
 
 
 # relative std = scale * sqrt(4.5) / 2: 4e-3 -> 4.24e-3 (above 2^-8 = 3.91e-3), 3.5e-3 -> 3.71e-3 (below)
-@pytest.mark.parametrize("scale, negligible", [(1e-2, False), (4e-3, False), (3.5e-3, True), (1e-6, True)])
+@pytest.mark.parametrize("scale, negligible", [(1e-2, False), (4e-3, False), (3.5e-3, True), (1e-6, True), (0.0, True)])
 def test_negligible_means_modulation_std_below_two_to_the_minus_8_of_the_activation_std(scale, negligible):
     row = layer_shares(hand_layer(scale)).iloc[0]
     relative = scale * np.sqrt(4.5) / 2.0
@@ -194,3 +194,38 @@ def test_layers_without_variance_are_drawn_as_such_not_as_shares():
     fig = plot_share_against_untrained(verdicts)
     assert sum(bool(p.get_hatch()) for p in fig.axes[0].patches) == 1
     plt.close(fig)
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def test_stage_writes_verdicts_against_the_untrained_twin_of_each_seed_and_probes_coarse_masks(tmp_path):
+    import json
+
+    from analysis.context import RunContext
+    from analysis.options import ProbeOptions
+    from analysis.stages import probe as stage
+    from models import save_generator_dir
+
+    ctx = RunContext(out=tmp_path / "out", checkpoints=tmp_path / "ckpt", quick=True, seed=3,
+                     probe=ProbeOptions(images=2))
+    G = tiny("spade", crop_size=32)
+    for name, seed, factor in (("spade", 0, 1), ("spade-s1", 1, 1), ("spade-mask4", 0, 4)):
+        folder = tmp_path / "ckpt" / name
+        save_generator_dir(untrained_twin(G, ctx.seed + seed), folder)    # weights as the run started
+        (folder / "variant.json").write_text(json.dumps({"seed": seed, "mask_factor": factor,
+                                                         "mask_resolution": f"{32 // factor}x{32 // factor}"}))
+    summary = stage.run(ctx)
+    tables = tmp_path / "out" / "tables"
+    verdicts = pd.read_csv(tables / "probe_verdicts.csv")
+    assert list(verdicts.columns) == VERDICT_COLUMNS
+    assert list(dict.fromkeys(verdicts["model"])) == ["spade", "spade-mask4"] and len(verdicts) == 2 * 18
+    assert "supported" not in set(verdicts["verdict"])
+    shares = pd.read_csv(tables / "probe_shares.csv")
+    # the stage rebuilt each seed's initial weights and fed them the same label maps
+    np.testing.assert_array_equal(shares["share_class"], shares["share_class_untrained"])
+    assert set(shares.loc[shares["model"] == "spade-mask4", "mask_factor"]) == {4}
+    coarse = shares[shares["model"] == "spade-mask4"].set_index("layer")["share_class"]
+    fine = shares[shares["model"] == "spade"].set_index("layer")["share_class"]
+    assert not np.allclose(coarse["up_3.norm_0"], fine["up_3.norm_0"])   # other label maps at 32x32
+    assert any(f.file == "figures/probe_share_vs_untrained.png" for f in summary.figures)
+    assert any(n.startswith("Probe verdicts, spade:") for n in summary.notes)
