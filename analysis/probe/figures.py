@@ -20,7 +20,7 @@ PART_STYLE = (  # (legend, colour), stacked bottom to top
     ("residual (the rest)", "#b8b8b8"),
 )
 
-NO_VARIANCE_LEGEND = (f"no variance (modulation std < {NEGLIGIBLE_RELATIVE_STD:.2g} x the activation's; "
+NO_VARIANCE_LEGEND = (f"no variance (modulation std < {NEGLIGIBLE_RELATIVE_STD:.2g} x the activation's RMS; "
                       f"no bar, no verdict)")
 
 

@@ -28,9 +28,11 @@ map (row and column offset from the centroid of the pixel's connected class comp
 A channel with ``total == 0`` (e.g. CLADE's initial ``beta = 0``) has undefined ratios: they are
 NaN and left out of every mean, and counted in ``zero_variance_channels``.
 
-Beside the modulation, the capture records each channel's variance of the parameter-free
-normalised activation the layer scales (``activation_variance``): the scale against which a
-modulation is negligible or not (``analysis.probe.verdicts``).
+Beside the modulation, the capture records each channel's mean square of the parameter-free
+normalised activation the layer scales (``activation_mean_square``; 1 under training-mode
+normalisation, whatever the running statistics make it in eval mode): the scale against which a
+modulation is negligible or not (``analysis.probe.verdicts``). ``classes_seen`` counts the
+classes present at the layer's resolution: with one, no share between classes exists.
 """
 from __future__ import annotations
 
@@ -97,22 +99,21 @@ class LayerStatistics:
         self.xty = torch.zeros(class_nc, b, 2 * channels, dtype=torch.float64)
         self.yty = torch.zeros(class_nc, 2 * channels, dtype=torch.float64)
         self.offset: torch.Tensor | None = None
-        # per channel: sum and sum of squares of the normalised activation, and its element count
-        self.activation_sums = torch.zeros(2, channels, dtype=torch.float64)
+        # per channel: sum of squares of the normalised activation, and its element count
+        self.activation_squares = torch.zeros(channels, dtype=torch.float64)
         self.activation_count = 0
 
     def update_activation(self, normalised: torch.Tensor) -> None:
         """Add one batch of the layer's parameter-free normalised activation [N, C, H, W]."""
         x = normalised.detach().to("cpu", torch.float64).transpose(0, 1).reshape(self.channels, -1)
-        self.activation_sums += torch.stack((x.sum(1), (x * x).sum(1)))
+        self.activation_squares += (x * x).sum(1)
         self.activation_count += x.shape[1]
 
-    def activation_variance(self) -> np.ndarray:
-        """[C] variance of the normalised activation per channel (NaN when never recorded)."""
+    def activation_mean_square(self) -> np.ndarray:
+        """[C] mean square of the normalised activation per channel (NaN when never recorded)."""
         if self.activation_count == 0:
             return np.full(self.channels, np.nan)
-        mean, square = (self.activation_sums / self.activation_count).numpy()
-        return np.maximum(square - mean ** 2, 0.0)
+        return (self.activation_squares / self.activation_count).numpy()
 
     def update(self, label: torch.Tensor, positions: torch.Tensor, scale: torch.Tensor,
                shift: torch.Tensor) -> None:
@@ -201,7 +202,7 @@ class LayerStatistics:
             "residual_ratio": ratio(within - positional),
             "positional_variance_adjusted": positional_adjusted,
             "positional_ratio_adjusted": ratio(positional_adjusted),
-            "activation_variance": self.activation_variance(),
+            "activation_mean_square": self.activation_mean_square(), "classes_seen": int(keep.sum()),
         })
 
 

@@ -17,12 +17,15 @@ trained layer supports "the modulation is semantic" only where its share lies ab
 same architecture at its initial weights (same seed) gives on the same label maps.
 
 Negligible modulation. A layer whose per-pixel modulation std (over pixels, RMS over channels,
-gamma and beta together) is below ``NEGLIGIBLE_RELATIVE_STD`` = 2^-8 of the std of the
+gamma and beta together) is below ``NEGLIGIBLE_RELATIVE_STD`` = 2^-8 of the RMS of the
 normalised activation it scales gets no verdict: 2^-8 is bf16's relative rounding (8 significant
 bits), the precision the default training runs in, so such a variation is below the rounding of
 the forward pass that trained it and its "shares" are ratios of noise (SPADE's 1x1 layers: std
-1e-6, float32 rounding; 2x2: 1.6e-3). Without a recorded activation (a plugin layer without
-``param_free_norm``) the activation std is taken as 1, what normalisation makes it in training.
+1e-6, float32 rounding; 2x2: 1.6e-3). RMS, not std: at the head the activation can be the same
+at every pixel of every image (one class at 1x1), yet the modulation scales it. Without a
+recorded activation (a plugin layer without ``param_free_norm``) the RMS is taken as 1, what
+normalisation makes it in training. A layer at which the probe saw one class has no share
+between classes: no verdict either.
 
 Intervals over seeds: Student-t on the logit of the per-seed shares, mapped back, so they stay
 inside [0, 1]; the point estimate is the back-mapped mean logit (inside its interval).
@@ -50,6 +53,7 @@ NOT_SUPPORTED = "not supported"
 NEGLIGIBLE = "no verdict: negligible modulation"
 CLASS_ONLY_BY_CONSTRUCTION = "no verdict: class-only by construction"
 ONE_SEED = "no verdict: one seed"
+ONE_CLASS = "no verdict: one class seen"
 
 VERDICT_COLUMNS = ["model", "layer", "resolution", "share_class", "share_class_low", "share_class_high",
                    "share_class_untrained", "negligible", "verdict"]
@@ -69,24 +73,25 @@ def _layer_row(group: pd.DataFrame) -> pd.Series:
     total = group["total_variance"].sum()
     channels = group["channel"].nunique()
     modulation_std = np.sqrt(total / channels)        # both params' variances, mean over channels
-    activation = group.loc[group["param"] == group["param"].iloc[0], "activation_variance"]
-    activation_std = np.sqrt(activation.mean()) if activation.notna().all() else 1.0
-    # no variation at all is negligible against any activation, even a constant one
-    relative = 0.0 if modulation_std == 0 else modulation_std / activation_std if activation_std > 0 else np.inf
+    activation = group.loc[group["param"] == group["param"].iloc[0], "activation_mean_square"]
+    activation_rms = np.sqrt(activation.mean()) if activation.notna().all() else 1.0
+    # no variation at all is negligible against any activation, even a zero one
+    relative = 0.0 if modulation_std == 0 else modulation_std / activation_rms if activation_rms > 0 else np.inf
     return pd.Series({"share_class": group["between_variance"].sum() / total if total > 0 else np.nan,
-                      "modulation_std": modulation_std, "activation_std": activation_std,
+                      "modulation_std": modulation_std, "activation_rms": activation_rms,
                       "relative_modulation_std": relative,
-                      "negligible": bool(relative < NEGLIGIBLE_RELATIVE_STD)})
+                      "negligible": bool(relative < NEGLIGIBLE_RELATIVE_STD),
+                      "classes_seen": int(group["classes_seen"].min())})
 
 
 def layer_shares(channels: pd.DataFrame) -> pd.DataFrame:
     """Per (model, seed, layer): ``share_class`` (gamma and beta pooled), the modulation and
-    activation std and ``negligible`` (see the module docstring), from a ``variance_decomposition``
-    table (with ``activation_variance``; model/run/seed columns kept when present)."""
+    activation RMS, ``negligible`` (see the module docstring) and ``classes_seen``, from a
+    ``variance_decomposition`` table (model/run/seed columns kept when present)."""
     keys = [k for k in MODEL_KEYS if k in channels.columns]
     out = channels.groupby(keys + ["depth", "layer", "resolution"], sort=False, dropna=False).apply(
         _layer_row, include_groups=False)
-    return out.astype({"negligible": bool}).reset_index()
+    return out.astype({"negligible": bool, "classes_seen": int}).reset_index()
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -109,9 +114,11 @@ def share_interval(shares, level: float = LEVEL) -> tuple[float, float, float]:
     return centre, float(_expit(z.mean() - half)), float(_expit(z.mean() + half))
 
 
-def _verdict(low: float, untrained: np.ndarray, negligible: bool, seeds: int) -> str:
+def _verdict(low: float, untrained: np.ndarray, negligible: bool, seeds: int, classes: int) -> str:
     if negligible:
         return NEGLIGIBLE
+    if classes < 2:
+        return ONE_CLASS
     if (untrained >= CLASS_ONLY).all():
         return CLASS_ONLY_BY_CONSTRUCTION
     if seeds < 2:
@@ -124,6 +131,7 @@ def probe_verdicts(trained: pd.DataFrame, untrained: pd.DataFrame, level: float 
     its interval, the untrained baseline (same seeds, same label maps) and the verdict:
 
     - "no verdict: negligible modulation" when the layer is negligible in any trained seed;
+    - "no verdict: one class seen" when the probe saw a single class at the layer's resolution;
     - "no verdict: class-only by construction" when the untrained share is already 1 (CLADE);
     - "no verdict: one seed" without an interval;
     - "supported" when the interval's lower end lies above the untrained share, else "not supported"
@@ -151,5 +159,6 @@ def probe_verdicts(trained: pd.DataFrame, untrained: pd.DataFrame, level: float 
                      "share_class": centre, "share_class_low": low, "share_class_high": high,
                      "share_class_untrained": float(_expit(_logit(untrained_share).mean())),
                      "negligible": negligible,
-                     "verdict": _verdict(low, untrained_share, negligible, len(defined))})
+                     "verdict": _verdict(low, untrained_share, negligible, len(defined),
+                                         int(g["classes_seen"].min()))})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)

@@ -300,7 +300,7 @@ def run(ctx: RunContext) -> StageResult:
     constant = [m for m in constant if m not in set(drawn.model)]
     negligible_rule = (f"modulation std (over pixels, RMS over channels, gamma and beta together) below "
                        f"{NEGLIGIBLE_RELATIVE_STD:.3g} (2^-8, bf16's relative rounding) of the std of the normalised "
-                       f"activation it scales")
+                       f"activation it scales (RMS)")
     figures.insert(0, FigureRef(str(ctx.write_figure(plot_share_against_untrained(verdicts),
                                                      "probe_share_vs_untrained").relative_to(ctx.out)),
                                 "Class share of each layer's gamma / beta variance (against positional and "
@@ -328,13 +328,13 @@ def run(ctx: RunContext) -> StageResult:
         "probe_channels": "The same decomposition for every channel of every modulation layer.",
         "probe_resolutions": "Variance shares aggregated per resolution stage.",
         "probe_shares": "Class share of each layer's gamma / beta variance (pooled, against all other variance) "
-                        "per model and seed, beside its untrained twin's; modulation and activation std and "
+                        "per model and seed, beside its untrained twin's; modulation std, activation RMS, classes seen and "
                         "whether the modulation is negligible.",
         "probe_verdicts": "Per run and layer: class share over seeds (logit-t 95% interval, inside [0, 1]), the "
                           "untrained twin's share (same seeds, same label maps) and the verdict: 'supported' when the "
                           "interval lies above the untrained share; no verdict where the modulation is negligible "
                           f"({negligible_rule}), where the untrained share is already 1 (class-only by "
-                          "construction: CLADE's tables) or with one seed.",
+                          "construction: CLADE's tables), where one class was seen, or with one seed.",
         "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
                           "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
                           "input is removed.",

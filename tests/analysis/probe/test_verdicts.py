@@ -17,15 +17,15 @@ from tests.analysis.probe.test_probe import CLASSES, H, STRIPE, U, random_batche
 
 # --- the share and the negligible rule on a hand-made layer ----------------------------------
 
-def hand_layer(scale: float) -> pd.DataFrame:
+def hand_layer(scale: float, activation: float | None = None) -> pd.DataFrame:
     """One channel on the stripes: gamma = scale * class value (Var 3.5 scale^2, all between
     classes), beta = scale * a +-1 pattern (Var scale^2, all residual); normalised activation
-    of variance 4 (std 2)."""
+    of variance 4 (std 2), or the constant ``activation``."""
     label, positions, r = stripes()
     gamma = scale * U[label[0]]
     layer = LayerStatistics("hand", (H, STRIPE * CLASSES), 1, CLASSES)
     layer.update(label, positions, gamma[None, None], (scale * r)[None, None])
-    layer.update_activation(2 * r[None, None])
+    layer.update_activation(2 * r[None, None] if activation is None else torch.full_like(r, activation)[None, None])
     frames = [layer.decompose(p).assign(depth=0) for p in ("gamma", "beta")]
     return pd.concat(frames, ignore_index=True)
 
@@ -34,17 +34,36 @@ def test_share_pools_gamma_and_beta_against_all_non_class_variance():
     row = layer_shares(hand_layer(1.0)).iloc[0]
     assert row["share_class"] == pytest.approx(3.5 / 4.5, rel=1e-12)
     assert row["modulation_std"] == pytest.approx(np.sqrt(4.5), rel=1e-12)
-    assert row["activation_std"] == pytest.approx(2.0, rel=1e-12)
+    assert row["activation_rms"] == pytest.approx(2.0, rel=1e-12)
+    assert row["classes_seen"] == CLASSES
     assert not row["negligible"]
 
 
 # relative std = scale * sqrt(4.5) / 2: 4e-3 -> 4.24e-3 (above 2^-8 = 3.91e-3), 3.5e-3 -> 3.71e-3 (below)
 @pytest.mark.parametrize("scale, negligible", [(1e-2, False), (4e-3, False), (3.5e-3, True), (1e-6, True), (0.0, True)])
-def test_negligible_means_modulation_std_below_two_to_the_minus_8_of_the_activation_std(scale, negligible):
+def test_negligible_means_modulation_std_below_two_to_the_minus_8_of_the_activation_rms(scale, negligible):
     row = layer_shares(hand_layer(scale)).iloc[0]
     relative = scale * np.sqrt(4.5) / 2.0
     assert row["relative_modulation_std"] == pytest.approx(relative, rel=1e-9)
     assert row["negligible"] == (relative < NEGLIGIBLE_RELATIVE_STD) == negligible
+
+
+def test_the_activation_scale_is_its_rms_so_a_constant_activation_still_counts():
+    row = layer_shares(hand_layer(1e-2, activation=-2.0)).iloc[0]
+    assert row["activation_rms"] == pytest.approx(2.0, rel=1e-12) and not row["negligible"]
+    assert layer_shares(hand_layer(1e-2, activation=0.0)).iloc[0]["relative_modulation_std"] == np.inf
+
+
+def test_a_layer_where_one_class_was_seen_gets_no_verdict():
+    label, positions, r = stripes()
+    frames = []
+    for seed in range(2):
+        layer = LayerStatistics("one", (H, STRIPE * CLASSES), 1, CLASSES)
+        layer.update(torch.zeros_like(label), positions, (1 + seed) * r[None, None], r[None, None])
+        frames += [layer.decompose(p).assign(depth=0, model="m", run="m", seed=seed) for p in ("gamma", "beta")]
+    shares = layer_shares(pd.concat(frames, ignore_index=True))
+    assert shares["classes_seen"].tolist() == [1, 1] and (shares["share_class"] == 0).all()
+    assert probe_verdicts(shares, shares)["verdict"].tolist() == ["no verdict: one class seen"]
 
 
 # --- intervals on shares ----------------------------------------------------------------------
