@@ -326,7 +326,9 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
 
     def record_activation(name):
         def hook(module, inputs, output):
-            stats.layers[name].update_activation(output)   # modulation(), called first, created the entry
+            # modulation(), called first, created the entry; a layer that never calls it is refused below
+            if name in stats.layers:
+                stats.layers[name].update_activation(output)
         return hook
 
     # A layer without a param_free_norm (a plugin's own forward) records no activation scale.
