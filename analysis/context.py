@@ -133,6 +133,16 @@ class RunContext:
         self._datasets.append(dataset)
         return dataset
 
+    def val_split(self, count: int, crop_size: int, *, synthetic: bool = False, **options):
+        """The val samples the probe, convert and eval stages all score: the first ``count`` of the
+        run's val split at ``crop_size`` (the built-in synthetic scenes' val stream of ``seed``
+        without --dataroot). ``synthetic=True``: that synthetic stream whatever the preset (the
+        probe's stand-in label maps for a generator of another preset)."""
+        if synthetic:
+            return build_dataset("synthetic", None, "val", crop_size=crop_size, seed=self.seed, max_samples=count,
+                                 **options)
+        return self.dataset("val", crop_size=crop_size, seed=self.seed, max_samples=count, **options)
+
     def take_skipped(self) -> list[Skipped]:
         """Samples left out by the datasets built since the last call, each file once."""
         found = {s.path: s for dataset in self._datasets for s in getattr(dataset, "skipped", [])}

@@ -1,14 +1,16 @@
-"""How often a kxk window of a label map holds a single class, at each generator resolution.
+"""How often the window SPADE's modulation sees holds a single class, at each generator resolution.
 
     sizes = [(8, 8), (16, 16), (32, 32), (64, 64), (128, 128), (256, 256)]   # ade20k, 'normal'
     single_class_fraction(label, sizes)                   # label [N, 1, H, W] or [N, H, W] class ids
     single_class_fraction(batch["label"] for batch in loader, sizes)          # pooled over batches
 
-Why: SPADE computes gamma / beta with 3x3 convolutions of the one-hot label map, resized
-(nearest) to each layer's resolution. Where the 3x3 window around a pixel holds one class, the
-convolution's output there depends on that class only, exactly like CLADE's per-class table;
-only pixels near a class boundary can get anything spatial. This fraction is therefore the
-share of each layer's pixels at which SPADE *cannot* be more than class-adaptive.
+Why: SPADE computes gamma / beta with two stacked 3x3 convolutions of the one-hot label map
+(``mlp_shared``, then ``mlp_gamma`` / ``mlp_beta``), resized (nearest) to each layer's
+resolution, so one gamma value depends on the 5x5 window around its pixel
+(:func:`stacked_window`). Where that window holds one class, the value depends on that class
+only, exactly like CLADE's per-class table; only pixels near a class boundary can get anything
+spatial. This fraction is therefore the share of each layer's pixels at which SPADE *cannot* be
+more than class-adaptive (``kernel``: another window, e.g. 1 for a 1x1 SPADE).
 
 Definitions: the label map is nearest-resized to each size as the generator's norm layers do
 (``F.interpolate(mode="nearest")`` on the class-index map). A pixel counts as single-class when
@@ -24,6 +26,16 @@ from typing import Iterable, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+
+def stacked_window(kernel: int, convs: int = 2) -> int:
+    """Input window seen by ``convs`` stacked kxk stride-1 convolutions: ``convs * (k - 1) + 1``."""
+    if kernel < 1 or convs < 1:
+        raise ValueError(f"stacked_window: kernel={kernel}, convs={convs}; expected positive integers")
+    return convs * (kernel - 1) + 1
+
+
+SPADE_WINDOW = stacked_window(3)   # SPADE's 3x3 mlp_shared, then its 3x3 mlp_gamma / mlp_beta: 5
 
 
 def _size(size) -> tuple[int, int]:
@@ -45,7 +57,7 @@ def _index_map(labels: torch.Tensor) -> torch.Tensor:
     return labels.float()
 
 
-def single_class_mask(labels: torch.Tensor, size, *, kernel: int = 3) -> torch.Tensor:
+def single_class_mask(labels: torch.Tensor, size, *, kernel: int = SPADE_WINDOW) -> torch.Tensor:
     """Bool [N, h, w]: the label map resized to ``size``, True where the kxk window holds one class."""
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"kernel={kernel}; expected an odd window size >= 1")
@@ -57,7 +69,7 @@ def single_class_mask(labels: torch.Tensor, size, *, kernel: int = 3) -> torch.T
 
 
 def single_class_fraction(labels: torch.Tensor | Iterable[torch.Tensor], sizes: Sequence, *,
-                          kernel: int = 3) -> pd.DataFrame:
+                          kernel: int = SPADE_WINDOW) -> pd.DataFrame:
     """Fraction of pixels whose kxk window holds a single class, per resolution.
 
     ``labels``: one tensor of class ids or an iterable of them (batches of any size; pooled by

@@ -1,6 +1,7 @@
 """Figures of the modulation probe (tables from ``analysis.probe.variance``).
 
     fig = plot_ratio_bars(layers)                      # semantic / positional / residual per layer
+    fig = plot_share_against_untrained(verdicts)       # class share per layer vs the untrained twin
     fig = plot_ratio_heatmap(channels, model="spade")  # layer x channel semantic ratio
     fig = plot_modulation_maps(modulation_maps(G, batch, layers), channels, class_nc=G.config.class_nc)
 """
@@ -11,11 +12,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 
+from analysis.probe.verdicts import CLASS_ONLY_BY_CONSTRUCTION, NEGLIGIBLE, NEGLIGIBLE_RELATIVE_STD, SUPPORTED
+
 PART_STYLE = (  # (legend, colour), stacked bottom to top
     ("semantic (between classes)", "#3a6ea5"),
     ("positional (ICPE regression within class, chance-adjusted)", "#f0a030"),
     ("residual (the rest)", "#b8b8b8"),
 )
+
+NO_VARIANCE_LEGEND = (f"no variance (modulation std < {NEGLIGIBLE_RELATIVE_STD:.2g} x the activation's RMS; "
+                      f"no bar, no verdict)")
 
 
 def layer_label(layer: str, resolution: str) -> str:
@@ -33,7 +39,9 @@ def plot_ratio_bars(layers: pd.DataFrame) -> plt.Figure:
     Bars: sum over channels of each part / sum of total variances; the positional part is the
     chance-adjusted one (an in-sample fit on few pixels per class, at 2x2 or 4x4, would
     otherwise look positional) and the residual the rest. Dots: semantic ratio averaged over
-    channels (zero-variance channels left out).
+    channels (zero-variance channels left out). A layer without variance, or marked in a
+    ``negligible`` column (``analysis.probe.verdicts``), gets no bar: its shares are ratios of
+    rounding noise, so it is drawn as a hatched "no variance" slot.
     """
     models = list(dict.fromkeys(layers["model"]))
     n_layers = layers.groupby("model")["layer"].nunique().max()
@@ -44,17 +52,23 @@ def plot_ratio_bars(layers: pd.DataFrame) -> plt.Figure:
             ax = axes[row, col]
             df = layers[(layers["model"] == model) & (layers["param"] == param)].sort_values("depth")
             x = np.arange(len(df))
-            semantic = df["semantic_ratio_weighted"].to_numpy()
-            positional = df["positional_ratio_adjusted_weighted"].to_numpy()
-            parts = np.nan_to_num(np.stack([semantic, positional, 1 - semantic - positional]))
+            empty = df["semantic_ratio_weighted"].isna().to_numpy()
+            if "negligible" in df.columns:
+                empty = empty | df["negligible"].astype(bool).to_numpy()
+            semantic = np.where(empty, 0.0, df["semantic_ratio_weighted"].to_numpy())
+            positional = np.where(empty, 0.0, df["positional_ratio_adjusted_weighted"].to_numpy())
+            parts = np.nan_to_num(np.stack([semantic, positional, np.where(empty, 0.0, 1 - semantic - positional)]))
             bottom = np.zeros(len(df))
             for values, (legend, colour) in zip(parts, PART_STYLE):
                 ax.bar(x, values, bottom=bottom, color=colour, width=0.8, label=legend)
                 bottom += values
-            ax.plot(x, df["semantic_ratio"], "o", color="black", markersize=3.5,
+            ax.plot(x[~empty], df["semantic_ratio"].to_numpy()[~empty], "o", color="black", markersize=3.5,
                     label="semantic ratio, mean over channels")
-            for xi in x[df["semantic_ratio_weighted"].isna().to_numpy()]:
-                ax.text(xi, 0.5, "zero\nvariance", ha="center", va="center", fontsize=6, rotation=90)
+            ax.bar(x[empty], np.ones(empty.sum()), width=0.8, color="white", edgecolor="#999999", hatch="///",
+                   label=NO_VARIANCE_LEGEND)
+            for xi in x[empty]:
+                ax.text(xi, 0.5, "no variance", ha="center", va="center", fontsize=6, rotation=90,
+                        bbox=dict(facecolor="white", edgecolor="none", pad=1))
             ax.set_xticks(x, [layer_label(l, r) for l, r in zip(df["layer"], df["resolution"])],
                           rotation=90, fontsize=7)
             ax.set_ylim(0, 1.02)
@@ -142,4 +156,44 @@ def plot_modulation_maps(maps: dict, channels: pd.DataFrame, class_nc: int, *, p
     fig.suptitle((title or f"{param} maps next to the label map") + "\nper channel: deviation from its "
                  "mean over the probe set (the channels with the largest variance)", fontsize=9)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig
+
+
+def plot_share_against_untrained(verdicts: pd.DataFrame) -> plt.Figure:
+    """Class share of every layer (``analysis.probe.verdicts.probe_verdicts``) with its interval over
+    seeds, beside the untrained twin's share: one panel per model, layers by depth. Filled: the
+    interval lies above the baseline ("supported"); hatched slot: negligible modulation, no verdict.
+    Models whose every layer is class-only by construction (CLADE) are left out.
+    """
+    models = [m for m, g in verdicts.groupby("model", sort=False)
+              if not (g["verdict"] == CLASS_ONLY_BY_CONSTRUCTION).all()]
+    n_layers = max((verdicts["model"] == m).sum() for m in models) if models else 1
+    fig, axes = plt.subplots(len(models) or 1, 1, figsize=(max(8, 0.5 * n_layers), 2.6 * max(len(models), 1)),
+                             squeeze=False, sharey=True)
+    for ax, model in zip(axes[:, 0], models):
+        df = verdicts[verdicts["model"] == model].reset_index(drop=True)
+        x = np.arange(len(df))
+        skipped = (df["verdict"] == NEGLIGIBLE).to_numpy()
+        shown = ~skipped
+        ax.bar(x[skipped], np.ones(skipped.sum()), width=0.8, color="white", edgecolor="#999999", hatch="///",
+               label="negligible modulation: no verdict")
+        ax.plot(x[shown], df["share_class_untrained"][shown], "x", color="#777777", markersize=7,
+                label="untrained twin (same seed, same label maps)")
+        error = np.stack([df["share_class"] - df["share_class_low"], df["share_class_high"] - df["share_class"]])
+        ax.errorbar(x[shown], df["share_class"][shown], yerr=error[:, shown], fmt="none", ecolor="#3a6ea5",
+                    capsize=3)
+        supported = shown & (df["verdict"] == SUPPORTED).to_numpy()
+        ax.plot(x[supported], df["share_class"][supported], "o", color="#3a6ea5", label="trained: supported")
+        ax.plot(x[shown & ~supported], df["share_class"][shown & ~supported], "o", markerfacecolor="white",
+                color="#3a6ea5", label="trained: not supported / no verdict")
+        ax.set_xticks(x, [layer_label(l, r) for l, r in zip(df["layer"], df["resolution"])], rotation=90, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(-0.6, len(df) - 0.4)
+        ax.set_ylabel("class share")
+        ax.set_title(model, fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle("Share of each layer's gamma / beta variance explained by the class (against positional and "
+                 "residual), trained (95% interval over seeds) vs untrained", y=1.05, fontsize=10)
+    fig.tight_layout()
     return fig

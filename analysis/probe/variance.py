@@ -27,6 +27,12 @@ map (row and column offset from the centroid of the pixel's connected class comp
 (-1, 1)) that the layer sees: the map given to the generator, nearest-resized to the layer.
 A channel with ``total == 0`` (e.g. CLADE's initial ``beta = 0``) has undefined ratios: they are
 NaN and left out of every mean, and counted in ``zero_variance_channels``.
+
+Beside the modulation, the capture records each channel's mean square of the parameter-free
+normalised activation the layer scales (``activation_mean_square``; 1 under training-mode
+normalisation, whatever the running statistics make it in eval mode): the scale against which a
+modulation is negligible or not (``analysis.probe.verdicts``). ``classes_seen`` counts the
+classes present at the layer's resolution: with one, no share between classes exists.
 """
 from __future__ import annotations
 
@@ -91,6 +97,21 @@ class LayerStatistics:
         self.xty = torch.zeros(class_nc, b, 2 * channels, dtype=torch.float64)
         self.yty = torch.zeros(class_nc, 2 * channels, dtype=torch.float64)
         self.offset: torch.Tensor | None = None
+        # per channel: sum of squares of the normalised activation, and its element count
+        self.activation_squares = torch.zeros(channels, dtype=torch.float64)
+        self.activation_count = 0
+
+    def update_activation(self, normalised: torch.Tensor) -> None:
+        """Add one batch of the layer's parameter-free normalised activation [N, C, H, W]."""
+        x = normalised.detach().to("cpu", torch.float64).transpose(0, 1).reshape(self.channels, -1)
+        self.activation_squares += (x * x).sum(1)
+        self.activation_count += x.shape[1]
+
+    def activation_mean_square(self) -> np.ndarray:
+        """[C] mean square of the normalised activation per channel (NaN when never recorded)."""
+        if self.activation_count == 0:
+            return np.full(self.channels, np.nan)
+        return (self.activation_squares / self.activation_count).numpy()
 
     def update(self, label: torch.Tensor, positions: torch.Tensor, scale: torch.Tensor,
                shift: torch.Tensor) -> None:
@@ -179,6 +200,7 @@ class LayerStatistics:
             "residual_ratio": ratio(within - positional),
             "positional_variance_adjusted": positional_adjusted,
             "positional_ratio_adjusted": ratio(positional_adjusted),
+            "activation_mean_square": self.activation_mean_square(), "classes_seen": int(keep.sum()),
         })
 
 
@@ -300,14 +322,28 @@ def capture_modulation_statistics(generator: nn.Module, batches: Iterable[dict],
             return scale, shift
         return capture
 
+    def record_activation(name):
+        def hook(module, inputs, output):
+            # modulation(), called first, created the entry; a layer that never calls it is refused below
+            if name in stats.layers:
+                stats.layers[name].update_activation(output)
+        return hook
+
+    # A layer without a param_free_norm (a plugin's own forward) records no activation scale.
+    hooks = [m.param_free_norm.register_forward_hook(record_activation(name)) for name, m in modules.items()
+             if isinstance(getattr(m, "param_free_norm", None), nn.Module)]
     device = model_device(generator)
-    with eval_no_grad(generator), override_modulation(modules, make_override):
-        for batch in tqdm(batches, desc="probe: capture", unit="batch", disable=not progress):
-            semantic, dist = prepare_inputs(batch, config, device)
-            positions_at.clear()
-            positions_at["full"] = dist
-            generate_fixed_z(generator, semantic, dist)
-            stats.images += semantic.shape[0]
+    try:
+        with eval_no_grad(generator), override_modulation(modules, make_override):
+            for batch in tqdm(batches, desc="probe: capture", unit="batch", disable=not progress):
+                semantic, dist = prepare_inputs(batch, config, device)
+                positions_at.clear()
+                positions_at["full"] = dist
+                generate_fixed_z(generator, semantic, dist)
+                stats.images += semantic.shape[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
     silent = [f"{n} ({type(m).__name__})" for n, m in modules.items() if n not in stats.layers]
     if silent and stats.images:
         raise ValueError(f"modulation layers {silent} never called modulation(cond, size) in the forward pass; "
@@ -355,6 +391,8 @@ PARTS = {"semantic_ratio": "between_variance", "positional_ratio": "positional_v
          "residual_ratio": "residual_variance",
          "positional_ratio_adjusted": "positional_variance_adjusted"}
 COUNTS = {"channels": int, "zero_variance_channels": int}
+# Columns naming the probed model that a stage adds to the channel table; the summaries keep them.
+MODEL_KEYS = ("model", "run", "seed", "norm", "spade_kernel_size", "mask_factor")
 
 
 def _aggregate(group: pd.DataFrame) -> pd.Series:
@@ -378,7 +416,7 @@ def layer_summary(channels: pd.DataFrame) -> pd.DataFrame:
     ``*_weighted`` = sum over channels of the part / sum of total variances; the plain
     ratios are means over channels with defined (non-NaN) ratios.
     """
-    keys = [k for k in ("model", "run", "seed", "norm", "spade_kernel_size") if k in channels.columns]
+    keys = [k for k in MODEL_KEYS if k in channels.columns]
     by = keys + ["depth", "layer", "resolution", "param"]
     out = channels.groupby(by, sort=False, dropna=False).apply(_aggregate, include_groups=False)
     return out.astype(COUNTS).reset_index()
@@ -386,7 +424,7 @@ def layer_summary(channels: pd.DataFrame) -> pd.DataFrame:
 
 def resolution_summary(channels: pd.DataFrame) -> pd.DataFrame:
     """Aggregates per (resolution, param) over all channels of all layers at that resolution."""
-    keys = [k for k in ("model", "run", "seed", "norm", "spade_kernel_size") if k in channels.columns]
+    keys = [k for k in MODEL_KEYS if k in channels.columns]
     groups = channels.groupby(keys + ["resolution", "param"], sort=False, dropna=False)
     out = groups.apply(_aggregate, include_groups=False)
     return out.astype(COUNTS).assign(layers=groups["layer"].nunique()).reset_index()

@@ -20,7 +20,8 @@ maps coarsened the way they were trained. Every model gets a ``quality_seeds`` r
 intervals over the images (``analysis.quality.seeds``); ``evaluation.csv`` holds one row per run
 with the mean over its seeds and a Student-t interval; every 3x3 SPADE seed at full mask
 resolution is also scored with its gamma/beta replaced by class means (``ablation_quality``), and
-``neighbourhood`` gives the share of single-class 3x3 windows at each generator resolution.
+``neighbourhood`` gives the share of single-class 5x5 windows (what one SPADE gamma value sees) at each
+generator resolution.
 Generation uses the fused model (``models.fuse_for_inference``); the ablation the reference one.
 Writes ``tables/evaluation.csv`` (+ .md), ``quality_seeds.csv``, ``ablation_quality.csv``,
 ``neighbourhood.csv``, ``tables/roi.csv``, ``tables/roi_modulation.csv`` (+ .md) and the figures
@@ -39,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.labels import make_semantic
-from data.neighbourhood import coarsen_labels, single_class_fraction
+from data.neighbourhood import SPADE_WINDOW, coarsen_labels, single_class_fraction
 from models import fuse_for_inference, load_generator_dir, norm_spec, registered_norms, release
 from models.checkpoint import GENERATOR_WEIGHTS, load_generator
 from models.presets import label_config
@@ -137,6 +138,8 @@ def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, icpe_mod
     there is no --dataroot), and for each of ``icpe_modes`` the dataset's ICPE maps computed in
     that mode under :func:`dist_key`; None when the split has fewer items."""
     def dataset(**icpe):
+        if phase == "val":
+            return ctx.val_split(skip + count, size, **icpe)
         return ctx.dataset(phase, crop_size=size, seed=ctx.seed, max_samples=skip + count, **icpe)
 
     modes = list(icpe_modes)
@@ -489,10 +492,10 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                         [c for c in ("model", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
               if not ablation.empty else []),
             TableRef("tables/neighbourhood.csv",
-                     f"Share of pixels whose 3x3 neighbourhood holds a single class in the "
-                     f"{int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's "
-                     "norm layers: there SPADE's 3x3 conv sees one class only and cannot be more than "
-                     "class-adaptive."),
+                     f"Share of pixels whose {SPADE_WINDOW}x{SPADE_WINDOW} neighbourhood holds a single class in "
+                     f"the {int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's "
+                     "norm layers: one SPADE gamma / beta value depends on that window (two stacked 3x3 convs), so "
+                     "there it sees one class only and cannot be more than class-adaptive."),
             TableRef("tables/roi.csv",
                      "Costs and qualities per method; pareto_<cost> says whether no other method is at "
                      "least as cheap on that axis and at least as good on every quality column."),

@@ -17,14 +17,22 @@ folder's name): a folder with ``generator.json``, or an official-format ``.pth``
 built from ``--preset`` (norm, width and instance edge read from its keys by
 ``models.checkpoint.inspect``; a CLADE-ICPE one is fed official-mode ICPE maps, as the official
 code computes them). Every generator's ICPE maps are computed in its
-``icpe_mode`` (``analysis.probe.variance.position_mode``). Images: the val split (synthetic scenes
-``seed + 1000`` like the eval stage, or ``--dataroot``). A generator whose classes or size differ from the synthetic scenes' and no
-``--dataroot`` is probed on synthetic label maps remapped to random classes of its preset and
-resized: a stand-in, flagged in the tables' meta and the captions.
+``icpe_mode`` (``analysis.probe.variance.position_mode``). Images: the first ``--probe-images`` of
+the run's val split (``RunContext.val_split``: the images the convert and eval stages use too). A
+generator whose classes or size differ from the synthetic scenes' and no ``--dataroot`` is probed
+on synthetic label maps remapped to random classes of its preset and resized: a stand-in, flagged
+in the tables' meta and the captions. A coarse-mask run (``variant.json``: ``mask_factor`` > 1)
+is probed on those label maps made as coarse as it was trained on.
+
+Every probed generator's untrained twin (same architecture, the initial weights of its training
+seed) is probed on the same label maps: the baseline that the label geometry alone gives
+(``analysis.probe.verdicts``).
 
 Writes ``tables/probe_layers.csv`` (one row per model, layer, param), ``probe_channels.csv.gz``,
-``probe_resolutions.csv``, ``probe_ablation.csv`` and the figures ``probe_ratio_bars``,
-``probe_heatmap_<model>``, ``probe_gamma_maps_<model>``.
+``probe_resolutions.csv``, ``probe_ablation.csv``, ``probe_shares.csv`` (class share per model,
+seed and layer, trained and untrained), ``probe_verdicts.csv`` (one verdict per run and layer) and
+the figures ``probe_ratio_bars``, ``probe_share_vs_untrained``, ``probe_heatmap_<model>``,
+``probe_gamma_maps_<model>``.
 """
 from __future__ import annotations
 
@@ -38,18 +46,20 @@ import torch
 
 from models import load_generator_dir, registered_norms
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, load_generator
+from data.neighbourhood import coarsen_labels
 from data.presets import DATASETS, canonical_preset
-from data.synthetic import SyntheticScenes
 
 from analysis.probe import variance
 from analysis.probe.ablation import ablation_effects
 from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.options import ProbeOptions
 from analysis.quality.seeds import VARIANT_FILE
-from analysis.probe.figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
+from analysis.probe.figures import (plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap,
+                                    plot_share_against_untrained)
+from analysis.probe.verdicts import (NEGLIGIBLE_RELATIVE_STD, SUPPORTED, VERDICT_COLUMNS, layer_shares,
+                                     probe_verdicts, untrained_twin)
 
 log = logging.getLogger(__name__)
-VAL_SEED_OFFSET = 1000  # the eval stage's synthetic val split
 SYNTHETIC = DATASETS["synthetic"]
 
 
@@ -84,25 +94,22 @@ def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tupl
     ICPE maps are in the generator's mode (``variance.position_mode``)."""
     h, w = config.output_size
     mode = variance.position_mode(config)
-    if ctx.dataroot is not None:
-        # The custom preset's classes and size are the generator's (its generator.json), not a preset's.
-        labels = (dict(label_nc=config.label_nc, contain_dontcare_label=config.contain_dontcare_label,
-                       crop_size=config.crop_size, load_size=config.crop_size)
-                  if canonical_preset(ctx.preset) == "custom" else {})
-        dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode, max_samples=images, **labels)
-        items = [dataset[i] for i in range(min(images, len(dataset)))]
-        return _stack(items, batch_size), f"{ctx.dataroot} val, first {len(items)} images", False
-    seed = ctx.seed + VAL_SEED_OFFSET
     native = (config.label_nc == SYNTHETIC["label_nc"]
               and config.contain_dontcare_label == SYNTHETIC["contain_dontcare_label"] and h == w)
-    if native:
-        scenes = SyntheticScenes(images, size=h, seed=seed, with_dist=True, icpe_mode=mode)
-        items = [scenes[i] for i in range(images)]
-        return _stack(items, batch_size), f"SyntheticScenes(seed={seed}, size={h}) val", False
-    scenes = SyntheticScenes(images, size=SYNTHETIC["crop_size"], seed=seed, with_dist=False)
-    rng = torch.Generator().manual_seed(seed)
+    source = f"{ctx.dataroot} val" if ctx.dataroot is not None else f"synthetic scenes val split (seed {ctx.seed})"
+    if ctx.dataroot is not None or native:
+        # The custom preset's classes and size are the generator's (its generator.json), not a preset's.
+        labels = (dict(label_nc=config.label_nc, contain_dontcare_label=config.contain_dontcare_label,
+                       load_size=config.crop_size)
+                  if ctx.dataroot is not None and canonical_preset(ctx.preset) == "custom" else {})
+        dataset = ctx.val_split(images, config.crop_size, synthetic=ctx.dataroot is None, with_dist=True,
+                                icpe_mode=mode, **labels)
+        items = [dataset[i] for i in range(min(images, len(dataset)))]
+        return _stack(items, batch_size), f"{source}, first {len(items)} images", False
+    scenes = ctx.val_split(images, SYNTHETIC["crop_size"], synthetic=True, with_dist=False)
+    rng = torch.Generator().manual_seed(ctx.seed)
     items = [_remap(scenes[i], config, rng) for i in range(images)]
-    description = (f"STAND-IN: SyntheticScenes(seed={seed}) label maps with their "
+    description = (f"STAND-IN: {source} label maps with their "
                    f"{SYNTHETIC['label_nc']} classes mapped to random classes of label_nc="
                    f"{config.label_nc} per image and resized to {h}x{w} (no real dataset given)")
     return _stack(items, batch_size), description, True
@@ -126,6 +133,18 @@ def _remap(item: dict, config, rng: torch.Generator) -> dict:
     return {"label": label, "instance": resize(item["instance"]), "dist": dist}
 
 
+def coarsen_batches(batches: list[dict], factor: int, config) -> list[dict]:
+    """``batches`` with label and instance maps ``factor`` times coarser, nearest-upsampled (as a
+    coarse-mask run was trained and is scored), ICPE maps recomputed from the coarse labels."""
+    out = []
+    for batch in batches:
+        coarse = {k: coarsen_labels(v, factor) if k in ("label", "instance") else v for k, v in batch.items()}
+        if "dist" in batch:
+            coarse["dist"] = variance.label_icpe(coarse["label"][:, 0], config)
+        out.append(coarse)
+    return out
+
+
 def _stack(items: list[dict], batch_size: int) -> list[dict]:
     keys = [k for k in ("label", "instance", "dist") if items[0].get(k) is not None]
     return [{k: torch.stack([it[k] for it in items[i:i + batch_size]]) for k in keys}
@@ -144,14 +163,15 @@ def map_layers(stats: variance.ProbeStatistics, count: int = 3) -> list[str]:
 
 def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, batch_size: int,
                 stand_in: bool = False, *, ablation_images: int | None = None, per_layer: bool = True,
-                run: str | None = None, seed: int = 0):
+                run: str | None = None, seed: int = 0, mask_factor: int = 1):
     """(channels, ablation, maps figure) of one generator; the ablation on ``ablation_images``
     (default ``opts.ablation_images``), each layer alone too when ``per_layer``. ``run`` / ``seed``:
-    the training run and seed it belongs to (several seeds of one run give intervals)."""
+    the training run and seed it belongs to (several seeds of one run give intervals);
+    ``mask_factor``: how much coarser than the output its label maps are."""
     cfg = generator.config
     stats = variance.capture_modulation_statistics(generator, batches, basis=opts.basis)
     ids = dict(model=name, run=run or name, seed=seed, norm=cfg.norm,
-               spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
+               spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA, mask_factor=mask_factor)
     channels = variance.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
     count = ablation_images or opts.ablation_images
     ablation_batches = batches[: max(1, -(-count // batch_size))]
@@ -163,18 +183,42 @@ def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, b
     return channels, ablation, figure
 
 
+def probe_untrained_twin(generator, seed: int, batches: list[dict], opts: ProbeOptions,
+                         ids: pd.DataFrame) -> pd.DataFrame:
+    """Channel table of ``generator``'s untrained twin (initial weights of training seed ``seed``)
+    on the same ``batches``, with the trained model's identifying columns from ``ids``."""
+    stats = variance.capture_modulation_statistics(untrained_twin(generator, seed), batches, basis=opts.basis,
+                                                   progress=False)
+    columns = [k for k in variance.MODEL_KEYS if k in ids.columns]
+    return variance.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids[columns].iloc[0].to_dict())
+
+
+def verdict_notes(verdicts: pd.DataFrame) -> list[str]:
+    """One line per run: how many of its layers support 'the modulation is semantic'."""
+    notes = []
+    for model, g in verdicts.groupby("model", sort=False):
+        judged = g[~g["verdict"].str.startswith("no verdict")]
+        if judged.empty:
+            notes.append(f"Probe verdicts, {model}: no layer judged ({', '.join(sorted(set(g['verdict'])))}).")
+            continue
+        supported = judged[judged["verdict"] == SUPPORTED]
+        notes.append(f"Probe verdicts, {model}: class share above the untrained twin's in {len(supported)} of "
+                     f"{len(judged)} judged layers" + (f" ({', '.join(supported['resolution'].unique())})"
+                                                       if len(supported) else "")
+                     + f"; {len(g) - len(judged)} layer(s) without a verdict.")
+    return notes
+
+
 def run(ctx: RunContext) -> StageResult:
     opts = ctx.probe
     generators = find_generators(ctx)
-    channels, ablations, sources, data, stand_in = [], [], {}, {}, False
+    channels, untrained, ablations, sources, data, stand_in = [], [], [], {}, {}, False
     figures, counts = [], {}
     for name, (source, generator, given) in generators.items():
         cfg = generator.config
         variant_file = Path(source) / VARIANT_FILE
         variant = json.loads(variant_file.read_text()) if variant_file.is_file() else {}
-        if variant.get("mask_factor", 1) > 1:   # trained on coarse masks: the eval stage scores it
-            log.info("probe: %s skipped (trained on %s masks)", name, variant.get("mask_resolution"))
-            continue
+        mask_factor = int(variant.get("mask_factor", 1))
         seed = int(variant.get("seed", 0))
         run_name = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
         batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
@@ -182,11 +226,16 @@ def run(ctx: RunContext) -> StageResult:
         images = opts.checkpoint_images if given else opts.images
         budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if given
                   else dict(per_layer=seed == 0))   # per layer once per run; every seed for 'all'
-        budget.update(run=run_name, seed=seed)
+        budget.update(run=run_name, seed=seed, mask_factor=mask_factor)
         batches, description, is_stand_in = probe_batches(ctx, cfg, images, batch_size)
+        if mask_factor > 1:
+            batches = coarsen_batches(batches, mask_factor, cfg)
+            description += f", label maps {mask_factor}x coarser ({variant.get('mask_resolution')}) as trained"
         log.info("probe: %s (%s) on %s", name, source, description)
         model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size,
                                                             is_stand_in, **budget)
+        # the training seed of variant seed k is --seed + k (analysis.stages.train)
+        untrained.append(probe_untrained_twin(generator, ctx.seed + seed, batches, opts, model_channels))
         counts[name] = {"images": images, "ablation_images": budget.get("ablation_images", opts.ablation_images),
                         "per_layer_ablation": budget.get("per_layer", True)}
         channels.append(model_channels)
@@ -205,7 +254,12 @@ def run(ctx: RunContext) -> StageResult:
                                  f"(channels sorted within each layer).{note}"))
     kernel = {"spade_kernel_size": "Int64"}  # nullable integer: a SPADE option, NA for CLADE
     channels = pd.concat(channels, ignore_index=True).astype(kernel)
-    layers = variance.layer_summary(channels)
+    shares = layer_shares(channels)
+    untrained_shares = layer_shares(pd.concat(untrained, ignore_index=True).astype(kernel))
+    verdicts = probe_verdicts(shares, untrained_shares)
+    shares = shares.merge(untrained_shares[["model", "layer", "share_class"]], on=["model", "layer"],
+                          suffixes=("", "_untrained"))
+    layers = variance.layer_summary(channels).merge(shares[["model", "layer", "negligible"]], on=["model", "layer"])
     resolutions = variance.resolution_summary(channels)
     ablation = pd.concat(ablations, ignore_index=True).astype(kernel)
     note = " Stand-in label maps (no real dataset)." if stand_in else ""
@@ -215,10 +269,21 @@ def run(ctx: RunContext) -> StageResult:
                 if g.semantic_ratio_weighted.dropna().between(1 - 1e-6, 1 + 1e-6).all()]
     drawn = first_seed[~first_seed.model.isin(constant)] if len(constant) < first_seed.model.nunique() else first_seed
     constant = [m for m in constant if m not in set(drawn.model)]
+    negligible_rule = (f"modulation std (over pixels, RMS over channels, gamma and beta together) below "
+                       f"{NEGLIGIBLE_RELATIVE_STD:.3g} (2^-8, bf16's relative rounding) of the std of the normalised "
+                       f"activation it scales (RMS)")
+    figures.insert(0, FigureRef(str(ctx.write_figure(plot_share_against_untrained(verdicts),
+                                                     "probe_share_vs_untrained").relative_to(ctx.out)),
+                                "Class share of each layer's gamma / beta variance (against positional and "
+                                "residual variance together), trained with its 95% interval over seeds, beside "
+                                "the untrained twin of the same seeds on the same label maps (what the label "
+                                f"geometry alone gives). Hatched: negligible modulation ({negligible_rule}), "
+                                f"no verdict.{note}"))
     figures.insert(0, FigureRef(str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars").relative_to(ctx.out)),
                                 "Share of each modulation layer's gamma / beta variance explained by the "
                                 f"class (semantic), by position within the class region (ICPE "
-                                f"regression) and neither, layers by depth.{note}"
+                                f"regression) and neither, layers by depth; hatched 'no variance': negligible "
+                                f"modulation ({negligible_rule}), whose shares are ratios of rounding noise.{note}"
                                 + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
                                    f"by construction (gamma / beta are per-class tables)." if constant else "")))
     meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
@@ -233,6 +298,14 @@ def run(ctx: RunContext) -> StageResult:
                         "shares of the variance, channel means and variance-weighted.",
         "probe_channels": "The same decomposition for every channel of every modulation layer.",
         "probe_resolutions": "Variance shares aggregated per resolution stage.",
+        "probe_shares": "Class share of each layer's gamma / beta variance (pooled, against all other variance) "
+                        "per model and seed, beside its untrained twin's; modulation std, activation RMS, classes seen and "
+                        "whether the modulation is negligible.",
+        "probe_verdicts": "Per run and layer: class share over seeds (logit-t 95% interval, inside [0, 1]), the "
+                          "untrained twin's share (same seeds, same label maps) and the verdict: 'supported' when the "
+                          "interval lies above the untrained share; no verdict where the modulation is negligible "
+                          f"({negligible_rule}), where the untrained share is already 1 (class-only by "
+                          "construction: CLADE's tables), where one class was seen, or with one seed.",
         "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
                           "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
                           "input is removed.",
@@ -244,8 +317,9 @@ def run(ctx: RunContext) -> StageResult:
         "probe_resolutions": ["model", "resolution", "param", *ratios, "semantic_ratio_weighted", "layers"],
     }
     tables = []
-    for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
-                      (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
+    shown["probe_verdicts"] = VERDICT_COLUMNS
+    for df, table in ((verdicts, "probe_verdicts"), (layers, "probe_layers"), (shares, "probe_shares"),
+                      (channels, "probe_channels"), (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
         path = ctx.write_table(df, table, bulk=table == "probe_channels", **meta).relative_to(ctx.out)
         tables.append(TableRef(str(path), captions[table] + note, shown.get(table)))
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
@@ -255,5 +329,6 @@ def run(ctx: RunContext) -> StageResult:
     return StageResult(
         summary={"models": list(generators), "images": counts, "stand_in": stand_in,
                  "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()}},
-        notes=[f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images)."],
+        notes=[f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images).",
+               *verdict_notes(verdicts)],
         figures=figures, tables=tables)

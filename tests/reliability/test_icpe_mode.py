@@ -166,8 +166,9 @@ def test_probe_stage_feeds_the_maps_of_the_generators_mode(tmp_path):
     seen = record_dist(G)
     probe.capture_modulation_statistics(G, batches, progress=False)
     assert not stand_in
-    official = scene_dists("official", 3, RunContext(out=tmp_path).seed + probe_stage.VAL_SEED_OFFSET)
-    corrected = scene_dists("corrected", 3, RunContext(out=tmp_path).seed + probe_stage.VAL_SEED_OFFSET)
+    val = RunContext(out=tmp_path).val_split
+    official = torch.stack([item["dist"] for item in val(3, SIZE, with_dist=True, icpe_mode="official")])
+    corrected = torch.stack([item["dist"] for item in val(3, SIZE, with_dist=True, icpe_mode="corrected")])
     assert torch.equal(torch.cat(seen), official) and not torch.equal(torch.cat(seen), corrected)
 
 
