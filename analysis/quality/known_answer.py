@@ -1,6 +1,6 @@
 """Known-answer quality on the built-in scenes: how much of the law's shading and base colour an image has.
 
-    expected = torch.stack([torch.from_numpy(expected_image(i, seed=s, size=32)) for i in indices])
+    expected = expected_images(SyntheticScenes(32, size=32, first_index=SYNTHETIC_VAL_FIRST_INDEX))
     score = shading_error(generated, expected, instance)       # score.ratio, score.per_instance
     colour = base_colour_error(generated, expected, instance)
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data.synthetic import instance_coordinates
+from data.synthetic import SyntheticScenes, expected_image, instance_coordinates
 
 MIN_INSTANCE_PIXELS = 16  # smaller instances give an ill-conditioned 3-column fit
 
@@ -35,6 +35,12 @@ class KnownAnswerScore:
 
     ratio: float                # sum of error_energy / sum of expected_energy
     per_instance: pd.DataFrame  # image, instance, pixels, error_energy, expected_energy
+
+
+def expected_images(scenes: SyntheticScenes) -> np.ndarray:
+    """``expected_image`` of every scene of ``scenes`` (its seed, size and first index), [N, 3, H, W]."""
+    return np.stack([expected_image(scenes.first_index + i, seed=scenes.seed, size=scenes.size)
+                     for i in range(len(scenes))]) if len(scenes) else np.zeros((0, 3, *scenes.size), np.float32)
 
 
 def _numpy(array) -> np.ndarray:
