@@ -23,7 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display ne
 import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
-from analysis.options import (CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
+from analysis.options import (BUDGETS, CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
                               options_from_args, positive_int)
 from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
@@ -37,7 +37,7 @@ from training.loop import TrainingInterrupted  # noqa: E402
 DATA_STAGES = tuple(s.name for s in STAGES if s.reads_dataset)   # read --preset / --dataroot
 # Run settings that determine every stage's result (besides the stage's own options); skip_invalid
 # too, recorded only when on so that records written before the flag existed still match.
-RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
+RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "budget", "checkpoints")
 # Where and with what a stage ran, kept in its record for the report (not compared on reuse).
 RAN_ON = ("created", "git_commit", "python", "torch", "device", "device_name", "torch_threads")
 log = logging.getLogger("run_analysis")
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--train-norms etc. accept its name (repeatable; see examples/)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU); sets the "
                                                              "--quick defaults below")
+    parser.add_argument("--budget", choices=BUDGETS, default="default",
+                        help="default: sized for about 15 minutes on a 2-core CPU (the three methods, 3 seeds); "
+                             "long: for a GPU or an overnight CPU run (10x the steps, 5 seeds, the SPADE 1x1 and "
+                             "coarse-mask variants); sets the --budget long defaults below (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="recompute finished stages, also when their "
                                                              "settings differ from this command's")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error "
@@ -139,6 +143,7 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     try:
         return RunContext(out=out, device=args.device or default_device(), preset=args.preset,
                           dataroot=args.dataroot, checkpoints=args.checkpoints, quick=args.quick,
+                          budget=args.budget,
                           force=args.force, seed=args.seed, skip_invalid=args.skip_invalid,
                           compare=options_from_args(args, CompareOptions, "compare"),
                           **stages)
