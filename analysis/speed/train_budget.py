@@ -10,20 +10,21 @@ done so far, so a machine that got busier since the probe shows up in the ETA.
 """
 from __future__ import annotations
 
-import time
+import statistics
+from time import perf_counter
 from typing import Callable
 
 
-def probe_step_seconds(make_trainer: Callable[[], object], batch: dict, *, repeats: int = 2) -> float:
+def probe_step_seconds(make_trainer: Callable[[], object], batch: dict, *, repeats: int = 3) -> float:
     """Median seconds of one ``train_step(batch)`` of a fresh trainer, after one untimed step."""
     trainer = make_trainer()
     trainer.train_step(batch)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = perf_counter()
         trainer.train_step(batch)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        times.append(perf_counter() - start)
+    return statistics.median(times)
 
 
 class TrainingEta:

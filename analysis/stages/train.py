@@ -27,7 +27,7 @@ per method and metric whether it converged by the stated rule (comparisons of un
 get no verdict).
 
 Budget of work: every run trains ``--train-steps`` (equal for all compared runs). At start each
-kind of run times two steps on a throwaway trainer: the predicted time is logged, with a warning
+kind of run times three steps (after one untimed) on a throwaway trainer: the predicted time is logged, with a warning
 when it exceeds ``--train-expected-minutes``, and an ETA after every run. A cap
 (``--train-max-seconds``, off by default) limits the first, slowest run (SPADE); every run then trains
 the steps it reached; ``stages/train.json`` records it under ``time_cap``.
@@ -263,7 +263,7 @@ def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
 
 def predict_seconds(ctx, runs: list[dict], s: dict, use_vgg: bool, vgg_path) -> dict[str, float]:
     """Predicted seconds of every training run (by folder name) on this machine: each kind of run
-    (method or variant) trains two timed steps and scores its learning-curve scenes once, on a
+    (method or variant) trains three timed steps (after one untimed) and scores its learning-curve scenes once, on a
     throwaway trainer; times the planned steps and curve points."""
     predicted = {}
     points = (s["steps"] // s["curve_every"] if s["curve_every"] else 0) + 2
@@ -320,6 +320,7 @@ def run(ctx: RunContext) -> StageResult:
                 name = run_folder_name(r["name"], k)
                 # The cap limits the first (slowest) run only; every later run trains the steps it
                 # reached, so that all compared runs train equal steps.
+                run_start = time.perf_counter()
                 results[name] = train_one(ctx, r["norm"], budget, use_vgg, ctx.train.vgg_weights, name=name,
                                           overrides=r["overrides"], seed_index=k, mask_factor=r["mask_factor"],
                                           method=r["method"], label=r["name"],
@@ -330,7 +331,7 @@ def run(ctx: RunContext) -> StageResult:
                                 "steps", name, row["steps"], budget["steps"], s["max_seconds"], row["steps"])
                     budget["steps"] = row["steps"]
                     eta.predicted = {n: v * row["steps"] / s["steps"] for n, v in eta.predicted.items()}
-                eta.finished(name, row["seconds"])
+                eta.finished(name, time.perf_counter() - run_start)
                 log.info("[train] %d/%d runs done, %.0f s so far, about %.0f s left", len(results),
                          len(eta.predicted), time.perf_counter() - start, eta.remaining_seconds())
     finally:
