@@ -387,7 +387,8 @@ def run(ctx: RunContext) -> StageResult:
                             f"error, one mean colour for the base-colour error).",
                             ("run", "seed", "step", "images_seen", "train_seconds", "shading_error",
                              "base_colour_error")),
-                   TableRef("tables/convergence.csv", f"Whether each method converged, per metric ({CONVERGENCE_RULE}).",
+                   TableRef("tables/convergence.csv",
+                            f"Whether each method converged, per metric ({CONVERGENCE_RULE}).",
                             ("method", "metric", "converged", "last_quarter_change", "seed_spread", "steps"))]
         figures.append(FigureRef("figures/learning_curves.png",
                                  "Known-answer learning curves: seed mean and the band from the best to the worst "
