@@ -27,8 +27,9 @@ from analysis.quality.known_answer import base_colour_error, expected_images, sh
 
 # Lower is better for all three; 0 is the law's expectation.
 CURVE_METRICS = ("shading_error", "base_colour_error", "expected_l1")
-CONVERGENCE_RULE = ("converged: |change of the seed mean over the last quarter of the steps| <= seed spread "
-                    "(sample standard deviation over seeds at the last step); needs >= 2 seeds")
+CONVERGENCE_RULE = ("converged: |change of the seed mean from 3/4 of the steps to the end| <= seed spread (sample "
+                    "sd over seeds of the final value); each value is a run's mean over the scored steps in the "
+                    "last eighth before that point (a GAN's score jumps from step to step); needs >= 2 seeds")
 CONVERGENCE_COLUMNS = ["method", "metric", "converged", "last_quarter_change", "seed_spread", "steps", "seeds",
                        "final_mean", "rule"]
 
@@ -76,12 +77,19 @@ def score_point(generator, images: CurveImages, batch_size: int = 32) -> dict[st
             "expected_l1": float((generated - images.expected).abs()[scored].double().mean())}
 
 
+def _window(steps: np.ndarray, end: float, width: float) -> np.ndarray:
+    """The scored steps in (end - width, end]; the scored step nearest ``end`` when none is."""
+    inside = steps[(steps > end - width) & (steps <= end)]
+    return inside if len(inside) else steps[[np.argmin(np.abs(steps - end))]]
+
+
 def convergence_table(curves: pd.DataFrame, metrics=CURVE_METRICS) -> pd.DataFrame:
-    """One row per run label (``curves.run``) and metric: ``CONVERGENCE_COLUMNS``.
+    """One row per run label (``curves.run``) and metric: ``CONVERGENCE_COLUMNS`` (``CONVERGENCE_RULE``).
 
     ``curves``: learning-curve rows (run, seed, step and the metrics). Only the steps scored in
-    every seed of a run count. The last quarter runs from the scored step nearest 3/4 of the last
-    step to the last step.
+    every seed of a run count. With T the last step, a seed's final value is its mean over the
+    scored steps in (7/8 T, T] and its value at 3/4 its mean over (5/8 T, 3/4 T] (the scored step
+    nearest 3/4 T, before T, when that window is empty).
     """
     rows = []
     for run, group in curves.groupby("run", sort=False):
@@ -89,15 +97,18 @@ def convergence_table(curves: pd.DataFrame, metrics=CURVE_METRICS) -> pd.DataFra
         for metric in metrics:
             wide = group.pivot_table(index="step", columns="seed", values=metric).dropna()
             steps = wide.index.to_numpy()
-            last = int(steps[-1]) if len(steps) else 0
-            quarter = steps[np.argmin(np.abs(steps - 0.75 * last))] if len(steps) else 0
-            mean = wide.mean(axis=1)
-            change = float(mean.loc[last] - mean.loc[quarter]) if quarter < last else float("nan")
-            spread = float(wide.loc[last].std(ddof=1)) if seeds >= 2 and len(steps) else float("nan")
-            rows.append({"method": run, "metric": metric, "converged": bool(abs(change) <= spread),
-                         "last_quarter_change": change, "seed_spread": spread, "steps": last, "seeds": seeds,
-                         "final_mean": float(mean.loc[last]) if len(steps) else float("nan"),
-                         "rule": CONVERGENCE_RULE})
+            row = {"method": run, "metric": metric, "converged": False, "last_quarter_change": float("nan"),
+                   "seed_spread": float("nan"), "steps": int(steps[-1]) if len(steps) else 0, "seeds": seeds,
+                   "final_mean": float("nan"), "rule": CONVERGENCE_RULE}
+            if len(steps) >= 2:
+                last = steps[-1]
+                final = wide.loc[_window(steps, last, last / 8)].mean()
+                earlier = wide.loc[_window(steps[:-1], 0.75 * last, last / 8)].mean()
+                change = float(final.mean() - earlier.mean())
+                spread = float(final.std(ddof=1)) if seeds >= 2 else float("nan")
+                row.update(converged=bool(abs(change) <= spread), last_quarter_change=change, seed_spread=spread,
+                           final_mean=float(final.mean()))
+            rows.append(row)
     return pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
 
 

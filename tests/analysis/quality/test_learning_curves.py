@@ -120,3 +120,17 @@ def test_curve_figure_draws_one_panel_per_metric():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CLADE"]
     assert np.allclose(ax.lines[0].get_ydata(), [1, 0.65, 0.5, 0.45, 0.425])
+
+
+def test_values_are_window_means_so_one_jumpy_step_does_not_decide():
+    # Steps 0..800 by 100: final window (700, 800] = {800}; ... with every 50 steps the windows hold two.
+    steps = range(0, 850, 50)
+    jumpy = {0: [0.5 + (0.3 if s == 800 else 0) for s in steps], 1: [0.5 for s in steps]}
+    curves = pd.DataFrame([{"run": "spade", "seed": k, "step": s, "shading_error": v}
+                           for k, vs in jumpy.items() for s, v in zip(steps, vs)])
+    row = convergence_table(curves, metrics=("shading_error",)).iloc[0]
+    # Final values are means over steps 750 and 800: seed 0 (0.5 + 0.8) / 2 = 0.65, seed 1 0.5;
+    # the values at 3/4 over 550 and 600: 0.5 each.
+    assert row.last_quarter_change == pytest.approx((0.65 + 0.5) / 2 - 0.5, abs=1e-12)
+    assert row.seed_spread == pytest.approx(np.std([0.65, 0.5], ddof=1), abs=1e-12)
+    assert row.final_mean == pytest.approx(0.575, abs=1e-12) and row.converged
