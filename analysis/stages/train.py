@@ -291,7 +291,7 @@ def check_pace(eta: TrainingEta, expected_minutes: float) -> str | None:
     if expected_minutes == 0 or minutes <= expected_minutes:
         return None
     text = (f"this machine is slower than the budget assumes: the {len(eta.predicted)} training runs are predicted "
-            f"to take {minutes:.0f} min, not the {expected_minutes:.0f} min expected on an idle 2-core CPU (a busy "
+            f"to take {minutes:.1f} min, not the {expected_minutes:g} min expected on an idle 2-core CPU (a busy "
             f"machine?). Every planned step is trained anyway; fewer steps (--train-steps) or a cap "
             f"(--train-max-seconds, applied equally to every run and stated in the report) finish sooner.")
     log.warning("[train] %s", text)

@@ -80,7 +80,7 @@ def test_a_slow_machine_is_warned_about_at_start(tmp_path, caplog):
                            curve_images=0, expected_minutes=1e-6)
     record = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
     assert "this machine is slower than the budget assumes" in record["pace_warning"]
-    assert "not the 0 min expected" in record["pace_warning"]
+    assert "not the 1e-06 min expected" in record["pace_warning"]
     assert any(record["pace_warning"] in m for m in caplog.messages)
     assert any(n.startswith("Warning at start: this machine is slower") for n in record["notes"])
     assert record["predicted_seconds"] > 0
