@@ -86,7 +86,7 @@ class RunContext:
     Layout under ``out``: ``tables/*.csv`` (each with ``*.meta.json``), ``figures/*.png``,
     ``checkpoints/<norm>/`` (trained generators, official format), ``stages/*.json``
     (done markers with timings), ``report.md``. The stage options are resolved on construction
-    (``--quick`` and CPU defaults filled in), so a stage reads plain values:
+    (``--quick``, ``--budget long`` and CPU defaults filled in), so a stage reads plain values:
 
         ctx = RunContext(out="reports/x", quick=True, train=TrainOptions(steps=2))
         ctx.train.ngf   # 8, the --quick default
@@ -99,6 +99,7 @@ class RunContext:
     checkpoints: Path | None = None    # evaluate these (<dir>/<norm>/) instead of training
     checkpoint: tuple[str, ...] = ()   # [NAME=]PATH of more generators for probe, convert and eval (--checkpoint)
     quick: bool = False                # CI-sized run (< 3 minutes on 2 CPU cores)
+    budget: str = "default"            # "long": the defaults for a GPU or an overnight CPU run (options.BUDGETS)
     force: bool = False                # recompute stages that already finished
     seed: int = 0
     skip_invalid: bool = False         # leave invalid samples of the dataset out (--skip-invalid), counted
@@ -117,7 +118,8 @@ class RunContext:
         self.given_generators()   # ValueError naming a --checkpoint that names no generator
         cuda = torch.device(self.device).type == "cuda"
         for name in STAGE_FIELDS:
-            setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda))
+            setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda,
+                                              budget=self.budget))
         self._datasets = []  # built by dataset(), for take_skipped(); not an option
 
     def dataset(self, phase: str, *, max_samples: int | None = None, **options):
@@ -161,6 +163,7 @@ class RunContext:
         ``*.meta.json``: preset, seed, quick, dataroot, skip_invalid), writing under ``out``."""
         dataroot = meta.get("dataroot")
         settings = dict(preset=meta["preset"], seed=meta["seed"], quick=meta["quick"],
+                        budget=meta.get("options", {}).get("run", {}).get("budget", "default"),
                         dataroot=None if dataroot in (None, SYNTHETIC_DATAROOT) else Path(dataroot),
                         skip_invalid=meta.get("options", {}).get("run", {}).get("skip_invalid", False))
         return cls(out=out, **{**settings, **options})

@@ -1,8 +1,8 @@
 """Typed options: one dataclass per stage, the command line generated from it.
 
 Every field declares its default once, with its help text, through :func:`option`. A default
-that depends on the run (``--quick``, a CPU device) is declared beside it (``quick=``,
-``cpu=``); such a field holds ``None`` until :func:`resolve` fills it, which is the only place
+that depends on the run (``--quick``, ``--budget long``, a CPU device) is declared beside it
+(``quick=``, ``long=``, ``cpu=``); such a field holds ``None`` until :func:`resolve` fills it, which is the only place
 defaults are applied. ``0`` is a value like any other, never "unset".
 
     parser = OptionParser()
@@ -30,26 +30,29 @@ from analysis.quality.segmenter_names import (PAPER, PAPER_SEGMENTER_NAMES, PREC
                                               UPERNET_IMG_SIZES, is_paper_segmenter, parse_size)
 
 _UNSET = object()
+# run_analysis.py --budget: "default" fits the 2-core CPU in about 15 minutes; "long" is for a GPU
+# or an overnight CPU run (more steps and seeds, the SPADE variants; fields declare it with long=).
+BUDGETS = ("default", "long")
 # Official reference numbers of the cost cross-checks (a folder beside the repository).
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
-def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, cpu: Any = _UNSET, flag: str | None = None,
-           choices=None, minimum: float | None = None, metavar: str | None = None,
+def option(default: Any = None, help: str = "", *, quick: Any = _UNSET, long: Any = _UNSET, cpu: Any = _UNSET,
+           flag: str | None = None, choices=None, minimum: float | None = None, metavar: str | None = None,
            cli: bool = True, exists: bool = False):
     """A dataclass field with its default, help text and command-line spelling.
 
     ``default`` may be a callable (evaluated when resolved, e.g. the registered norms), and so may
     ``choices`` (evaluated when the parser is built, after ``--plugin`` files are loaded).
-    ``quick`` / ``cpu``: the default under ``--quick`` / on a CPU device (quick wins); a field
-    with either holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
+    ``quick`` / ``long`` / ``cpu``: the default under ``--quick`` / ``--budget long`` / on a CPU
+    device (quick and long win over cpu); a field with any of them holds ``None`` until :func:`resolve`. ``minimum``: smallest valid value (refused
     with a clear error below it). ``flag``: the option's spelling when not ``--<prefix>-<name>``.
     ``exists``: a path the user gives must exist (an input file, never silently skipped).
     """
-    automatic = quick is not _UNSET or cpu is not _UNSET or callable(default)
+    automatic = quick is not _UNSET or long is not _UNSET or cpu is not _UNSET or callable(default)
     return field(default=None if automatic else default,
-                 metadata=dict(help=help, default=default, quick=quick, cpu=cpu, flag=flag, choices=choices,
-                               minimum=minimum, metavar=metavar, cli=cli, exists=exists))
+                 metadata=dict(help=help, default=default, quick=quick, long=long, cpu=cpu, flag=flag,
+                               choices=choices, minimum=minimum, metavar=metavar, cli=cli, exists=exists))
 
 
 def _all_norms() -> tuple[str, ...]:
@@ -124,18 +127,28 @@ class CompareOptions(TimedGenerators):
 class TrainOptions:
     """Stage 'train': the three methods under one recipe, data order and budget."""
 
-    steps: int = option(150, "iterations per method and seed", quick=12, minimum=1)
+    steps: int = option(300, "iterations per method and seed (equal for every compared run)", quick=12, long=3000,
+                        minimum=1)
     ngf: int = option(16, "generator width", quick=8, minimum=1)
-    ndf: int = option(32, "discriminator width", quick=16, minimum=1)
+    ndf: int = option(16, "discriminator width", minimum=1)
     batch_size: int = option(8, "batch size", quick=4, minimum=1)
     crop_size: int = option(32, "image size", minimum=1)
-    max_seconds: float = option(45.0, "wall-clock cap per training run, 0 = no cap; when a run hits it, every "
-                                "later run trains as many steps as it did", quick=10.0, minimum=0)
+    max_seconds: float = option(0.0, "wall-clock cap of the first (slowest) training run, 0 = no cap; when it "
+                                "stops that run early, every run trains the steps it reached (equal steps), and "
+                                "the report says so at the top", minimum=0)
+    expected_minutes: float = option(9.0, "minutes the train stage should take (the default budget on an idle "
+                                     "2-core CPU); at start a few timed steps predict this machine's time and a "
+                                     "warning says when it is longer; 0 = no check", quick=1.5, long=0.0, minimum=0)
     seeds: int = option(3, "training seeds per method (seed k uses --seed + k for weights and data order)",
-                        quick=2, minimum=1)
-    kernel_variants: bool = option(True, "also train a 1x1-kernel SPADE (purely per-pixel) beside the 3x3 one")
-    mask_factor: int = option(4, "input-mask experiment: also train SPADE and CLADE on label maps this many times "
-                              "coarser, nearest-upsampled to the output size (1 = no experiment)", minimum=1)
+                        quick=2, long=5, minimum=1)
+    curve_every: int = option(25, "score the learning-curve scenes every this many steps (and at step 0 and the "
+                              "end; 0 = only there)", quick=4, long=100, minimum=0)
+    curve_images: int = option(32, "synthetic val scenes of the learning curves (0 = no curves; the built-in "
+                               "scenes only)", quick=8, long=64, minimum=0)
+    kernel_variants: bool = option(False, "also train a 1x1-kernel SPADE (purely per-pixel) beside the 3x3 one",
+                                   long=True)
+    mask_factor: int = option(1, "input-mask experiment: also train SPADE and CLADE on label maps this many times "
+                              "coarser, nearest-upsampled to the output size (1 = no experiment)", long=4, minimum=1)
     norms: tuple[str, ...] = option(("spade", "clade", "clade-icpe"), "methods to train (space- or "
                                     "comma-separated: spade,clade,my-norm)", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
@@ -343,7 +356,7 @@ def dest_name(f, prefix: str) -> str:
 
 
 def default_text(f) -> str:
-    """The default of a field as ``--help`` shows it, with its --quick / CPU variants."""
+    """The default of a field as ``--help`` shows it, with its --quick / --budget long / CPU variants."""
     def show(value):
         if callable(value):
             return None
@@ -357,6 +370,7 @@ def default_text(f) -> str:
     parts = [] if show(md["default"]) is None else [f"default {show(md['default'])}"]
     parts += [f"on CPU {show(md['cpu'])}"] if md["cpu"] is not _UNSET else []
     parts += [f"--quick {show(md['quick'])}"] if md["quick"] is not _UNSET else []
+    parts += [f"--budget long {show(md['long'])}"] if md["long"] is not _UNSET else []
     return "; ".join(parts)
 
 
@@ -400,10 +414,14 @@ def options_from_args(args: argparse.Namespace, cls, prefix: str = ""):
     return cls(**given)
 
 
-def resolve(opts, *, quick: bool = False, cuda: bool = False):
-    """A copy of ``opts`` with every unset (None) field given its default for this run (--quick
-    wins over the CPU default, which wins over the plain one); ValueError for a value below its
-    field's minimum, naming the option."""
+def resolve(opts, *, quick: bool = False, cuda: bool = False, budget: str = "default"):
+    """A copy of ``opts`` with every unset (None) field given its default for this run (--quick or
+    ``budget="long"`` wins over the CPU default, which wins over the plain one); ValueError for a
+    value below its field's minimum, naming the option, and for --quick with the long budget."""
+    if budget not in BUDGETS:
+        raise ValueError(f"--budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    if quick and budget == "long":
+        raise ValueError("--quick and --budget long contradict each other; pass one of them")
     values = {}
     for f in fields(opts):
         value, md = getattr(opts, f.name), f.metadata
@@ -411,6 +429,8 @@ def resolve(opts, *, quick: bool = False, cuda: bool = False):
             default = md["default"]
             if quick and md["quick"] is not _UNSET:
                 default = md["quick"]
+            elif budget == "long" and md["long"] is not _UNSET:
+                default = md["long"]
             elif not cuda and md["cpu"] is not _UNSET:
                 default = md["cpu"]
             value = default() if callable(default) else default
@@ -431,6 +451,6 @@ def options_dict(opts) -> dict:
             for k, v in asdict(opts).items()}
 
 
-__all__ = ["BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
+__all__ = ["BUDGETS", "BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
            "ReportOptions", "TrainOptions", "add_options", "default_text", "existing_path",
            "option", "options_dict", "options_from_args", "positive_int", "resolve"]

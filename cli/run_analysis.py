@@ -24,7 +24,7 @@ import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
 from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name  # noqa: E402
-from analysis.options import (CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
+from analysis.options import (BUDGETS, CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
                               options_from_args, positive_int)
 from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
@@ -38,7 +38,7 @@ from training.loop import TrainingInterrupted  # noqa: E402
 DATA_STAGES = tuple(s.name for s in STAGES if s.reads_dataset)   # read --preset / --dataroot
 # Run settings that determine every stage's result (besides the stage's own options); skip_invalid
 # and checkpoint too, recorded only when given so that records written before them still match.
-RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
+RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "budget", "checkpoints")
 # Options of earlier versions, refused with their replacement.
 RENAMED_OPTIONS = {"--probe-checkpoint": "--checkpoint PATH", "--convert-checkpoint": "--checkpoint PATH",
                    "--eval-generator": "--checkpoint [NAME=]PATH",
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--train-norms etc. accept its name (repeatable; see examples/)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 3 minutes on CPU); sets the "
                                                              "--quick defaults below")
+    parser.add_argument("--budget", choices=BUDGETS, default="default",
+                        help="default: sized for about 15 minutes on a 2-core CPU (the three methods, 3 seeds); "
+                             "long: for a GPU or an overnight CPU run (10x the steps, 5 seeds, the SPADE 1x1 and "
+                             "coarse-mask variants); sets the --budget long defaults below (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="recompute finished stages, also when their "
                                                              "settings differ from this command's")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error "
@@ -120,7 +124,8 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     try:
         ctx = RunContext(out=out, device=args.device or default_device(), preset=args.preset,
                          dataroot=args.dataroot, checkpoints=args.checkpoints, checkpoint=tuple(args.checkpoint),
-                         quick=args.quick, force=args.force, seed=args.seed, skip_invalid=args.skip_invalid,
+                         quick=args.quick, budget=args.budget, force=args.force, seed=args.seed,
+                         skip_invalid=args.skip_invalid,
                          compare=options_from_args(args, CompareOptions, "compare"),
                          **stages)
         if args.stage in ("all", "eval") and is_paper_segmenter(ctx.eval.segmenter):

@@ -29,7 +29,8 @@ def test_every_stage_option_is_in_help_with_its_declared_default():
             shown = default_text(f)
             if shown:
                 assert " ".join(shown.split()) in text, (stage.name, f.name, shown)
-    assert "--train-steps STEPS iterations per method and seed (default 150; --quick 12)" in text
+    assert ("--train-steps STEPS iterations per method and seed (equal for every compared run) (default 300; "
+            "--quick 12; --budget long 3000)") in text
     assert "(default 10; on CPU 3)" in text   # --bench-repeats
 
 
@@ -42,12 +43,24 @@ def test_train_py_help_shows_defaults():
 
 def test_defaults_follow_quick_and_the_device():
     assert resolve(TrainOptions(), quick=True).steps == 12
-    assert resolve(TrainOptions(), quick=False).steps == 150
+    assert resolve(TrainOptions(), quick=False).steps == 300
+    long = resolve(TrainOptions(), budget="long")
+    assert (long.steps, long.seeds, long.kernel_variants, long.mask_factor, long.ngf) == (3000, 5, True, 4, 16)
+    assert resolve(TrainOptions(steps=7), budget="long").steps == 7   # a given value wins over every default
     assert resolve(BenchOptions(), cuda=True).repeats == 10
     assert resolve(BenchOptions(), cuda=False).repeats == 3
     assert resolve(BenchOptions(), quick=True, cuda=True).dtypes == ("fp32",)
     ctx = RunContext(out="x", quick=True, train=TrainOptions(steps=2))
     assert (ctx.train.steps, ctx.train.ngf) == (2, 8)
+
+
+def test_budget_long_is_a_run_setting_and_contradicts_quick(capsys):
+    ctx = run_analysis.context_from_args(run_analysis.parse_args(["--budget", "long", "--device", "cpu"]))
+    assert ctx.budget == "long" and ctx.train.steps == 3000 and ctx.options()["run"]["budget"] == "long"
+    with pytest.raises(SystemExit, match="--quick and --budget long contradict each other"):
+        run_analysis.context_from_args(run_analysis.parse_args(["--quick", "--budget", "long", "--device", "cpu"]))
+    with pytest.raises(ValueError, match="--budget 'short'; expected one of default, long"):
+        resolve(TrainOptions(), budget="short")
 
 
 def test_zero_is_a_value_not_unset():

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -158,7 +159,8 @@ def check_dataset_labels(dataset, config) -> None:
 def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         out_dir: str | Path | None = None, num_workers: int = 0, log_every: int = 10,
         save_every: int = 500, sample_every: int = 500, validate: bool = True,
-        progress: bool = True, max_seconds: float | None = None) -> list[dict]:
+        progress: bool = True, max_seconds: float | None = None,
+        on_step: Callable[[object], None] | None = None, on_step_every: int = 0) -> list[dict]:
     """Train ``trainer`` until ``steps`` iterations (or ``epochs`` epochs) in total, resumed ones included.
 
     ``max_seconds``: a wall-clock cap for this call; training stops (checkpointed) at the
@@ -166,7 +168,10 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
     With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
     ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
-    ``save_every`` steps and at the end (an interval of 0: only at the end). Returns the logged rows.
+    ``save_every`` steps and at the end (an interval of 0: only at the end). ``on_step(trainer)``
+    runs every ``on_step_every`` steps and at the end (not after a signal), e.g. to score the
+    generator for a learning curve; its time counts neither in ``trainer.train_seconds`` nor in the
+    logged throughput. Returns the logged rows.
 
     Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGINT / SIGTERM
     arrived (with ``out_dir``), NonFiniteLossError saying which checkpoint is kept, and
@@ -226,6 +231,10 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                         if watch is not None:
                             watch.check(trainer.step)
                         window = _LossWindow()
+                    if on_step is not None and (_due(trainer.step, on_step_every) or done) and interrupted is None:
+                        paused = time.perf_counter()
+                        on_step(trainer)
+                        window.start += time.perf_counter() - paused
                     if out_dir is not None:
                         _save_outputs(trainer, out_dir, history, samples=_due(trainer.step, sample_every) or done,
                                       checkpoint=_due(trainer.step, save_every) or done)

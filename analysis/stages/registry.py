@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench", BenchOptions, "Benchmark: measured latency",
           reads=(), writes=("bench", "bench_profile", "bench_train_step", "speed_compare", "speed_train")),
     Stage("train", TrainOptions, "Training: SPADE, CLADE and CLADE-ICPE under one recipe",
-          reads=(DATASET,), writes=("training", "train_log_*")),
+          reads=(DATASET,), writes=("training", "train_log_*", "learning_curves", "convergence")),
     Stage("probe", ProbeOptions, "Probe: what the modulation layers do",
           reads=(DATASET, CHECKPOINTS), writes=("probe_verdicts", "probe_layers", "probe_shares", "probe_channels",
                                                  "probe_resolutions", "probe_ablation")),

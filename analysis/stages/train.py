@@ -16,17 +16,25 @@ are on disk, which the outputs say. Writes ``checkpoints/<run>/`` for seed 0 (so
 for seed k, each with ``latest_net_G.pth``, ``generator.json`` and ``variant.json`` (method label,
 norm, seed, steps, kernel size, mask resolution: what the eval stage needs to group it);
 ``tables/train_log_<run>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
+SPADE's 1x1 and coarse-mask variants are off in the default budget (``--budget long`` trains them).
 A killed run resumes from ``train/<run>/checkpoint.pt`` (``--force`` starts over); a finished one
 keeps only its exported generator (``--train-keep-state`` keeps the checkpoint too).
 
-Budget: ``--train-steps`` per run with a wall-clock cap per run. SPADE trains first (the slowest);
-if a run hits the cap, every later run trains as many steps as it reached, and ``training.csv``
-says so (``planned_steps``, ``steps``, ``stopped_by_time_cap``). Measured on the loaded 2-core CPU
-(one thread, crop 32, batch 8, ngf 16): SPADE about 0.16 s per step, CLADE about 0.10 s, so the
-default 3 seeds x 6 runs x 150 steps take about 6 minutes.
+Learning curves: every ``--train-curve-every`` steps each run is scored on fixed synthetic val
+scenes with the known-answer metrics (``analysis.quality.learning_curves``), written as
+``tables/learning_curves.csv`` and ``figures/learning_curves.png``; ``tables/convergence.csv`` says
+per method and metric whether it converged by the stated rule (comparisons of unconverged methods
+get no verdict).
+
+Budget of work: every run trains ``--train-steps`` (equal for all compared runs). At start each
+kind of run times three steps (after one untimed) on a throwaway trainer: the predicted time is logged, with a warning
+when it exceeds ``--train-expected-minutes``, and an ETA after every run. A cap
+(``--train-max-seconds``, off by default) limits the first, slowest run (SPADE); every run then trains
+the steps it reached; ``stages/train.json`` records it under ``time_cap``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -36,8 +44,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from data.datasets import SYNTHETIC_VAL_FIRST_INDEX
 from data.neighbourhood import coarsen_labels
 from data.synthetic import SyntheticScenes
 from fileio import write_json_atomic
@@ -48,10 +57,15 @@ from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 from training.vgg import VGGWeightsMissingError, resolve_vgg_weights
 
 from analysis.context import FigureRef, RunContext, StageResult, TableRef
+from analysis.quality.learning_curves import (CONVERGENCE_RULE, CurveImages, convergence_table, curve_figure,
+                                              curve_images, score_point)
 from analysis.quality.seeds import VARIANT_FILE
+from analysis.speed.train_budget import TrainingEta, probe_step_seconds
 from analysis.options import options_dict
 
 log = logging.getLogger(__name__)
+
+CURVE_FILE = "learning_curve.json"  # a run's learning-curve rows so far, in train/<run>/ (kept for a resume)
 
 
 class CoarseMasks(Dataset):
@@ -120,23 +134,65 @@ def training_dataset(ctx, config, s: dict, *, seed: int | None = None, mask_fact
     return dataset if mask_factor == 1 else CoarseMasks(dataset, mask_factor)
 
 
+def make_trainer(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, overrides: dict | None = None,
+                 seed_index: int = 0) -> Trainer:
+    """A fresh trainer of one run: the stage's widths, size, batch and recipe, seed ``ctx.seed + seed_index``."""
+    g_config = generator_config(ctx.preset, norm, **{"ngf": s["ngf"], "crop_size": s["crop_size"],
+                                                     **(overrides or {})})
+    recipe = TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=ctx.seed + seed_index)
+    return Trainer(g_config=g_config, d_config=discriminator_config_for(g_config, ndf=s["ndf"]),
+                   recipe=recipe, device=ctx.device, vgg_weights=vgg_path)
+
+
+def learning_curve_images(ctx, config, s: dict, mask_factor: int = 1) -> CurveImages | None:
+    """The fixed val scenes every run of this stage is scored on during training (the first
+    ``curve_images`` of the synthetic val split of ``ctx.seed``, given to the generator as it was
+    trained: coarsened for a coarse-mask run); None without the built-in scenes or curves."""
+    if ctx.dataroot is not None or s["curve_images"] == 0:
+        return None
+    icpe = dict(with_dist=True, icpe_mode=config.icpe_mode) if norm_spec(config.norm).needs_icpe else \
+        dict(with_dist=False)
+    scenes = SyntheticScenes(s["curve_images"], size=config.output_size, seed=ctx.seed,
+                             first_index=SYNTHETIC_VAL_FIRST_INDEX, **icpe)
+    return curve_images(scenes, CoarseMasks(scenes, mask_factor) if mask_factor > 1 else None)
+
+
+def learning_curve(trainer, work, images: CurveImages | None, *, run: str, method: str, seed_index: int):
+    """(rows, on_step) of one run's learning curve: the rows scored so far (a resumed run's from
+    ``train/<run>/learning_curve.json``, up to its checkpoint's step; step 0 scored now for a new
+    run) and the ``fit(on_step=)`` callback that adds one row and saves the rows."""
+    if images is None:
+        return [], None
+    path = work / CURVE_FILE
+    rows = [r for r in json.loads(path.read_text()) if r["step"] <= trainer.step] \
+        if trainer.step > 0 and path.is_file() else []
+
+    def on_step(t) -> None:
+        rows.append({"run": run, "method": method, "seed": seed_index, "step": t.step,
+                     "images_seen": t.step * t.recipe.batch_size * t.world_size,
+                     "train_seconds": round(t.train_seconds, 2), **score_point(t.generator_for_eval, images)})
+        write_json_atomic(path, rows)
+
+    if not rows:
+        on_step(trainer)
+    return rows, on_step
+
+
 def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | None = None,
               overrides: dict | None = None, seed_index: int = 0, mask_factor: int = 1,
-              method: str | None = None) -> dict:
-    """Train (or resume) one method, export it, and return its training.csv row + log.
+              method: str | None = None, label: str | None = None, max_seconds: float | None = None) -> dict:
+    """Train (or resume) one method, export it, and return its training.csv row, log and learning curve.
 
     A variant of ``norm`` trains under the same recipe with ``overrides`` (generator options,
     official names, e.g. ``{"spade_kernel_size": 1}``) and its own ``name`` for its folders
     (``checkpoints/<name>/``, ``train/<name>/``) and tables (default: ``norm``). ``seed_index`` k
     trains with seed ``ctx.seed + k``; ``mask_factor`` > 1 on coarser label maps (:class:`CoarseMasks`).
+    ``label``: the run without its seed (``spade-1x1``; default ``name``), as the learning curve names it.
+    ``max_seconds``: a wall-clock cap of this run (None: none).
     """
     name = name or norm
-    g_config = generator_config(ctx.preset, norm, **{"ngf": s["ngf"], "crop_size": s["crop_size"],
-                                                     **(overrides or {})})
-    seed = ctx.seed + seed_index
-    recipe = TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=seed)
-    trainer = Trainer(g_config=g_config, d_config=discriminator_config_for(g_config, ndf=s["ndf"]),
-                      recipe=recipe, device=ctx.device, vgg_weights=vgg_path)
+    trainer = make_trainer(ctx, norm, s, use_vgg, vgg_path, overrides=overrides, seed_index=seed_index)
+    g_config, recipe, seed = trainer.g_config, trainer.recipe, trainer.recipe.seed
     work = ctx.out / "train" / name
     if ctx.force and work.exists():
         shutil.rmtree(work)
@@ -147,10 +203,14 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
             raise SettingsMismatchError(f"{exc} --force discards {work} and trains anew.", exc.differences) from None
     start = time.perf_counter()
     data = training_dataset(ctx, g_config, s, seed=seed, mask_factor=mask_factor)
+    label = label or name
+    images = learning_curve_images(ctx, g_config, s, mask_factor)
+    curve, on_step = learning_curve(trainer, work, images, run=label, method=method or norm_spec(norm).label,
+                                    seed_index=seed_index)
     history = trainer.fit(data, steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
-                          sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
-                          num_workers=0)
+                          sample_every=max(1, s["steps"] // 2), max_seconds=max_seconds,
+                          num_workers=0, on_step=on_step, on_step_every=s["curve_every"])
     trainer.export_generator(ctx.checkpoint_dir(name))
     h, w = g_config.output_size
     write_json_atomic(ctx.checkpoint_dir(name) / VARIANT_FILE, {
@@ -176,7 +236,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
            **{f"{c}_end": round(float(tail[c].mean()), 4) for c in losses}}
     log.info("[train] %s: %d steps in %.0f s (this call %.0f s)", name, trainer.step,
              trainer.train_seconds, time.perf_counter() - start)
-    return {"row": row, "log": df}
+    return {"row": row, "log": df, "curve": curve}
 
 
 def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
@@ -201,6 +261,43 @@ def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
     return fig
 
 
+def predict_seconds(ctx, runs: list[dict], s: dict, use_vgg: bool, vgg_path) -> dict[str, float]:
+    """Predicted seconds of every training run (by folder name) on this machine: each kind of run
+    (method or variant) trains three timed steps (after one untimed) and scores its learning-curve scenes once, on a
+    throwaway trainer; times the planned steps and curve points."""
+    predicted = {}
+    points = (s["steps"] // s["curve_every"] if s["curve_every"] else 0) + 2
+    for r in runs:
+        trainer = make_trainer(ctx, r["norm"], s, use_vgg, vgg_path, overrides=r["overrides"])
+        data = training_dataset(ctx, trainer.g_config, {**s, "planned_steps": 1}, mask_factor=r["mask_factor"])
+        batch = default_collate([data[i] for i in range(min(len(data), s["batch_size"]))])
+        per_step = probe_step_seconds(lambda t=trainer: t, batch)
+        images = learning_curve_images(ctx, trainer.g_config, s, r["mask_factor"])
+        start = time.perf_counter()
+        if images is not None:
+            score_point(trainer.generator_for_eval, images)
+        per_point = time.perf_counter() - start
+        for k in range(s["seeds"]):
+            predicted[run_folder_name(r["name"], k)] = s["steps"] * per_step + points * per_point
+        log.info("[train] %s: %.3f s per step measured (%.2f s per learning-curve point)", r["name"], per_step,
+                 per_point)
+    return predicted
+
+
+def check_pace(eta: TrainingEta, expected_minutes: float) -> str | None:
+    """The warning (logged, and returned for the record) when the predicted training time exceeds
+    ``expected_minutes`` (0: no check)."""
+    minutes = eta.total_predicted / 60
+    if expected_minutes == 0 or minutes <= expected_minutes:
+        return None
+    text = (f"this machine is slower than the budget assumes: the {len(eta.predicted)} training runs are predicted "
+            f"to take {minutes:.1f} min, not the {expected_minutes:g} min expected on an idle 2-core CPU (a busy "
+            f"machine?). Every planned step is trained anyway; fewer steps (--train-steps) or a cap "
+            f"(--train-max-seconds, applied equally to every run and stated in the report) finish sooner.")
+    log.warning("[train] %s", text)
+    return text
+
+
 def run(ctx: RunContext) -> StageResult:
     s = settings(ctx)
     threads = torch.get_num_threads()
@@ -213,19 +310,30 @@ def run(ctx: RunContext) -> StageResult:
              s["crop_size"], s["crop_size"], vgg_text)
     results = {}
     budget = dict(s)
+    start = time.perf_counter()
     try:
+        eta = TrainingEta(predict_seconds(ctx, runs, s, use_vgg, ctx.train.vgg_weights))
+        log.info("[train] %d runs, predicted %.1f min on this machine", len(eta.predicted), eta.total_predicted / 60)
+        pace_warning = check_pace(eta, s["expected_minutes"])
         for k in range(s["seeds"]):
             for r in runs:
                 name = run_folder_name(r["name"], k)
+                # The cap limits the first (slowest) run only; every later run trains the steps it
+                # reached, so that all compared runs train equal steps.
+                run_start = time.perf_counter()
                 results[name] = train_one(ctx, r["norm"], budget, use_vgg, ctx.train.vgg_weights, name=name,
                                           overrides=r["overrides"], seed_index=k, mask_factor=r["mask_factor"],
-                                          method=r["method"])
-                done = results[name]["row"]["steps"]
-                if results[name]["row"]["stopped_by_time_cap"] and done < budget["steps"]:
-                    # Same budget for every run: the later ones stop where the capped one did.
-                    log.warning("[train] %s hit the %.0f s cap at step %d; the remaining runs train "
-                                "%d steps too", name, s["max_seconds"], done, done)
-                    budget["steps"] = done
+                                          method=r["method"], label=r["name"],
+                                          max_seconds=s["max_seconds"] if not results else None)
+                row = results[name]["row"]
+                if row["stopped_by_time_cap"] and row["steps"] < budget["steps"]:
+                    log.warning("[train] %s reached step %d of %d within the %.0f s cap; every run trains %d "
+                                "steps", name, row["steps"], budget["steps"], s["max_seconds"], row["steps"])
+                    budget["steps"] = row["steps"]
+                    eta.predicted = {n: v * row["steps"] / s["steps"] for n, v in eta.predicted.items()}
+                eta.finished(name, time.perf_counter() - run_start)
+                log.info("[train] %d/%d runs done, %.0f s so far, about %.0f s left", len(results),
+                         len(eta.predicted), time.perf_counter() - start, eta.remaining_seconds())
     finally:
         torch.set_num_threads(threads)
     table = pd.DataFrame([r["row"] for r in results.values()]).assign(vgg=vgg_text)
@@ -235,25 +343,58 @@ def run(ctx: RunContext) -> StageResult:
     ctx.write_figure(loss_figure({n: results[n]["log"] for n in first}, vgg_text), "train_losses")
     steps = sorted(set(table.steps))
     capped = bool(table.stopped_by_time_cap.any())
+    time_cap = {"max_seconds": s["max_seconds"], "cut": capped, "planned_steps": s["planned_steps"],
+                "steps": budget["steps"],
+                "rule": "the cap limits the first (slowest) run; every run then trains the steps it reached"}
     budget_text = (f"{s['planned_steps']} steps planned per run, {'/'.join(map(str, steps))} run"
                    + (f" (cut by the {s['max_seconds']:.0f} s time cap)" if capped else "")
-                   + f", {s['seeds']} seed(s), batch {s['batch_size']}, {s['crop_size']}x{s['crop_size']}, ngf {s['ngf']}")
+                   + f", {s['seeds']} seed(s), batch {s['batch_size']}, {s['crop_size']}x{s['crop_size']}, "
+                     f"ngf {s['ngf']}, ndf {s['ndf']}")
+    label_of = {run_folder_name(r["name"], k): r["name"] for r in runs for k in range(s["seeds"])}
+    per_method = table.assign(label=table.run.map(label_of)).groupby("label", sort=False).seconds.mean()
+    notes = [f"Budget: {budget_text}; {len(results)} training runs, {table.seconds.sum():.0f} s of training in all "
+             f"(predicted {eta.total_predicted:.0f} s at start); mean seconds per run at equal steps: "
+             + ", ".join(f"{n} {v:.0f} s" for n, v in per_method.items()) + "."]
+    notes += [f"Unequal steps: {table.groupby('run').steps.first().to_dict()}"] if len(steps) > 1 else []
+    notes += [f"Warning at start: {pace_warning}"] if pace_warning else []
+    tables = [TableRef("tables/training.csv",
+                       f"Every training run (method, seed, steps run of {s['planned_steps']} planned, "
+                       "time-cap flag, seconds, images/s, mean losses over the first and last 10% of training).",
+                       ("run", "method", "seed", "steps", "planned_steps", "stopped_by_time_cap", "seconds",
+                        "images_per_s"))]
+    figures = [FigureRef("figures/train_losses.png",
+                         f"Training losses of seed 0's runs ({', '.join(first)}) under the same recipe, "
+                         f"data order and {budget['steps']}-step budget (VGG loss {vgg_text}).")]
+    summary = {"settings": s, "vgg": vgg_text, "steps": budget["steps"], "budget": budget_text, "time_cap": time_cap,
+               "predicted_seconds": round(eta.total_predicted, 1), "pace_warning": pace_warning,
+               "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in results},
+               "results": table.to_dict(orient="records")}
+    curves = pd.DataFrame([row for r in results.values() for row in r["curve"]])
+    if len(curves):
+        convergence = convergence_table(curves)
+        ctx.write_table(curves, "learning_curves", scenes=f"first {s['curve_images']} synthetic val scenes of seed "
+                        f"{ctx.seed}", every=s["curve_every"])
+        ctx.write_table(convergence, "convergence", rule=CONVERGENCE_RULE)
+        labels = {r["name"]: r["method"] if r["name"] == r["norm"] else r["name"] for r in runs}
+        ctx.write_figure(curve_figure(curves, labels), "learning_curves")
+        shading = convergence[convergence.metric == "shading_error"]
+        summary["converged"] = {m: bool(c) for m, c in zip(shading.method, shading.converged)}
+        notes.append("Converged (shading error; " + CONVERGENCE_RULE + "): "
+                     + ", ".join(f"{m} {'yes' if c else 'no'}" for m, c in summary["converged"].items()) + ".")
+        tables += [TableRef("tables/learning_curves.csv",
+                            f"Known-answer metrics of every run on {s['curve_images']} fixed synthetic val scenes "
+                            f"every {s['curve_every']} steps (0 = the law; 1 = flat instances for the shading "
+                            f"error, one mean colour for the base-colour error).",
+                            ("run", "seed", "step", "images_seen", "train_seconds", "shading_error",
+                             "base_colour_error")),
+                   TableRef("tables/convergence.csv",
+                            f"Whether each method converged, per metric ({CONVERGENCE_RULE}).",
+                            ("method", "metric", "converged", "last_quarter_change", "seed_spread", "steps"))]
+        figures.append(FigureRef("figures/learning_curves.png",
+                                 "Known-answer learning curves: seed mean and the band from the best to the worst "
+                                 "seed, per run, on fixed val scenes (lower is better; 0 = the law)."))
     return StageResult(
-        summary={"settings": s, "vgg": vgg_text, "steps": budget["steps"], "budget": budget_text,
-                 "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in results},
-                 "results": table.to_dict(orient="records")},
-        notes=[f"Budget: {budget_text}; {len(results)} training runs, "
-               f"{table.seconds.sum():.0f} s of training in all."]
-              + ([f"Unequal steps: {table.groupby('run').steps.first().to_dict()}"] if len(steps) > 1 else []),
-        figures=[FigureRef("figures/train_losses.png",
-                           f"Training losses of seed 0's runs ({', '.join(first)}) under the same recipe, "
-                           f"data order and {budget['steps']}-step budget (VGG loss {vgg_text}).")],
-        tables=[TableRef("tables/training.csv",
-                         f"Every training run (method, seed, steps run of {s['planned_steps']} planned, "
-                         "time-cap flag, seconds, images/s, mean losses over the first and last 10% of "
-                         "training).",
-                         ("run", "method", "seed", "steps", "planned_steps", "stopped_by_time_cap", "seconds",
-                          "images_per_s"))]
-               + [TableRef(f"tables/train_log_{n}.csv", f"Logged losses of {n} (seed 0) during training.")
-                  for n in first],
+        summary=summary, notes=notes, figures=figures,
+        tables=tables + [TableRef(f"tables/train_log_{n}.csv", f"Logged losses of {n} (seed 0) during training.")
+                         for n in first],
     )

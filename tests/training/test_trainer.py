@@ -365,3 +365,25 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32():
     bf16.train_step(batch)
     assert all(p.dtype == torch.float32 for p in bf16.G.parameters())   # master weights stay fp32
     assert not torch.equal(bf16.G.up_3.conv_1.weight_orig, before["up_3.conv_1.weight_orig"])
+
+
+def test_on_step_runs_every_k_steps_and_at_the_end_outside_the_timed_step(monkeypatch):
+    import types
+    from training import loop
+    clock = types.SimpleNamespace(now=0.0)
+
+    def perf_counter():  # 1 ms per reading, plus the 100 s the callback "spends"
+        clock.now += 0.001
+        return clock.now
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    trainer, seen = tiny_trainer("clade"), []
+
+    def score(t):
+        seen.append(t.step)
+        clock.now += 100.0
+
+    history = trainer.fit(TinyScenes(), steps=5, on_step=score, on_step_every=2, progress=False, log_every=5)
+    # Counted, the callbacks would add 300 s; each step's own reading is about 1 ms.
+    assert seen == [2, 4, 5] and trainer.train_seconds < 0.1
+    assert history[-1]["images_per_s"] > 10

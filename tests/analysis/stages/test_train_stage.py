@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from analysis.context import RunContext
@@ -34,3 +35,63 @@ def test_seeds_and_variants_get_their_own_folders_and_records(tmp_path):
     a = load_generator_dir(tmp_path / "checkpoints" / "clade").state_dict()
     b = load_generator_dir(tmp_path / "checkpoints" / "clade-s1").state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_curves_and_convergence_tables_are_written(tmp_path):
+    options = TrainOptions(steps=4, ngf=4, ndf=8, batch_size=2, crop_size=32, seeds=2, norms=("clade",),
+                           curve_every=2, curve_images=3)
+    record = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
+    curves = pd.read_csv(tmp_path / "tables" / "learning_curves.csv")
+    assert list(curves.columns[:6]) == ["run", "method", "seed", "step", "images_seen", "train_seconds"]
+    assert {"shading_error", "base_colour_error", "expected_l1"} <= set(curves.columns)
+    assert list(zip(curves.seed, curves.step)) == [(0, 0), (0, 2), (0, 4), (1, 0), (1, 2), (1, 4)]
+    assert (curves.run == "clade").all() and (curves.images_seen == 2 * curves.step).all()
+    # Step 0 is the untrained generator of each seed: different weights, different scores.
+    assert curves.shading_error.iloc[0] != curves.shading_error.iloc[3]
+    convergence = pd.read_csv(tmp_path / "tables" / "convergence.csv")
+    assert list(convergence.columns[:7]) == ["method", "metric", "converged", "last_quarter_change", "seed_spread",
+                                             "steps", "seeds"]
+    assert list(convergence.metric) == ["shading_error", "base_colour_error", "expected_l1"]
+    row = convergence.iloc[0]
+    at = curves.pivot_table(index="step", columns="seed", values="shading_error")
+    assert row.last_quarter_change == pytest.approx(at.loc[4].mean() - at.loc[2].mean(), rel=1e-9)
+    assert row.seed_spread == pytest.approx(at.loc[4].std(ddof=1), rel=1e-9)
+    assert row.converged == (abs(row.last_quarter_change) <= row.seed_spread)
+    assert record["converged"] == {"clade": bool(row.converged)}
+    assert (tmp_path / "figures" / "learning_curves.png").is_file()
+    assert record["time_cap"] == {**record["time_cap"], "max_seconds": None, "cut": False, "steps": 4}
+
+
+def test_a_user_cap_stops_the_first_run_and_every_run_trains_its_steps(tmp_path):
+    options = TrainOptions(steps=50, ngf=4, ndf=8, batch_size=2, crop_size=32, max_seconds=1e-9,
+                           norms=("spade", "clade"), seeds=2, curve_images=0)
+    record = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
+    table = pd.read_csv(tmp_path / "tables" / "training.csv")
+    assert list(table.run) == ["spade", "clade", "spade-s1", "clade-s1"] and (table.steps == 1).all()
+    assert list(table.stopped_by_time_cap) == [True, False, False, False]
+    assert record["time_cap"] == {**record["time_cap"], "max_seconds": 1e-9, "cut": True, "planned_steps": 50,
+                                  "steps": 1}
+    assert "cut by the 0 s time cap" in record["budget"]
+    assert not (tmp_path / "tables" / "learning_curves.csv").exists()   # --train-curve-images 0
+
+
+def test_a_slow_machine_is_warned_about_at_start(tmp_path, caplog):
+    options = TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=32, seeds=1, norms=("clade",),
+                           curve_images=0, expected_minutes=1e-6)
+    record = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
+    assert "this machine is slower than the budget assumes" in record["pace_warning"]
+    assert "not the 1e-06 min expected" in record["pace_warning"]
+    assert any(record["pace_warning"] in m for m in caplog.messages)
+    assert any(n.startswith("Warning at start: this machine is slower") for n in record["notes"])
+    assert record["predicted_seconds"] > 0
+
+
+def test_a_resumed_run_keeps_its_learning_curve_up_to_the_checkpoint(tmp_path):
+    ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=4, ngf=4, ndf=8, batch_size=2, crop_size=32,
+                                                                 curve_every=1, curve_images=2, keep_state=True))
+    s = stage.settings(ctx)
+    first = stage.train_one(ctx, "clade", {**s, "steps": 2}, False, None)
+    assert [r["step"] for r in first["curve"]] == [0, 1, 2]
+    again = stage.train_one(ctx, "clade", s, False, None)
+    assert [r["step"] for r in again["curve"]] == [0, 1, 2, 3, 4]
+    assert again["curve"][:3] == first["curve"]
