@@ -80,6 +80,40 @@ def test_plots_have_one_panel_per_quality_and_cost():
     plt.close(fig)
 
 
+def test_error_bars_stop_at_the_metrics_bounds():
+    df = evaluation_table().assign(fd_proxy_features_ci_low=[-7.0, 3.0, 2.0, np.nan],
+                                   fd_proxy_features_ci_high=[13.0, 5.0, 5.0, np.nan],
+                                   miou_proxy_ci_low=[-0.2, 0.3, 0.4, np.nan], miou_proxy_ci_high=[0.9, 1.3, 0.6, np.nan])
+    assert roi.error_bar(3.0, -7.0, 13.0, "fd_proxy_features") == (3.0, 10.0)      # down to 0, not -7
+    assert roi.error_bar(0.4, 0.3, 1.3, "miou_proxy") == pytest.approx((0.1, 0.6))  # up to 1, not 1.3
+    assert roi.error_bar(0.4, np.nan, 0.5, "miou_proxy") is None
+    fig = roi.plot_quality_vs_cost(df)
+    for ax in fig.axes:
+        segments = [seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()]
+        ends = np.array([point[1] for seg in segments for point in seg])
+        if "Frechet" in ax.get_ylabel():
+            assert ends.min() == 0.0 and ends.max() == 13.0
+        elif "mIoU" in ax.get_ylabel():
+            assert ends.min() == 0.0 and ends.max() == 1.0
+    plt.close(fig)
+
+
+def test_an_unreliable_latency_draws_no_front():
+    df = evaluation_table().assign(latency_reliable=[True, False, True, np.nan])
+    table = roi.roi_table(df)
+    assert table["pareto_latency_ms"].isna().all() and table["pareto_gmacs_fvcore"].tolist() == [True] * 3
+    fig = roi.plot_quality_vs_cost(df)
+    latency_axes = [ax for ax in fig.axes if ax.get_xlabel().startswith("latency")]
+    for ax in latency_axes:   # no dashed front, no point marked as dominated or on a front
+        assert ax.get_title() == "unreliable timing: no Pareto front"
+        assert not [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert {tuple(c.get_edgecolor()[0]) for c in ax.collections if c.get_offsets().shape[0] == 1} == {(1, 1, 1, 1)}
+    assert len(latency_axes) == 2
+    plt.close(fig)
+    reliable = roi.roi_table(df.assign(latency_reliable=[True, True, True, np.nan]))
+    assert reliable["pareto_latency_ms"].tolist() == [True, True, True]
+
+
 def test_coinciding_points_both_show_and_are_named():
     df = evaluation_table()
     df.loc[2, "miou_proxy"] = 0.401                      # CLADE-ICPE now on CLADE in the params panel
