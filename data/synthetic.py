@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import special
 from torch.utils.data import Dataset
 
 from data.icpe import DEFAULT_MODE, icpe_map
@@ -150,10 +151,14 @@ _FREQ, _AMP, _ANGLE = (_class_table(f) for f in ("frequency", "amplitude", "angl
 _KIND = np.array([TEXTURES.index(a.texture) for a in CLASS_APPEARANCE] + [0])
 
 
-def _appearance(rng, label, instance, y, x) -> np.ndarray:
-    """RGB image in [-1, 1] (step 2 of the law)."""
-    h, w = label.shape
-    scale = 64 / min(h, w)
+def instance_coordinates(instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The law's intra-instance coordinates (u, v) of every pixel of an [H, W] instance map.
+
+    u = (y - cy) / ey, v = (x - cx) / ex with (cy, cx) the centroid of the instance's pixels and
+    ey = 1 + max |y - cy|, ex = 1 + max |x - cx| over them (module docstring, step 2); float64.
+    """
+    h, w = instance.shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     flat = instance.reshape(-1)
     n = int(flat.max()) + 1
     count = np.maximum(np.bincount(flat, minlength=n), 1)
@@ -162,12 +167,22 @@ def _appearance(rng, label, instance, y, x) -> np.ndarray:
     ey, ex = np.zeros(n), np.zeros(n)
     np.maximum.at(ey, flat, np.abs(y.reshape(-1) - cy[flat]))
     np.maximum.at(ex, flat, np.abs(x.reshape(-1) - cx[flat]))
-    u = (y - cy[instance]) / (1 + ey[instance])
-    v = (x - cx[instance]) / (1 + ex[instance])
+    return (y - cy[instance]) / (1 + ey[instance]), (x - cx[instance]) / (1 + ex[instance])
 
+
+def _shaded_base(label: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """base_c * shade of every pixel, [3, H, W] in RGB [0, 1] units before texture and noise."""
+    u, v = instance_coordinates(instance)
     light = _LIGHT[label]
     shade = 1 + _STRENGTH[label] * (u * np.sin(light) + v * np.cos(light)) - _RIM[label] * (u ** 2 + v ** 2)
+    return _BASE[label].transpose(2, 0, 1) * shade
 
+
+def _appearance(rng, label, instance, y, x) -> np.ndarray:
+    """RGB image in [-1, 1] (step 2 of the law)."""
+    h, w = label.shape
+    scale = 64 / min(h, w)
+    n = int(instance.max()) + 1
     phase = rng.uniform(0, 2 * np.pi, n)[instance]
     freq = 2 * np.pi * _FREQ[label] * scale
     stripes = np.sin(freq * (x * np.cos(_ANGLE[label]) + y * np.sin(_ANGLE[label])) + phase)
@@ -180,7 +195,7 @@ def _appearance(rng, label, instance, y, x) -> np.ndarray:
         noise = np.where(label == cls, grid.repeat(cell, 0).repeat(cell, 1)[:h, :w], noise)
     texture = np.choose(kind, (stripes, checks, noise))
 
-    rgb = _BASE[label].transpose(2, 0, 1) * shade + _AMP[label] * texture
+    rgb = _shaded_base(label, instance) + _AMP[label] * texture
     rgb = np.clip(rgb + rng.normal(0, PIXEL_NOISE, rgb.shape), 0, 1)
     image = 2 * rgb - 1
     dontcare = label == SYNTHETIC_DONTCARE
@@ -196,6 +211,54 @@ def render_scene(index: int, seed: int = 0, size=64) -> Scene:
     rng = np.random.default_rng([seed, index])
     label, instance, y, x = _layout(rng, h, w)
     return Scene(label, instance, _appearance(rng, label, instance, y, x))
+
+
+# Nodes of the periodic trapezoid rule over the stripes' phase: the integrand is smooth (the noise
+# smooths the clip), so the rule converges geometrically; 256 nodes are exact to float64 rounding.
+_PHASE_NODES = 256
+
+
+def _mean_clipped(mean: np.ndarray, std) -> np.ndarray:
+    """E[clip(Z, 0, 1)] for Z ~ N(mean, std^2): E[max(Z, 0)] - E[max(Z - 1, 0)], closed form."""
+    def positive_part(m):
+        return m * special.ndtr(m / std) + std * np.exp(-0.5 * (m / std) ** 2) / np.sqrt(2 * np.pi)
+    return positive_part(mean) - positive_part(mean - 1)
+
+
+def expected_image(index: int, seed: int = 0, size=64) -> np.ndarray:
+    """E[image | layout] of scene ``index``: texture phases, noise cells and pixel noise averaged out.
+
+    float32 [3, H, W] in [-1, 1], computed exactly (clipping included) from the law in the
+    module docstring: pixel noise is Gaussian, so E[clip(m + noise, 0, 1)] has a closed form;
+    a noise texture adds a N(0, amp^2) term to it; a stripe is sin(uniform phase) at every pixel
+    (trapezoid rule over the phase); a check is +amp with probability 1 - |d| / pi, where
+    d = 2 pi f (x - y) wrapped to [-pi, pi] (both factors share one phase), else -amp. Dontcare
+    pixels (uniform noise) have expectation 0.
+    """
+    scene = render_scene(index, seed, size)
+    label, instance = scene.label, scene.instance
+    h, w = label.shape
+    shaded, amp, kind = _shaded_base(label, instance), _AMP[label], _KIND[label]
+    expected = np.zeros((3, h, w))
+
+    noise = kind == TEXTURES.index("noise")
+    expected[:, noise] = _mean_clipped(shaded[:, noise], np.sqrt(amp[noise] ** 2 + PIXEL_NOISE ** 2))
+
+    stripes = kind == TEXTURES.index("stripes")
+    phases = 2 * np.pi * np.arange(_PHASE_NODES) / _PHASE_NODES
+    draws = shaded[:, stripes][..., None] + amp[stripes][:, None] * np.sin(phases)
+    expected[:, stripes] = _mean_clipped(draws, PIXEL_NOISE).mean(-1)
+
+    checks = kind == TEXTURES.index("checks")
+    y, x = np.mgrid[0:h, 0:w]
+    turn = 2 * np.pi * _FREQ[label] * (64 / min(h, w)) * (x - y)
+    positive = 1 - np.abs(np.angle(np.exp(1j * turn))) / np.pi
+    p, m, a = positive[checks], shaded[:, checks], amp[checks]
+    expected[:, checks] = p * _mean_clipped(m + a, PIXEL_NOISE) + (1 - p) * _mean_clipped(m - a, PIXEL_NOISE)
+
+    image = 2 * expected - 1
+    image[:, label == SYNTHETIC_DONTCARE] = 0.0
+    return image.astype(np.float32)
 
 
 class SyntheticScenes(Dataset):

@@ -7,9 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.icpe import icpe_map
+from data import synthetic
 from data.labels import make_semantic
 from data.synthetic import (CLASS_APPEARANCE, GROUND, SKY, SYNTHETIC_DONTCARE, SYNTHETIC_LABEL_NC, THING_CLASSES,
-                            SyntheticScenes, render_scene)
+                            SyntheticScenes, expected_image, render_scene)
 from models.presets import generator_config
 
 SCENES = [render_scene(i, seed=0) for i in range(40)]
@@ -138,3 +139,25 @@ def test_generation_is_fast():
         ds[i]
     per_sample = (time.perf_counter() - start) / len(ds)
     assert per_sample < 0.1  # a few ms in practice; generous for a loaded machine
+
+
+@pytest.mark.parametrize("index, size", [(3, 32), (5, 32), (1, 16)])
+def test_expected_image_is_the_mean_of_the_law_over_its_appearance_draws(index, size):
+    # Render one layout's appearance 400 times with fresh draws (phases, noise cells, pixel noise):
+    # the per-pixel z-score of the Monte-Carlo mean against expected_image is N(0, 1). Leaving out the
+    # clip or the checks' position-dependent mean gives biases of 0.1-0.3 (z in the tens).
+    rng = np.random.default_rng([0, index])
+    label, instance, y, x = synthetic._layout(rng, size, size)
+    draws_rng = np.random.default_rng(7)
+    draws = np.stack([synthetic._appearance(draws_rng, label, instance, y, x) for _ in range(400)]).astype(np.float64)
+    expected = expected_image(index, seed=0, size=size)
+    assert expected.shape == (3, size, size) and expected.dtype == np.float32
+    assert np.array_equal(synthetic.render_scene(index, 0, size).label, label)
+    keep = np.broadcast_to(label != SYNTHETIC_DONTCARE, expected.shape)
+    # Floor the standard error at the pixel noise's: a pixel clipped in almost every draw has a
+    # sample spread of ~0 although its expectation is not exactly 0 or 1.
+    se = np.maximum(draws.std(0, ddof=1), 2 * synthetic.PIXEL_NOISE) / np.sqrt(len(draws))
+    z = ((draws.mean(0) - expected) / se)[keep]
+    assert 0.8 < (z ** 2).mean() < 1.25 and np.abs(z).max() < 5.5
+    assert (expected[:, label == SYNTHETIC_DONTCARE] == 0).all()
+    assert expected.min() > -1 and expected.max() < 1
