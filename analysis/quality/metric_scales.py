@@ -51,13 +51,13 @@ def _known_answer(column: str) -> MetricScale:
 
 
 SCALES = {scale.column: scale for scale in (
-    *map(_known_answer, ("shading_error", "base_color_error")),
+    *map(_known_answer, ("shading_error", "base_colour_error")),
     *map(_frechet, ("fid", "fid_clean", "fd_proxy_features")),
     *map(_share, ("miou", "miou_proxy", "accuracy", "accuracy_proxy")))}
 # Lower-is-better columns first, in the order tables and plots list them.
 LOWER_IS_BETTER = tuple(c for c, s in SCALES.items() if s.lower_is_better)
 HIGHER_IS_BETTER = tuple(c for c, s in SCALES.items() if not s.lower_is_better)
-KNOWN_ANSWER = ("shading_error", "base_color_error")
+KNOWN_ANSWER = ("shading_error", "base_colour_error")
 FRECHET = ("fid", "fid_clean", "fd_proxy_features")
 
 

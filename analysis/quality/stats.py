@@ -3,7 +3,7 @@
     seed_interval([0.31, 0.29, 0.33])                 # mean with a Student-t 95 % interval
     bootstrap_mean(per_image_accuracy)                # percentile bootstrap over images
     bootstrap_frechet(fake_features, real_features)   # set-level metric, images resampled
-    hierarchical_bootstrap_mean(per_seed_per_image)   # seeds and images resampled together
+    hierarchical_bootstrap(per_seed_per_image)        # seeds and images resampled together
     d = difference(clade_fd, spade_fd, log=True)      # a - b (here a log ratio), its se and df
     p_equivalent(d, margin), p_no_worse(d, margin, lower_is_better=True), p_better(d, ...)
     holm([p1, p2, ...])                               # family-wise adjusted p-values
@@ -399,25 +399,26 @@ def bounded(interval: Interval, bounds: tuple[float, float]) -> Interval:
                     interval.level, interval.note)
 
 
-def hierarchical_bootstrap_mean(per_seed: Sequence[Sequence[float]], *, n_boot: int = N_BOOT, level: float = LEVEL,
-                                seed: int = 0, bounds: tuple[float, float] = (-np.inf, np.inf)) -> Interval:
-    """Interval of the mean of a per-image metric over seeds and images together: each resample
-    draws the seeds with replacement, then the images (the same image indices for every seed:
-    they were scored on the same images), and takes the mean. ``per_seed``: one array of
-    per-image values per seed, all of one length. One seed: images only."""
-    rows = [_values(v, "hierarchical_bootstrap_mean") for v in per_seed]
-    if not rows or len({r.size for r in rows}) != 1:
-        raise ValueError(f"hierarchical_bootstrap_mean: expected one equally long array per seed, got lengths "
-                         f"{[r.size for r in rows]}")
-    values = np.stack(rows)                                            # [seeds, images]
-    _check_boot(values.shape[1], n_boot, "hierarchical_bootstrap_mean")
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, len(values), size=(n_boot, len(values)))
-    images = _resample_counts(values.shape[1], n_boot, seed + 1) / values.shape[1]   # [n_boot, images] weights
-    per_seed_means = np.einsum("bi,si->bs", images, values)            # each seed's mean on each image resample
-    boots = np.take_along_axis(per_seed_means, seeds, axis=1).mean(1)
-    what = f"{len(values)} seed(s) x {values.shape[1]} images"
-    return bounded(_percentile(float(values.mean()), boots, len(values), n_boot, level, what), bounds)
+def hierarchical_bootstrap(numerator, denominator=None, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                           bounds: tuple[float, float] = (-np.inf, np.inf)) -> Interval:
+    """Interval of a per-image metric over seeds and images together: each resample draws the
+    seeds with replacement, then the images (the same image indices for every seed: they were
+    scored on the same images), and recomputes ``sum(numerator) / sum(denominator)`` over the
+    drawn (seed, image) cells, or the mean without ``denominator``. ``numerator`` (and
+    ``denominator``): [seeds, images] arrays, one row per seed. One seed: images only."""
+    num = np.asarray(numerator, dtype=float)
+    den = np.ones_like(num) if denominator is None else np.asarray(denominator, dtype=float)
+    if num.ndim != 2 or num.shape != den.shape or not (np.isfinite(num).all() and np.isfinite(den).all()):
+        raise ValueError(f"hierarchical_bootstrap: expected finite [seeds, images] arrays of one shape, got "
+                         f"{num.shape} and {den.shape}")
+    seeds_n, images_n = num.shape
+    _check_boot(images_n, n_boot, "hierarchical_bootstrap")
+    seeds = np.random.default_rng(seed).integers(0, seeds_n, size=(n_boot, seeds_n))
+    images = _resample_counts(images_n, n_boot, seed + 1)              # [n_boot, images] multiplicities
+    per_seed_num, per_seed_den = images @ num.T, images @ den.T        # [n_boot, seeds] on each image resample
+    boots = (np.take_along_axis(per_seed_num, seeds, 1).sum(1) / np.take_along_axis(per_seed_den, seeds, 1).sum(1))
+    what = f"{seeds_n} seed(s) x {images_n} images"
+    return bounded(_percentile(float(num.sum() / den.sum()), boots, seeds_n, n_boot, level, what), bounds)
 
 
 def seed_summary(per_seed: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str] = ("method",),

@@ -24,7 +24,7 @@ from analysis.quality.metric_scales import HIGHER_IS_BETTER, KNOWN_ANSWER, LOWER
 
 COLUMN_LABELS = {
     "shading_error": "shading error\n(known answer, 0 = law)",
-    "base_color_error": "base-colour error\n(known answer, 0 = law)",
+    "base_colour_error": "base-colour error\n(known answer, 0 = law)",
     "fid": "FID (Inception)", "fid_clean": "FID (clean-fid resize)",
     "fd_proxy_features": "Frechet distance\n(proxy features)",
     "miou": "mIoU", "miou_proxy": "mIoU\n(proxy segmenter)",

@@ -10,7 +10,7 @@ from analysis.quality import segmenters
 from analysis.probe.variance import capture_modulation_statistics
 from analysis.report.assemble import build_report, run_tables
 from analysis.stages.eval import generate
-from data.synthetic import SyntheticScenes
+from data.synthetic import SyntheticScenes, expected_image
 from models import build_generator
 
 
@@ -98,3 +98,24 @@ def test_probing_a_checkpoint_uses_the_small_default_budget_and_says_so(tmp_path
     ablation = pd.read_csv(tmp_path / "out" / "tables" / "probe_ablation.csv")
     assert set(ablation.ablated) == {"all"} and (ablation.images == 2).all()
     assert "2 images, ablation on 2 (all layers at once only" in summary["notes"][0]
+
+
+def test_known_answer_columns_of_the_law_and_of_a_flat_image():
+    data = SyntheticScenes(6, size=(32, 32), seed=5, first_index=40, with_dist=False)
+    items = [data[i] for i in range(6)]
+    expected = quality_seeds.expected_images([item["path"] for item in items], 32)
+    assert torch.equal(expected[2], torch.from_numpy(expected_image(42, seed=5, size=32)))
+    instance = torch.stack([item["instance"][0] for item in items])
+    law = quality_seeds.known_answer_row(quality_seeds.known_answer_energies(expected, expected, instance), n_boot=20)
+    assert set(law) == {f"{c}{end}" for c in ("shading_error", "base_colour_error") for end in ("", "_boot_low",
+                                                                                                 "_boot_high")}
+    assert max(law.values()) < 1e-20 and min(law.values()) >= 0     # float64 lstsq: zero up to rounding
+    flat = expected.clone()            # each instance painted with its own mean colour: no shading at all
+    for n in range(len(flat)):
+        for k in instance[n].unique():
+            mask = instance[n] == k
+            flat[n][:, mask] = flat[n][:, mask].mean(1, keepdim=True)
+    row = quality_seeds.known_answer_row(quality_seeds.known_answer_energies(flat, expected, instance), n_boot=20)
+    assert row["shading_error"] == pytest.approx(1.0, abs=1e-12)
+    assert row["base_colour_error"] == pytest.approx(0.0, abs=1e-12)
+    assert quality_seeds.expected_images(["cityscapes/val/a.png"], 32) is None

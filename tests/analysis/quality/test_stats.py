@@ -221,20 +221,32 @@ def test_intervals_respect_the_metrics_bounds():
 def test_hierarchical_bootstrap_resamples_seeds_and_images():
     rng = np.random.default_rng(4)
     images = rng.normal(0, 1, size=200)                      # image effect shared by all seeds
-    spread_seeds = [images + offset for offset in (-1.0, 0.0, 1.0)]
-    same_seeds = [images, images.copy(), images.copy()]
-    wide = stats.hierarchical_bootstrap_mean(spread_seeds, n_boot=400)
-    narrow = stats.hierarchical_bootstrap_mean(same_seeds, n_boot=400)
+    spread_seeds = np.stack([images + offset for offset in (-1.0, 0.0, 1.0)])
+    same_seeds = np.stack([images] * 3)
+    wide = stats.hierarchical_bootstrap(spread_seeds, n_boot=400)
+    narrow = stats.hierarchical_bootstrap(same_seeds, n_boot=400)
     image_only = stats.bootstrap_mean(images, n_boot=400, seed=1)
     assert wide.estimate == pytest.approx(images.mean()) and wide.n == 3
     # identical seeds: only the images vary, as the plain image bootstrap (same image draws)
     assert (narrow.low, narrow.high) == pytest.approx((image_only.low, image_only.high))
-    # seed means -1, 0, +1 around the image mean: resampled seeds add up to about +-1.1 (95 %)
+    # seed means -1, 0, +1 around the image mean: resampled seeds add about +-1.1 (95 %)
     assert wide.high - wide.low > 1.5 > 4 * (narrow.high - narrow.low)
-    clipped = stats.hierarchical_bootstrap_mean([np.abs(images) * 1e-3] * 2, bounds=(0.0, np.inf))
-    assert clipped.low >= 0
-    with pytest.raises(ValueError, match="equally long"):
-        stats.hierarchical_bootstrap_mean([[1.0, 2.0], [1.0]])
+    clipped = stats.hierarchical_bootstrap(np.abs(same_seeds) * 1e-3 - 1e-3, bounds=(0.0, np.inf))
+    assert clipped.low == 0 and "clipped" in clipped.method
+    with pytest.raises(ValueError, match="one shape"):
+        stats.hierarchical_bootstrap(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_hierarchical_bootstrap_of_a_ratio_of_sums():
+    rng = np.random.default_rng(5)
+    den = rng.uniform(1, 3, size=(1, 50)).repeat(2, 0)       # the same images' energies for both seeds
+    num = den * np.array([[0.2], [0.4]])                     # seed ratios 0.2 and 0.4
+    interval = stats.hierarchical_bootstrap(num, den, n_boot=300)
+    assert interval.estimate == pytest.approx(0.3)
+    # a constant ratio per seed: images move nothing, the seeds give 0.2, 0.3 or 0.4
+    assert interval.low == pytest.approx(0.2) and interval.high == pytest.approx(0.4)
+    single = stats.hierarchical_bootstrap(num[:1], den[:1], n_boot=50)
+    assert (single.low, single.high) == pytest.approx((0.2, 0.2)) and single.n == 1
 
 
 def test_seed_summary_and_ties_group_overlapping_methods():
