@@ -37,7 +37,7 @@ EQUIVALENT, NO_WORSE, BETTER = "equivalent", "no worse", "better"
 SHOWN = {EQUIVALENT: stats.SHOWN_EQUIVALENT, NO_WORSE: stats.SHOWN_NO_WORSE, BETTER: stats.SHOWN_BETTER}
 CONTRADICTED, NOT_CONVERGED, UNDECIDED = "contradicted", "not converged", "no verdict (1 seed)"
 # The metric a claim's headline test uses, the first present: the known answer where the data has
-# one, else the distribution distance; the others are secondary.
+# one, else the distribution distance (else the first metric measured); the others are secondary.
 PRIMARY_METRICS = ("shading_error", "fid", "fd_proxy_features")
 # Models made from another run without (or with little) training of their own: their convergence is
 # their source's.
@@ -207,18 +207,16 @@ def quality_comparisons(tables: dict) -> list[Comparison]:
 
 def mark_primary(rows: list[Comparison]) -> list[Comparison]:
     """Mark each claim's headline test: its first side pair and condition ('all layers' for the
-    ablation), on the first metric of :data:`PRIMARY_METRICS` it has."""
+    ablation), on the first metric of :data:`PRIMARY_METRICS` it has (else its first metric)."""
     out, chosen = list(rows), set()
     for claim in dict.fromkeys(r.claim for r in rows):
         mine = [i for i, r in enumerate(rows) if r.claim == claim]
         first = rows[mine[0]]
         condition = "all layers" if claim == "class_mean" else first.condition
         candidates = [i for i in mine if rows[i].runs == first.runs and rows[i].condition == condition]
-        for metric in PRIMARY_METRICS:
-            hit = [i for i in candidates if rows[i].metric == metric]
-            if hit:
-                chosen.add(hit[0])
-                break
+        ranked = [i for metric in PRIMARY_METRICS for i in candidates if rows[i].metric == metric] + candidates
+        if ranked:
+            chosen.add(ranked[0])
     return [replace(r, primary=i in chosen) for i, r in enumerate(out)]
 
 
