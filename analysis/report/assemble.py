@@ -28,27 +28,21 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
 import matplotlib.pyplot as plt
 
 from fileio import atomic_path, write_json_atomic, write_text_atomic
 
-from analysis.report import paper
 from analysis.context import SYNTHETIC_DATAROOT
+from analysis.report import paper
 from analysis.report.findings import (TABLE_STAGES, appendix, decided_comparisons, findings, render_appendix,
                                       render_findings)
 from analysis.report.forest import forest_plot
 from analysis.report.roi import format_value, to_markdown
+from analysis.stages.registry import reported_stages
 
-STAGE_ORDER = ("costs", "bench", "train", "probe", "convert", "eval")
-STAGE_TITLES = {
-    "costs": "Costs: parameters and GMACs of the official configurations",
-    "bench": "Benchmark: measured latency",
-    "train": "Training: SPADE, CLADE and CLADE-ICPE under one recipe",
-    "probe": "Probe: what the modulation layers do",
-    "convert": "SPADE converted to CLADE without training",
-    "eval": "Evaluation and return on investment",
-}
+# One section per stage, in the registry's order, under the registry's title.
+STAGE_ORDER = tuple(s.name for s in reported_stages())
+STAGE_TITLES = {s.name: s.title for s in reported_stages()}
 FINDINGS_TABLE = "tables/findings.csv"
 FOREST_FIGURE = "figures/findings_forest.png"
 FOREST_CAPTION = ("Every quality comparison as its effect in units of its equivalence margin (right: the first "

@@ -37,12 +37,14 @@ import pandas as pd
 from analysis.quality import stats
 from analysis.quality.metric_scales import FRECHET
 from analysis.report import claims as C
+from analysis.stages.registry import stage_writing
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_SHOWN = "supported", "not supported", "mixed", stats.NOT_SHOWN
 NO_VERDICT, NOT_MEASURED = "no verdict", "not measured"
-# The stage that writes each table, for "not measured in this run (stage X skipped)".
-TABLE_STAGES = {"costs": "costs", "bench": "bench", "probe_verdicts": "probe", "quality_seeds": "eval",
-                "ablation_quality": "eval", "convergence": "train"}
+# The tables the claims read, each with the stage that writes it (the registry's), for "not measured in
+# this run (stage X skipped)".
+TABLE_STAGES = {name: stage_writing(name).name for name in ("costs", "bench", "probe_verdicts", "quality_seeds",
+                                                            "ablation_quality", "convergence")}
 QUALITY_CLAIMS = ("class_mean", "clade_vs_spade", "icpe", "mask_resolution", "conversion")
 
 
