@@ -281,6 +281,21 @@ def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
     for entry in summary["tables"] + summary["figures"]:
         assert (tmp_path / entry["file"]).is_file() and entry["caption"].endswith(".")
     assert (tmp_path / "tables" / "evaluation.md").read_text().startswith("| method")
+    # the built-in scenes' known answers are the first quality columns, with intervals inside their bounds
+    assert list(table.columns[table.columns.get_loc("mask_resolution") + 1:][:2]) == ["shading_error",
+                                                                                      "base_colour_error"]
+    for column in ("shading_error", "base_colour_error"):
+        methods = table[table.norm != "real"]
+        assert (methods[f"{column}_ci_low"] >= 0).all() and (methods[f"{column}_ci_low"] <= methods[column]).all()
+    real = table.set_index("norm").loc["real"]
+    assert 0 < real.shading_error < 0.5        # the real scenes: texture and noise only
+    quality = pd.read_csv(tmp_path / "tables" / "quality_seeds.csv")
+    assert quality.shading_error_boot_low.notna().all() and quality.base_colour_error_boot_high.notna().all()
+    ablation = pd.read_csv(tmp_path / "tables" / "ablation_quality.csv")
+    assert set(ablation.run) == {"spade"} and ablation.shading_error.notna().all()
+    # the latency carries the bench stage's reliability check
+    assert table.loc[:1, "latency_reliable"].isin([True, False]).all()
+    assert any(n.startswith(("Latency reliable", "**Unreliable latency**")) for n in summary["notes"])
 
 
 def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights):
@@ -321,12 +336,35 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
     assert table["method"].tolist() == ["SPADE", "CLADE", "spade-1x1", "mine", "real images"]
+    assert quality_titles(tmp_path) == ["label map", "real image", "SPADE", "CLADE", "spade-1x1", "mine"]
     assert summary["methods"] == ["spade", "clade", "spade-1x1", "mine"]
     methods = table.set_index("norm").drop("real")
     assert methods[["fd_proxy_features", "miou_proxy", "params", "gmacs_fvcore", "latency_ms"]].notna().all().all()
     assert methods.loc["spade-1x1", "gmacs_fvcore"] < methods.loc["spade", "gmacs_fvcore"]  # 1x1 vs 3x3 convs
     assert pd.read_csv(tmp_path / "tables" / "roi.csv")["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine"]
     assert (tmp_path / "figures" / "roi_quality_vs_cost.png").is_file()
+
+
+def quality_titles(out):
+    return pd.read_csv(out / "tables" / "quality_seeds.csv").pipe(lambda q: ["label map", "real image",
+                                                                          *q[q.norm != "real"].method.unique()])
+
+
+def test_sample_grid_titles_are_method_labels_that_never_overlap():
+    import torch
+
+    from analysis.stages.eval import sample_grid
+
+    names = ["real image", "SPADE", "SPADE converted to CLADE, fine-tuned", "CLADE (8x8 masks)", "CLADE-ICPE"]
+    fig = sample_grid({n: torch.zeros(2, 3, 8, 8) for n in names}, torch.zeros(2, 1, 8, 8, dtype=torch.long), 4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes[:len(names) + 1]]
+    assert [t.get_text().replace("\n", " ") for t in titles] == ["label map", *names]
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    assert all(max(map(len, t.get_text().split("\n"))) <= 14 for t in titles)
+    plt.close(fig)
 
 
 def test_generator_folders_default_root_names_and_clashes(tmp_path):
