@@ -88,6 +88,7 @@ class Comparison:
     p_against_holm: float = float("nan")
     verdict: str = ""
     note: str = ""
+    images: int | None = None  # evaluation images behind each seed's value
 
     @property
     def scale(self):
@@ -103,8 +104,9 @@ class Comparison:
         estimate, low, high = self.effect()
         what = f"{self.a} / {self.b}" if self.scale.log else f"{self.a} - {self.b}"
         interval = f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else " (1 seed: no interval)"
+        images = f" x {self.images} images" if self.images else ""
         return (f"{self.metric} {what} = {estimate:.3g}{interval} ({self.a_mean:.3g} vs {self.b_mean:.3g}; "
-                f"n = {self.difference.n_a} vs {self.difference.n_b} seeds)")
+                f"n = {self.difference.n_a} vs {self.difference.n_b} seeds{images})")
 
 
 def _image_se(rows: pd.DataFrame, metric: str, log: bool) -> float:
@@ -154,7 +156,9 @@ def compare(claim: str, condition: str, metric: str, a: pd.DataFrame, b: pd.Data
     else:
         p_claim = stats.p_better(d, lower_is_better=lower)
         p_against = stats.p_worse_beyond(d, 0.0, lower_is_better=lower)
-    return Comparison(claim, condition, metric, *labels, runs, float(x.mean()), float(y.mean()), d, p_claim, p_against)
+    images = int(a["images"].max()) if "images" in a and a["images"].notna().any() else None
+    return Comparison(claim, condition, metric, *labels, runs, float(x.mean()), float(y.mean()), d, p_claim, p_against,
+                      images=images)
 
 
 def _metrics(table: pd.DataFrame) -> list[str]:
@@ -282,7 +286,7 @@ def comparisons_table(rows: list[Comparison]) -> pd.DataFrame:
         records.append({
             "claim": CLAIMS[r.claim].text, "key": r.claim, "condition": r.condition, "metric": r.metric,
             "headline": r.primary, "a": r.a, "b": r.b, "n_a": r.difference.n_a, "n_b": r.difference.n_b,
-            "a_mean": r.a_mean, "b_mean": r.b_mean, "test": CLAIMS[r.claim].test, "scale": r.difference.scale,
+            "images": r.images, "a_mean": r.a_mean, "b_mean": r.b_mean, "test": CLAIMS[r.claim].test, "scale": r.difference.scale,
             "effect": "a / b" if r.scale.log else "a - b", "estimate": estimate, "ci_low": low,
             "ci_high": high, "margin": r.scale.margin_text, "p": r.p_claim, "p_holm": r.p_claim_holm,
             "p_opposite": r.p_against, "p_opposite_holm": r.p_against_holm, "verdict": r.verdict,

@@ -16,7 +16,7 @@ KEYS = ["cost", "speed", "semantic_share", "class_mean", "clade_vs_spade", "icpe
 
 def quality_rows(run, method, norm, shading, fd, seeds=(0, 1, 2), mask="32x32"):
     return pd.DataFrame({"run": run, "method": method, "norm": norm, "seed": list(seeds), "mask_resolution": mask,
-                         "shading_error": shading, "fd_proxy_features": fd, "miou_proxy": 0.7})
+                         "images": 64, "shading_error": shading, "fd_proxy_features": fd, "miou_proxy": 0.7})
 
 
 def convergence(*runs, converged=True):
@@ -57,7 +57,7 @@ def test_quality_verdicts_need_converged_runs():
     lines = F.quality_findings(tables)
     icpe = by_key(lines, "icpe")
     assert icpe.verdict == stats.SHOWN_BETTER and icpe.claim == "CLADE-ICPE (positional encoding) improves on CLADE (masks 32x32)"
-    assert icpe.effect.startswith("shading_error CLADE-ICPE - CLADE = -0.2 [") and "n = 3 vs 3 seeds" in icpe.effect
+    assert icpe.effect.startswith("shading_error CLADE-ICPE - CLADE = -0.2 [") and "n = 3 vs 3 seeds x 64 images)" in icpe.effect
     assert icpe.value == pytest.approx(-0.2) and icpe.low < -0.2 < icpe.high < 0
     tables["convergence"] = convergence("spade", "clade", "clade-icpe", converged=[True, True, False])
     icpe = by_key(F.quality_findings(tables), "icpe")
@@ -67,7 +67,7 @@ def test_quality_verdicts_need_converged_runs():
 def test_a_converted_model_never_enters_clades_row():
     tables = quality_tables(convergence=convergence("spade", "clade", "clade-icpe"))
     clade = by_key(F.quality_findings(tables), "clade_vs_spade")
-    assert "(0.3 vs 0.3; n = 3 vs 3 seeds)" in clade.effect           # CLADE's 3 seeds, not the converted 0.9
+    assert "(0.3 vs 0.3; n = 3 vs 3 seeds x 64 images)" in clade.effect          # CLADE's 3 seeds, not the converted 0.9
     conversion = by_key(F.quality_findings(tables), "conversion")
     assert "SPADE converted to CLADE - SPADE = 0.6" in conversion.effect and conversion.verdict == C.UNDECIDED
     table = F.appendix(tables)
