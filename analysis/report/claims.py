@@ -51,6 +51,7 @@ class Claim:
     text: str
     test: str                 # EQUIVALENT / NO_WORSE / BETTER
     caveat: str
+    headline: bool = True     # a Findings row (its primary test joins the Holm family); else appendix only
 
 
 CLAIMS = {c.key: c for c in (
@@ -65,7 +66,7 @@ CLAIMS = {c.key: c for c in (
     Claim("conversion", "SPADE converted to CLADE keeps SPADE's quality", NO_WORSE,
           "conversion of the seed-0 SPADE only"),
     Claim("kernel", "A 1x1 SPADE (purely semantic) is no worse than the 3x3 SPADE", NO_WORSE,
-          "secondary: not a claim of the paper"),
+          "secondary: not a claim of the paper", headline=False),
 )}
 
 
@@ -210,10 +211,10 @@ def quality_comparisons(tables: dict) -> list[Comparison]:
 
 
 def mark_primary(rows: list[Comparison]) -> list[Comparison]:
-    """Mark each claim's headline test: its first side pair and condition ('all layers' for the
+    """Mark each Findings claim's headline test: its first side pair and condition ('all layers' for the
     ablation), on the first metric of :data:`PRIMARY_METRICS` it has (else its first metric)."""
     out, chosen = list(rows), set()
-    for claim in dict.fromkeys(r.claim for r in rows):
+    for claim in [c for c in dict.fromkeys(r.claim for r in rows) if CLAIMS[c].headline]:
         mine = [i for i, r in enumerate(rows) if r.claim == claim]
         first = rows[mine[0]]
         condition = "all layers" if claim == "class_mean" else first.condition

@@ -45,7 +45,7 @@ NO_VERDICT, NOT_MEASURED = "no verdict", "not measured"
 # this run (stage X skipped)".
 TABLE_STAGES = {name: stage_writing(name).name for name in ("costs", "bench", "probe_verdicts", "quality_seeds",
                                                             "ablation_quality", "convergence")}
-QUALITY_CLAIMS = ("class_mean", "clade_vs_spade", "icpe", "mask_resolution", "conversion")
+QUALITY_CLAIMS = tuple(key for key, claim in C.CLAIMS.items() if claim.headline)
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,9 @@ def floors(tables: dict) -> dict[str, float]:
     return {c: float(real[c].mean()) for c in FRECHET if c in real and real[c].notna().any()}
 
 
-def quality_findings(tables: dict, rows: list[C.Comparison] | None = None) -> list[Finding]:
+def quality_findings(tables: dict) -> list[Finding]:
     """One Finding per quality claim: its headline comparison, or why there is none."""
-    rows = decided_comparisons(tables) if rows is None else rows
+    rows = decided_comparisons(tables)
     floor = floors(tables)
     out = []
     for key in QUALITY_CLAIMS:

@@ -124,6 +124,12 @@ def test_holm_over_the_headline_tests_can_withdraw_a_verdict():
                if not r.primary)
 
 
+def test_the_kernel_variant_is_secondary_never_a_headline():
+    one = seeds("spade-1x1", "SPADE 1x1", "spade", [0.6, 0.7, 0.8], shading=[0.5, 0.52, 0.48])
+    rows = C.quality_comparisons({"quality_seeds": pd.concat([SPADE, one])})
+    assert {r.claim for r in rows} == {"kernel"} and not any(r.primary for r in rows)
+
+
 def test_mask_resolution_pairs_the_coarse_runs_and_the_table_lists_every_comparison():
     coarse = [seeds("spade-mask4", "SPADE (8x8 masks)", "spade", [0.5, 0.55, 0.6], mask="8x8", shading=[0.6] * 3),
               seeds("clade-mask4", "CLADE (8x8 masks)", "clade", [0.5, 0.56, 0.6], mask="8x8", shading=[0.6] * 3)]
