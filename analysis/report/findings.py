@@ -65,8 +65,8 @@ def _table(tables: dict, name: str, columns, key: str, claim: str) -> pd.DataFra
     """The table, or a 'not measured' Finding naming the skipped stage or the missing columns."""
     table = tables.get(name)
     if table is None:
-        return Finding(key, claim, NOT_MEASURED, f"not measured in this run (stage {TABLE_STAGES[name]} skipped)",
-                       "", "")
+        return Finding(key, claim, NOT_MEASURED, f"not measured in this run (no tables/{name}.csv: stage "
+                       f"{TABLE_STAGES[name]} skipped or older)", "", "")
     missing = [c for c in columns if c not in table]
     if missing:
         return Finding(key, claim, NOT_MEASURED, f"tables/{name}.csv lacks columns {missing} (written by an older "
@@ -208,7 +208,8 @@ def quality_findings(tables: dict) -> list[Finding]:
         headline = next((r for r in rows if r.claim == key and r.primary), None)
         if headline is None:
             table = "ablation_quality" if key == "class_mean" else "quality_seeds"
-            why = (f"not measured in this run (stage {TABLE_STAGES[table]} skipped)" if table not in tables
+            why = (f"not measured in this run (no tables/{table}.csv: stage {TABLE_STAGES[table]} skipped or older)"
+                   if table not in tables
                    else "not measured in this run (the runs it compares are absent)")
             out.append(Finding(key, claim.text, NOT_MEASURED, why, "", source))
             continue
@@ -272,7 +273,9 @@ def render_appendix(table: pd.DataFrame) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table.sort_values("headline", ascending=False, kind="stable").itertuples():
         interval = f" [{r.ci_low:.3g}, {r.ci_high:.3g}]" if np.isfinite(r.ci_low) else ""
-        p = f"{r.p:.3g}" + (f" ({r.p_holm:.3g})" if np.isfinite(r.p_holm) else " (secondary)")
+        holm = (f"{r.p_holm:.3g}" if np.isfinite(r.p_holm) else "not in the family: " + r.verdict if r.headline
+                else "secondary")
+        p = f"{r.p:.3g} ({holm})"
         out.append(f"| {_cell(r.key)} | {_cell(r.condition)} | {r.metric} | {_cell(r.a)} vs {_cell(r.b)} "
                    f"({r.n_a} vs {r.n_b}) | {r.effect} = {r.estimate:.3g}{interval} | {_cell(r.margin)} | {p} | "
                    f"{r.verdict} |")

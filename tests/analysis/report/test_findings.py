@@ -42,8 +42,10 @@ def test_one_row_per_claim_and_missing_stages_are_named():
     lines = F.findings({})
     assert [f.key for f in lines] == KEYS
     assert {f.verdict for f in lines} == {F.NOT_MEASURED}
-    assert by_key(lines, "class_mean").effect == "not measured in this run (stage eval skipped)"
-    assert by_key(lines, "semantic_share").effect == "not measured in this run (stage probe skipped)"
+    assert by_key(lines, "class_mean").effect == ("not measured in this run (no tables/ablation_quality.csv: stage "
+                                                  "eval skipped or older)")
+    assert by_key(lines, "semantic_share").effect == ("not measured in this run (no tables/probe_verdicts.csv: stage "
+                                                      "probe skipped or older)")
     old = F.cost_finding({"costs": pd.DataFrame({"preset": ["x"], "norm": ["spade"]})})
     assert old.verdict == F.NOT_MEASURED and "lacks columns" in old.effect
 
