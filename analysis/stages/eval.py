@@ -395,7 +395,7 @@ def score_runs(ctx, opts, generators: dict, runs: dict, val: dict, floor, segmen
     if "expected" in val:   # the real scenes' own texture and noise: what a perfect sampler of the law scores
         real.update(seeds.known_answer_row(seeds.known_answer_energies(val["image"], val["expected"],
                                                                        val["instance"]), seed=ctx.seed))
-    if floor is not None:   # other real images against the val images: the Frechet noise floor
+    if floor is not None:   # other real images against the val images: the Frechet floor (a bias at this count)
         other = seeds.image_scores(floor["image"], floor["label"], None, extractors, opts.batch_size, device)
         real.update(seeds.quality_row(other, real_scores, extractors, suffix=suffix, seed=ctx.seed,
                                               fixed=fixed))
@@ -523,7 +523,7 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
             TableRef("tables/quality_seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
                      f"val label maps, with the 95 % percentile bootstrap interval over those images "
-                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
+                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this image count (reported, not a threshold).",
                      [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
                       if c in quality]),
             *([TableRef("tables/ablation_quality.csv",
