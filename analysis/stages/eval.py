@@ -523,7 +523,8 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
             TableRef("tables/quality_seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
                      f"val label maps, with the 95 % percentile bootstrap interval over those images "
-                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this image count (reported, not a threshold).",
+                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this "
+                     f"image count (reported, not a threshold).",
                      [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
                       if c in quality]),
             *([TableRef("tables/ablation_quality.csv",
