@@ -27,10 +27,13 @@ def test_quick_run_writes_the_full_report(tmp_path):
     sections = [line for line in report.splitlines() if line.startswith("## ")]
     assert sections[0] == "## 1. Findings" and sections[-2:] == ["## Wall time per stage", "## Provenance"]
     findings = report.split("## 1. Findings")[1].split("\n## ")[0]
+    quality = pd.read_csv(tmp_path / "tables" / "quality_seeds.csv")
     assert "quality_seeds.csv" in findings and "ablation_quality.csv" in findings and "costs.csv" in findings
     assert "interval" in findings or "95 %" in findings
-    assert any(v in findings for v in ("**within noise on this data**", "**supported**", "**not supported**"))
-    quality = pd.read_csv(tmp_path / "tables" / "quality_seeds.csv")
+    assert any(f"**{v}**" in findings for v in ("not converged", "not shown", "shown no worse", "shown better",
+                                                "shown equivalent", "contradicted"))
+    assert (tmp_path / "tables" / "findings.csv").is_file() and "## Appendix: every comparison" in report
+    assert quality.loc[quality.norm != "real", "shading_error"].notna().all()
     assert set(quality.seed) == {0, 1} and {"fd_proxy_features_boot_low", "miou_proxy_boot_high"} <= set(quality)
     assert quality.loc[quality.norm != "real", "fd_proxy_features_boot_low"].notna().all()
     for title in ("Costs", "Benchmark", "Training", "Probe", "Evaluation and return on investment",

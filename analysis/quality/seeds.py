@@ -2,6 +2,9 @@
 
     scores = image_scores(images, labels, segmenter, extractors, batch_size, device)
     row = quality_row(scores, reference, extractors, suffix="_proxy")   # metric + _boot_low/_boot_high
+    expected = expected_images(paths, size)                 # synthetic scenes: the law's E[image | layout]
+    energies = known_answer_energies(images, expected, instance)
+    row.update(known_answer_row(energies))                  # shading_error, base_colour_error + intervals
     images = ablated_images(G, samples, stats, layers, batch_size, device)  # class-mean ablation
 
 The tables these rows go into (``quality_seeds``, ``ablation_quality``) are defined in
@@ -10,18 +13,24 @@ The tables these rows go into (``quality_seeds``, ``ablation_quality``) are defi
 accuracy from per-image correct / scored pixel counts, Frechet distances from the per-image
 features of the generated and the real images, both resampled (bias-shifted, see
 ``stats.bootstrap_frechet``). The point value of a Frechet column is the one of
-``analysis.quality.metrics`` on the same images.
+``analysis.quality.metrics`` on the same images. The known-answer errors of the synthetic scenes
+(``analysis.quality.known_answer``) are ratios of sums over instances; their interval resamples
+the images' sums (``stats.bootstrap_ratio``), and over seeds and images together
+``stats.hierarchical_bootstrap`` of the same per-image sums.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data.synthetic import expected_image
 from models.registry import norm_spec
 
+from analysis.quality import known_answer
 from analysis.quality import metrics
 from analysis.quality import stats
 from analysis.probe.variance import prepare_inputs
@@ -30,6 +39,11 @@ from analysis.quality.segmenters import IGNORE_INDEX
 
 # What the train stage records beside each exported generator (method, seed, steps, variant).
 VARIANT_FILE = "variant.json"
+# The "path" of a built-in scene (data.synthetic.SyntheticScenes): its stream seed and scene number.
+SYNTHETIC_PATH = re.compile(r"^synthetic/seed(-?\d+)/(\d+)$")
+# Known-answer columns and the function that scores each.
+KNOWN_ANSWER_METRICS = {"shading_error": known_answer.shading_error,
+                        "base_colour_error": known_answer.base_colour_error}
 
 
 @dataclass
@@ -132,3 +146,33 @@ def ablated_images(generator, samples: dict, probe_stats, layers, batch_size: in
             out.append(generator(semantic, dist=dist if norm_spec(generator.config.norm).needs_icpe else None)
                        .clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+def expected_images(paths, size) -> torch.Tensor | None:
+    """The law's E[image | layout] ([N, 3, H, W], ``data.synthetic.expected_image``) of built-in scenes
+    given their sample paths; None when any path is not a built-in scene (a real dataset has
+    no known answer)."""
+    found = [SYNTHETIC_PATH.match(str(p)) for p in paths]
+    if not found or not all(found):
+        return None
+    return torch.stack([torch.from_numpy(expected_image(int(m[2]), seed=int(m[1]), size=size)) for m in found])
+
+
+def known_answer_energies(images, expected, instance) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{column: (error energy, expected energy)} per image ([N] each) of every known-answer metric;
+    the metric is the ratio of their sums."""
+    out = {}
+    for column, score in KNOWN_ANSWER_METRICS.items():
+        table = score(images, expected, instance).per_instance.groupby("image")[["error_energy", "expected_energy"]].sum()
+        table = table.reindex(range(len(images)), fill_value=0.0)       # images without a scored instance
+        out[column] = (table.error_energy.to_numpy(float), table.expected_energy.to_numpy(float))
+    return out
+
+
+def known_answer_row(energies: dict, *, n_boot: int = stats.N_BOOT, seed: int = 0) -> dict:
+    """Known-answer columns with their ``_boot_low`` / ``_boot_high`` over images."""
+    row = {}
+    for column, (error, expected) in energies.items():
+        interval = stats.bounded(stats.bootstrap_ratio(error, expected, n_boot=n_boot, seed=seed), (0.0, np.inf))
+        row[column], row[f"{column}_boot_low"], row[f"{column}_boot_high"] = interval.estimate, interval.low, interval.high
+    return row

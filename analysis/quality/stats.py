@@ -3,11 +3,14 @@
     seed_interval([0.31, 0.29, 0.33])                 # mean with a Student-t 95 % interval
     bootstrap_mean(per_image_accuracy)                # percentile bootstrap over images
     bootstrap_frechet(fake_features, real_features)   # set-level metric, images resampled
-    compare(spade_fd, clade_fd, noise_floor=0.11)     # difference, its interval, lower/higher/tie
+    hierarchical_bootstrap(per_seed_per_image)        # seeds and images resampled together
+    d = difference(clade_fd, spade_fd, log=True)      # a - b (here a log ratio), its se and df
+    p_equivalent(d, margin), p_no_worse(d, margin, lower_is_better=True), p_better(d, ...)
+    holm([p1, p2, ...])                               # family-wise adjusted p-values
     ties(summary, "fd_proxy_features")                # tie groups for the ROI table
     timing_reliability(repeats_ms, ref_before, ref_after)
 
-Two sources of noise, kept apart:
+Two sources of noise, kept apart and then combined:
 
 - **Seeds** (training noise): the same method trained with different seeds gives different
   models. Intervals over seeds use Student's t (``n - 1`` degrees of freedom), the honest
@@ -21,8 +24,13 @@ Two sources of noise, kept apart:
   in a report (not for a p-value), and cheap. Seeded (``numpy.random.default_rng(seed)``), so
   a report regenerates the same interval.
 
-A difference is called "lower" or "higher" only when its interval excludes 0 *and* it exceeds
-the noise floor (e.g. the real-vs-real Frechet distance); anything else is a "tie".
+Comparisons test what a claim says: "equivalent" is a TOST (two one-sided tests) against a
+stated margin, "no worse" a non-inferiority test, "better" a superiority test; a difference
+that no test decides is "not shown", never support. Differences between methods combine the
+seeds' spread with the image bootstrap's (:func:`difference`); an ablation is paired by seed.
+Several claims in one report are corrected together with :func:`holm`. The real-vs-real
+Frechet distance is the metric's floor at that image count (an estimator bias), reported, not a
+threshold.
 """
 from __future__ import annotations
 
@@ -235,61 +243,189 @@ def bootstrap_frechet(features_a, features_b, *, n_boot: int = N_BOOT, level: fl
 
 
 # ----------------------------------------------------------------------------------------
-# Comparisons between methods
+# Comparisons between methods: differences, equivalence, non-inferiority, Holm
 
-VERDICTS = ("lower", "higher", "tie", "undetermined")
+ALPHA = 0.05
+SHOWN_EQUIVALENT, SHOWN_NO_WORSE, SHOWN_BETTER, NOT_SHOWN = ("shown equivalent", "shown no worse", "shown better",
+                                                             "not shown")
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """``a - b`` over seeds and what it allows one to say."""
-    difference: Interval
-    verdict: str          # "lower" / "higher": a is below / above b; "tie"; "undetermined" (1 seed)
-    reason: str
+class Difference:
+    """``a - b`` of one metric on the compared scale (a difference, or a difference of logs: a log
+    ratio), with the standard error and degrees of freedom its tests use; ``se`` is NaN when a
+    side has one seed (no spread to judge the difference by)."""
+    estimate: float
+    se: float
+    df: float
+    n_a: int
+    n_b: int
+    scale: str        # "difference" or "log ratio"
+    method: str       # how ``se`` was formed, in words
+
+    @property
+    def decidable(self) -> bool:
+        return bool(np.isfinite(self.se))
+
+    def interval(self, level: float = LEVEL) -> Interval:
+        """Two-sided t interval of the difference (NaN bounds when not decidable)."""
+        if not self.decidable:
+            return Interval(self.estimate, np.nan, np.nan, min(self.n_a, self.n_b), self.method, level,
+                            "1 seed: no interval")
+        low, high = _t_interval(self.estimate, self.se, self.df, level)
+        return Interval(self.estimate, low, high, min(self.n_a, self.n_b), self.method, level)
+
+    def p_above(self, threshold: float) -> float:
+        """One-sided p-value of H0: difference <= ``threshold`` (small: the difference is above it)."""
+        return float(scipy_stats.t.sf(self._t(threshold), self.df)) if self.decidable else np.nan
+
+    def p_below(self, threshold: float) -> float:
+        """One-sided p-value of H0: difference >= ``threshold`` (small: the difference is below it)."""
+        return float(scipy_stats.t.cdf(self._t(threshold), self.df)) if self.decidable else np.nan
+
+    def _t(self, threshold: float) -> float:
+        distance = self.estimate - threshold
+        if self.se > 0:
+            return distance / self.se
+        return 0.0 if distance == 0 else float(np.sign(distance)) * np.inf   # no spread: the sign decides
 
 
-def compare(a: Sequence[float], b: Sequence[float], *, noise_floor: float = 0.0, level: float = LEVEL,
-            paired: bool = False) -> Comparison:
-    """Compare two methods from their per-seed values of one metric.
+def _scaled(values, what: str, log: bool) -> np.ndarray:
+    x = _values(values, what)
+    if log:
+        if (x <= 0).any():
+            raise ValueError(f"{what}: a log-ratio comparison needs values > 0, got {x.tolist()}")
+        return np.log(x)
+    return x
 
-    The difference ``mean(a) - mean(b)`` gets a Welch t interval (``paired=True``: a t interval
-    of the per-seed differences, for the same model measured two ways, e.g. with and without
-    an ablation). Verdict "tie" when the interval contains 0 or ``|difference| <= noise_floor``;
-    "lower" / "higher" when it excludes 0 and exceeds the floor; "undetermined" when a side has
-    one seed and the difference exceeds the floor (no interval to judge it by).
+
+def difference(a: Sequence[float], b: Sequence[float], *, paired: bool = False, log: bool = False,
+               image_se: tuple[float, float] = (0.0, 0.0)) -> Difference:
+    """``a - b`` from the per-seed values of one metric (``log``: of their logs, a log ratio).
+
+    Unpaired (two methods): Welch's t over seeds. ``paired`` (one model measured two ways, e.g.
+    with and without an ablation; ``a[i]`` and ``b[i]`` share seed i): a t over the per-seed
+    differences. ``image_se`` adds each side's standard error over the evaluation images (the
+    image bootstrap) to the seeds' one, as a hierarchical bootstrap over seeds and images would:
+    the images are shared by every seed, so that error does not shrink with more seeds, and it
+    is counted as independent between the two sides (conservative: the same images correlate
+    them). Degrees of freedom by Welch-Satterthwaite, the image part counting as known.
     """
-    x, y = _values(a, "compare a"), _values(b, "compare b")
-    if noise_floor < 0 or not np.isfinite(noise_floor):
-        raise ValueError(f"compare: noise_floor={noise_floor}; expected a finite value >= 0")
+    x, y = _scaled(a, "difference a", log), _scaled(b, "difference b", log)
+    image_var = float(np.square(image_se).sum())
+    scale = "log ratio" if log else "difference"
+    if not np.isfinite(image_var):
+        raise ValueError(f"difference: image_se={image_se}; expected finite standard errors (0 when unknown)")
     if paired:
         if x.size != y.size:
-            raise ValueError(f"compare(paired=True): a has {x.size} seeds, b has {y.size}; pair them seed by seed")
-        diff = seed_interval(x - y, level=level)
-        difference = Interval(diff.estimate, diff.low, diff.high, diff.n, "paired student-t over seeds", level, diff.note)
-    elif x.size < 2 or y.size < 2:
-        difference = Interval(float(x.mean() - y.mean()), np.nan, np.nan, min(x.size, y.size),
-                              "welch t over seeds", level, "1 seed: no interval")
+            raise ValueError(f"difference(paired=True): a has {x.size} seeds, b has {y.size}; pair them seed by seed")
+        d = x - y
+        estimate, parts = float(d.mean()), ([d.var(ddof=1) / d.size] if d.size > 1 else [np.nan], [d.size - 1])
+        method = "paired t over seeds"
     else:
-        va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-        se = float(np.sqrt(va + vb))
-        df = (va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1)) if se > 0 else np.inf
-        low, high = _t_interval(float(x.mean() - y.mean()), se, df, level)
-        difference = Interval(float(x.mean() - y.mean()), low, high, min(x.size, y.size), "welch t over seeds", level)
-    d = difference.estimate
-    if abs(d) <= noise_floor:
-        return Comparison(difference, "tie", f"|difference| {abs(d):.3g} <= noise floor {noise_floor:.3g}")
-    if not difference.has_interval:
-        return Comparison(difference, "undetermined", difference.note)
-    if difference.contains(0.0):
-        return Comparison(difference, "tie", f"the {level:.0%} interval of the difference contains 0")
-    return Comparison(difference, "lower" if d < 0 else "higher",
-                      f"the {level:.0%} interval of the difference excludes 0 and the noise floor")
+        estimate = float(x.mean() - y.mean())
+        parts = ([v.var(ddof=1) / v.size if v.size > 1 else np.nan for v in (x, y)], [x.size - 1, y.size - 1])
+        method = "welch t over seeds"
+    seed_vars, seed_dfs = parts
+    variance = float(sum(seed_vars)) + image_var
+    if image_var:
+        method += " + image bootstrap"
+    if not np.isfinite(variance):
+        return Difference(estimate, np.nan, np.nan, int(x.size), int(y.size), scale, method)
+    terms = sum(v ** 2 / df for v, df in zip(seed_vars, seed_dfs) if v > 0)
+    df = variance ** 2 / terms if terms > 0 else np.inf
+    return Difference(estimate, float(np.sqrt(variance)), float(df), int(x.size), int(y.size), scale, method)
+
+
+def p_equivalent(diff: Difference, margin: float) -> float:
+    """TOST p-value of H0: |difference| >= ``margin`` (small: shown equivalent within the margin)."""
+    _check_margin(margin)
+    return max(diff.p_above(-margin), diff.p_below(margin))
+
+
+def p_no_worse(diff: Difference, margin: float, *, lower_is_better: bool) -> float:
+    """Non-inferiority p-value of H0: ``a`` is worse than ``b`` by ``margin`` or more."""
+    _check_margin(margin)
+    return diff.p_below(margin) if lower_is_better else diff.p_above(-margin)
+
+
+def p_better(diff: Difference, *, lower_is_better: bool) -> float:
+    """Superiority p-value of H0: ``a`` is no better than ``b``."""
+    return diff.p_below(0.0) if lower_is_better else diff.p_above(0.0)
+
+
+def p_worse_beyond(diff: Difference, margin: float, *, lower_is_better: bool) -> float:
+    """p-value of H0: ``a`` is not worse than ``b`` by more than ``margin`` (small: ``a`` is worse by
+    more than the margin; ``margin`` 0: simply worse)."""
+    return diff.p_above(margin) if lower_is_better else diff.p_below(-margin)
+
+
+def verdict(p_value: float, shown: str, alpha: float = ALPHA) -> str:
+    """``shown`` (e.g. :data:`SHOWN_EQUIVALENT`) when the (adjusted) ``p_value`` is at most
+    ``alpha``, else :data:`NOT_SHOWN` (also for NaN: nothing to decide with)."""
+    return shown if np.isfinite(p_value) and p_value <= alpha else NOT_SHOWN
+
+
+def _check_margin(margin: float) -> None:
+    if not (np.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin={margin}; an equivalence or non-inferiority margin must be finite and > 0")
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN entries are no test
+    and stay NaN. Reject where the adjusted p-value is <= alpha."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    if tested.size == 0:
+        return adjusted
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = tested.size
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted[order] = np.minimum(steps, 1.0)
+    return adjusted
+
+
+def bounded(interval: Interval, bounds: tuple[float, float]) -> Interval:
+    """``interval`` with its ends clipped to the metric's ``bounds`` (mIoU in [0, 1], a distance
+    >= 0): a t interval knows nothing of them."""
+    low, high = bounds
+    if not interval.has_interval:
+        return interval
+    clipped = (float(np.clip(interval.low, low, high)), float(np.clip(interval.high, low, high)))
+    if clipped == (interval.low, interval.high):
+        return interval
+    return Interval(interval.estimate, *clipped, interval.n, f"{interval.method}, clipped to [{low:g}, {high:g}]",
+                    interval.level, interval.note)
+
+
+def hierarchical_bootstrap(numerator, denominator=None, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                           bounds: tuple[float, float] = (-np.inf, np.inf)) -> Interval:
+    """Interval of a per-image metric over seeds and images together: each resample draws the
+    seeds with replacement, then the images (the same image indices for every seed: they were
+    scored on the same images), and recomputes ``sum(numerator) / sum(denominator)`` over the
+    drawn (seed, image) cells, or the mean without ``denominator``. ``numerator`` (and
+    ``denominator``): [seeds, images] arrays, one row per seed. One seed: images only."""
+    num = np.asarray(numerator, dtype=float)
+    den = np.ones_like(num) if denominator is None else np.asarray(denominator, dtype=float)
+    if num.ndim != 2 or num.shape != den.shape or not (np.isfinite(num).all() and np.isfinite(den).all()):
+        raise ValueError(f"hierarchical_bootstrap: expected finite [seeds, images] arrays of one shape, got "
+                         f"{num.shape} and {den.shape}")
+    seeds_n, images_n = num.shape
+    _check_boot(images_n, n_boot, "hierarchical_bootstrap")
+    seeds = np.random.default_rng(seed).integers(0, seeds_n, size=(n_boot, seeds_n))
+    images = _resample_counts(images_n, n_boot, seed + 1)              # [n_boot, images] multiplicities
+    per_seed_num, per_seed_den = images @ num.T, images @ den.T        # [n_boot, seeds] on each image resample
+    boots = (np.take_along_axis(per_seed_num, seeds, 1).sum(1) / np.take_along_axis(per_seed_den, seeds, 1).sum(1))
+    what = f"{seeds_n} seed(s) x {images_n} images"
+    return bounded(_percentile(float(num.sum() / den.sum()), boots, seeds_n, n_boot, level, what), bounds)
 
 
 def seed_summary(per_seed: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str] = ("method",),
-                 level: float = LEVEL) -> pd.DataFrame:
+                 level: float = LEVEL, bounds: dict | None = None) -> pd.DataFrame:
     """One row per group of ``by``: ``n_seeds`` and ``<metric>_mean``, ``<metric>_ci_low``,
-    ``<metric>_ci_high`` (Student t over the group's rows; NaN bounds for one seed)."""
+    ``<metric>_ci_high`` (Student t over the group's rows, clipped to ``bounds[metric]`` when
+    given, e.g. (0, 1) for mIoU; NaN bounds for one seed)."""
     missing = [c for c in (*by, *metrics) if c not in per_seed]
     if missing:
         raise ValueError(f"seed_summary: columns {missing} not in the table (has {list(per_seed.columns)})")
@@ -303,17 +439,19 @@ def seed_summary(per_seed: pd.DataFrame, metrics: Sequence[str], *, by: Sequence
                 row.update({f"{metric}_mean": np.nan, f"{metric}_ci_low": np.nan, f"{metric}_ci_high": np.nan})
                 continue
             interval = seed_interval(values, level=level)
+            if bounds and metric in bounds:
+                interval = bounded(interval, bounds[metric])
             row.update({f"{metric}_mean": interval.estimate, f"{metric}_ci_low": interval.low,
                         f"{metric}_ci_high": interval.high})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def ties(table: pd.DataFrame, metric: str, *, noise_floor: float = 0.0) -> pd.Series:
+def ties(table: pd.DataFrame, metric: str) -> pd.Series:
     """Tie group (1, 2, ... in order of the mean) of each row of a :func:`seed_summary` table.
 
-    Two rows tie when their intervals overlap, when either has no interval (one seed: nothing
-    separates it) or when their means differ by at most ``noise_floor``; groups are the
+    Two rows tie when their intervals overlap or when either has no interval (one seed: nothing
+    separates it); groups are the
     connected components of that relation, so a chain A~B~C is one group and a group never
     hides a tie. Rows sharing a group must not be ranked against each other.
     """
@@ -324,8 +462,7 @@ def ties(table: pd.DataFrame, metric: str, *, noise_floor: float = 0.0) -> pd.Se
     mean, low, high = (table[c].to_numpy(dtype=float) for c in columns)
     no_interval = ~(np.isfinite(low) & np.isfinite(high))
     tied = ((low[:, None] <= high[None, :]) & (low[None, :] <= high[:, None])
-            | no_interval[:, None] | no_interval[None, :]
-            | (np.abs(mean[:, None] - mean[None, :]) <= noise_floor))
+            | no_interval[:, None] | no_interval[None, :])
     _, component = connected_components(tied, directed=False)
     first_mean = pd.Series(mean).groupby(component).min()
     rank = {c: r for r, c in enumerate(first_mean.sort_values(kind="stable").index, start=1)}

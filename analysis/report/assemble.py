@@ -8,10 +8,13 @@ A stage record is ``{"stage", "seconds", ...summary}``; the report reads from th
 numbers are proxies, collected into the provenance section). Any subset of stages works: the
 missing ones are listed with the command that produces them.
 
-Order: "Findings" first (``analysis.report.findings`` of the run's own ``tables/*.csv``: one line per
-claim of the paper with number, interval, verdict and link), then the paper's published numbers
-beside ours (``analysis.report.paper``), then one section per stage, and last the wall time per stage
-and the provenance.
+Order: "Findings" first (``analysis.report.findings`` of the run's own ``tables/*.csv``: one row per
+claim of the paper with verdict, headline effect and interval, caveat and link, and the forest
+plot of every comparison), then the paper's published numbers beside ours
+(``analysis.report.paper``), then one section per stage, the appendix with every comparison
+(also ``tables/findings.csv``), and last the wall time per stage and the provenance.
+:func:`write_report` writes ``tables/findings.csv`` and ``figures/findings_forest.png`` beside
+``report.md``.
 
 A table entry may also name the ``columns`` the report shows (the CSV keeps all of them):
 ``{"file": "tables/costs.csv", "caption": "...", "columns": ["preset", "norm", "params"]}``.
@@ -25,18 +28,25 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import matplotlib.pyplot as plt
 
-from fileio import write_text_atomic
+from fileio import atomic_path, write_json_atomic, write_text_atomic
 
 from analysis.context import SYNTHETIC_DATAROOT
 from analysis.report import paper
-from analysis.report.findings import TABLE_STAGES, findings, render_findings
+from analysis.report.findings import (TABLE_STAGES, appendix, decided_comparisons, findings, render_appendix,
+                                      render_findings)
+from analysis.report.forest import forest_plot
 from analysis.report.roi import format_value, to_markdown
 from analysis.stages.registry import reported_stages
 
 # One section per stage, in the registry's order, under the registry's title.
 STAGE_ORDER = tuple(s.name for s in reported_stages())
 STAGE_TITLES = {s.name: s.title for s in reported_stages()}
+FINDINGS_TABLE = "tables/findings.csv"
+FOREST_FIGURE = "figures/findings_forest.png"
+FOREST_CAPTION = ("Every quality comparison as its effect in units of its equivalence margin (right: the first "
+                  "side better; shaded: equal within the margin) with its 95 % interval; colour: verdict.")
 MAX_TABLE_ROWS = 20
 # A GitHub page shows about this much of a Markdown table before it scrolls sideways.
 MAX_TABLE_COLUMNS = 10
@@ -217,6 +227,8 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
 
     tables = run_tables(out)
     lines += ["## 1. Findings", "", render_findings(findings(tables))]
+    if (out / FOREST_FIGURE).is_file():
+        lines += [render_figure(out, {"file": FOREST_FIGURE, "caption": FOREST_CAPTION}), ""]
     lines += ["## 2. The paper's numbers beside this toolkit's", "",
               *paper_section(tables, recorded_preset(settings, meta)), ""]
     for number, (name, rec) in enumerate(records.items(), 3):
@@ -230,6 +242,11 @@ def build_report(out: Path, meta: dict, stages=STAGE_ORDER, title: str = "CLADE 
         for entry in rec.get("figures", []):
             lines += [render_figure(out, entry), ""]
 
+    lines += ["## Appendix: every comparison behind the Findings", "",
+              "Headline tests first (their p-values Holm-corrected together), then the secondary ones "
+              "(unadjusted, other metrics and conditions); the CSV adds the standard errors' method and the "
+              "real-vs-real floor of each Frechet distance ([findings.csv](tables/findings.csv)).", "",
+              render_appendix(appendix(tables))]
     lines += ["## Wall time per stage", "", "| stage | wall time (s) |", "| --- | ---: |"]
     lines += [f"| {name} | {records[name].get('seconds', float('nan')):.1f} |" if name in records
               else f"| {name} | not run |" for name in stages]
@@ -279,6 +296,26 @@ def paper_section(tables: dict, preset: str) -> list[str]:
     return lines
 
 
+def write_findings_outputs(out: Path, meta: dict) -> None:
+    """``tables/findings.csv`` (+ meta.json) and the forest plot of the run's comparisons; the
+    figure only when there is a comparison to draw."""
+    out = Path(out)
+    tables = run_tables(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    table = appendix(tables)
+    with atomic_path(out / FINDINGS_TABLE) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json_atomic(out / "tables" / "findings.meta.json", {**meta, "table": "findings", "rows": len(table)})
+    rows = decided_comparisons(tables)
+    if rows:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        fig = forest_plot(rows)
+        with atomic_path(out / FOREST_FIGURE) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        plt.close(fig)
+
+
 def write_report(out: Path, meta: dict, stages=STAGE_ORDER, **kwargs) -> Path:
-    """Write ``<out>/report.md`` atomically and return its path."""
+    """Write the Findings' table and figure, then ``<out>/report.md``, atomically; return its path."""
+    write_findings_outputs(out, meta)
     return write_text_atomic(Path(out) / "report.md", build_report(out, meta, stages, **kwargs))

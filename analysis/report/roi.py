@@ -20,11 +20,11 @@ import pandas as pd
 from models.registry import norm_spec, registered_norms
 
 from analysis.quality import stats
+from analysis.quality.metric_scales import HIGHER_IS_BETTER, KNOWN_ANSWER, LOWER_IS_BETTER, SCALES
 
-# Quality columns, lower-is-better ones first; names ending in _proxy are proxy figures.
-LOWER_IS_BETTER = ("fid", "fid_clean", "fd_proxy_features")
-HIGHER_IS_BETTER = ("miou", "miou_proxy", "accuracy", "accuracy_proxy")
 COLUMN_LABELS = {
+    "shading_error": "shading error\n(known answer, 0 = law)",
+    "base_colour_error": "base-colour error\n(known answer, 0 = law)",
     "fid": "FID (Inception)", "fid_clean": "FID (clean-fid resize)",
     "fd_proxy_features": "Frechet distance\n(proxy features)",
     "miou": "mIoU", "miou_proxy": "mIoU\n(proxy segmenter)",
@@ -59,10 +59,12 @@ def quality_columns(df: pd.DataFrame) -> list[str]:
 
 
 def plotted_quality_columns(df: pd.DataFrame) -> list[str]:
-    """The Frechet distance (FID if present, else on proxy features) and the mIoU column."""
+    """The known-answer shading error (synthetic scenes), the Frechet distance (FID if present,
+    else on proxy features) and the mIoU column, those present."""
     present = quality_columns(df)
     frechet = [c for c in ("fid", "fd_proxy_features") if c in present][:1]
-    return frechet + [c for c in ("miou", "miou_proxy") if c in present][:1]
+    return [c for c in KNOWN_ANSWER[:1] if c in present] + frechet + [c for c in ("miou", "miou_proxy")
+                                                                      if c in present][:1]
 
 
 def cost_columns(df: pd.DataFrame) -> list[str]:
@@ -105,22 +107,38 @@ def roi_table(evaluation: pd.DataFrame) -> pd.DataFrame:
     ``pareto_<cost>`` is True when no other method is at least as cheap on that cost axis and
     at least as good on every quality column, and strictly better somewhere. With intervals over
     seeds (``<quality>_ci_low`` / ``_ci_high`` of ``stats.seed_summary``), ``<quality>_tie_group``
-    numbers the groups of methods whose difference is inside the intervals (``stats.ties``,
-    noise floor from the 'real images' row): methods sharing a group are tied, not ranked.
+    numbers the groups of methods whose intervals overlap (``stats.ties``): methods sharing a
+    group are tied, not ranked. Latency gets no front (``pareto_latency_ms`` empty) when a row's
+    ``latency_reliable`` is False: an unreliable timing ranks nothing.
     """
     df = _methods(evaluation)
     quality, costs = quality_columns(df), cost_columns(df)
     intervals = [c for q in quality for c in (f"{q}_ci_low", f"{q}_ci_high") if c in df]
     table = df[["method", "norm", *[c for c in ("n_seeds",) if c in df], *costs, *quality, *intervals]].copy()
-    real = evaluation[evaluation["norm"] == "real"]
     for q in quality:
         if f"{q}_ci_low" in df and f"{q}_ci_high" in df:
-            floor = float(real[q].iloc[0]) if q in LOWER_IS_BETTER and len(real) and pd.notna(real[q].iloc[0]) else 0.0
-            table[f"{q}_tie_group"] = stats.ties(df.rename(columns={q: f"{q}_mean"}), q, noise_floor=floor).to_numpy()
+            table[f"{q}_tie_group"] = stats.ties(df.rename(columns={q: f"{q}_mean"}), q).to_numpy()
     higher = [q in HIGHER_IS_BETTER for q in quality]
     for cost in costs:
-        table[f"pareto_{cost}"] = pareto_front(df[cost], df[quality].to_numpy(float), higher)
+        front = pareto_front(df[cost], df[quality].to_numpy(float), higher)
+        table[f"pareto_{cost}"] = None if cost == "latency_ms" and not latency_reliable(df) else front
     return table
+
+
+def latency_reliable(df: pd.DataFrame) -> bool:
+    """Whether every row's latency passed the timing check (``latency_reliable``; absent: not checked,
+    taken as reliable, as tables written before the check)."""
+    return "latency_reliable" not in df or bool(df["latency_reliable"].fillna(False).astype(bool).all())
+
+
+def error_bar(value: float, low: float, high: float, column: str) -> tuple[float, float] | None:
+    """(below, above) lengths of an interval's error bar, its ends clipped to the metric's bounds
+    (a distance never below 0, a share inside [0, 1]); None without an interval."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    bottom, top = SCALES[column].bounds if column in SCALES else (-np.inf, np.inf)
+    low, high = float(np.clip(low, bottom, top)), float(np.clip(high, bottom, top))
+    return max(value - low, 0.0), max(high - value, 0.0)
 
 
 def modulation_roi(evaluation: pd.DataFrame) -> pd.DataFrame:
@@ -157,9 +175,13 @@ def method_colors(df: pd.DataFrame) -> dict[str, str]:
 
 
 def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, colors: dict, reference: float | None) -> list:
-    """Plot one panel; returns ``[(marker, method)]`` for :func:`_declutter`."""
-    front = pareto_front(df[cost], df[quality], quality in HIGHER_IS_BETTER)
+    """Plot one panel; returns ``[(marker, method)]`` for :func:`_declutter`. No front is drawn on
+    an unreliable latency axis (the panel says so)."""
+    ranked = cost != "latency_ms" or latency_reliable(df)
+    front = pareto_front(df[cost], df[quality], quality in HIGHER_IS_BETTER) if ranked else np.zeros(len(df), bool)
     ordered = df[front].sort_values(cost)
+    if not ranked:
+        ax.set_title("unreliable timing: no Pareto front", fontsize=8, color="firebrick")
     if len(ordered) > 1:
         ax.step(ordered[cost], ordered[quality], where="post", color="0.55", lw=1.2, ls="--", zorder=1)
     points = []
@@ -167,12 +189,13 @@ def _scatter(ax, df: pd.DataFrame, cost: str, quality: str, colors: dict, refere
         if not (np.isfinite(row[cost]) and np.isfinite(row[quality])):
             continue
         marker = ax.scatter(row[cost], row[quality], s=MARKER_SIZE, zorder=3, color=colors[row["method"]],
-                            marker="o" if on_front else "X", edgecolor="black" if on_front else "white",
+                            marker="o" if on_front or not ranked else "X", edgecolor="black" if on_front else "white",
                             linewidth=1.2)
         points.append((marker, row["method"]))
-        low, high = row.get(f"{quality}_ci_low", np.nan), row.get(f"{quality}_ci_high", np.nan)
-        if np.isfinite(low) and np.isfinite(high):   # the interval over seeds
-            ax.errorbar(row[cost], row[quality], yerr=[[row[quality] - low], [high - row[quality]]], fmt="none",
+        bar = error_bar(row[quality], row.get(f"{quality}_ci_low", np.nan), row.get(f"{quality}_ci_high", np.nan),
+                        quality)
+        if bar is not None:   # the interval over seeds
+            ax.errorbar(row[cost], row[quality], yerr=[[bar[0]], [bar[1]]], fmt="none",
                         ecolor=colors[row["method"]], elinewidth=1.2, capsize=3, zorder=2)
     if reference is not None and np.isfinite(reference):
         ax.axhline(reference, color="0.4", lw=1, ls=":")

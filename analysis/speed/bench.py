@@ -87,6 +87,14 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 3, r
     return times
 
 
+def reference_kernel_ms(device, repeats: int = 15) -> list[float]:
+    """Times (ms) of a fixed 384x384 float32 matmul: timed before and after the benchmark, its
+    drift says whether the machine's load changed meanwhile."""
+    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0)).to(device)
+    times = time_interleaved({"reference": lambda: a @ a}, warmup=3, repeats=repeats, device=device)["reference"]
+    return [t * 1e3 for t in times]
+
+
 def summarize_times(seconds: list[float]) -> dict:
     """Median, 10th and 90th percentile and minimum in milliseconds, and the number of samples."""
     if len(seconds) == 0:

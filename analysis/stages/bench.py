@@ -20,7 +20,7 @@ from analysis.costs.layers import generator_inputs
 from analysis.quality import stats
 from analysis.speed import variants
 from analysis.speed.bench import (bench_generators, bench_train_step, forward_fn, memory_method, profile_ops,
-                                  time_interleaved)
+                                  reference_kernel_ms)
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ def _profile(preset: str, norms, device) -> pd.DataFrame:
         args, kwargs = generator_inputs(G.config, device=device)
         tables.append(profile_ops(forward_fn(G, args, kwargs, device=device), runs=2).assign(preset=preset, norm=norm))
     return pd.concat(tables, ignore_index=True)[["preset", "norm", "op", "calls", "self_ms", "share"]]
-
-
-def reference_kernel_ms(device, repeats: int = 15) -> list[float]:
-    """Times (ms) of a fixed 384x384 float32 matmul: timed before and after the benchmark, its
-    drift says whether the machine's load changed meanwhile."""
-    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0)).to(device)
-    times = time_interleaved({"reference": lambda: a @ a}, warmup=3, repeats=repeats, device=device)["reference"]
-    return [t * 1e3 for t in times]
 
 
 def timed_generators(s: dict, device) -> tuple[pd.DataFrame, list[float], list[float]]:

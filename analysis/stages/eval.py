@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -53,7 +55,8 @@ from analysis.report import roi
 from analysis.quality import segmenters
 from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name, parse_size
 from analysis.quality import stats
-from analysis.speed.bench import summarize_times, time_interleaved
+from analysis.quality.metric_scales import KNOWN_ANSWER, SCALES
+from analysis.speed.bench import reference_kernel_ms, summarize_times, time_interleaved
 from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.costs.layers import generator_inputs, is_modulation, layer_costs
 from analysis.options import EvalOptions
@@ -150,6 +153,9 @@ def load_samples(ctx: RunContext, phase: str, count: int, size: int, *, icpe_mod
     items = [first[i] for i in tqdm(indices, desc=f"{phase} samples", leave=False)]
     samples = {k: torch.stack([item[k] for item in items]) for k in ("label", "instance", "image")
                if items[0].get(k) is not None}
+    expected = seeds.expected_images([item.get("path", "") for item in items], size)
+    if expected is not None:   # built-in scenes: the law's E[image | layout], the known answer
+        samples["expected"] = expected
     if modes:
         samples[dist_key(modes[0])] = torch.stack([item["dist"] for item in items])
     for mode in modes[1:]:   # another pass over the same items (same seed: same crops and flips)
@@ -194,7 +200,9 @@ def generate(generator, samples: dict, batch_size: int, device) -> torch.Tensor:
 
 def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFrame:
     """Params and GMACs (analysis.costs.layers, batch 1) of each generator, and its median latency
-    in ms (batch 1, forward only, no_grad), timed round-robin in this run."""
+    in ms (batch 1, forward only, no_grad), timed round-robin in this run, with the bench stage's
+    reliability check (``latency_reliable``, ``latency_unreliable_reason``: repeats' spread and a
+    reference kernel timed before and after, ``stats.summary_reliability``)."""
     rows, calls = [], {}
     for norm, generator in generators.items():
         args, kwargs = generator_inputs(generator.config, device=device)
@@ -206,10 +214,16 @@ def generator_costs(generators: dict, latency_repeats: int, device) -> pd.DataFr
                      "modulation_gmacs_fvcore": modulation["gmacs_fvcore"].sum(),
                      "gmacs_complete": table["gmacs_complete"].sum()})
         calls[norm] = (lambda g=fuse_for_inference(generator), a=args, k=kwargs: g(*a, **k))  # the fused model
+    before = reference_kernel_ms(device)
     with torch.no_grad():
         times = time_interleaved(calls, warmup=3, repeats=latency_repeats, device=device)
+    after = reference_kernel_ms(device)
     for row in rows:
-        row["latency_ms"] = summarize_times(times[row["norm"]])["median_ms"]
+        summary = summarize_times(times[row["norm"]])
+        check = stats.summary_reliability(summary["p10_ms"], summary["median_ms"], summary["p90_ms"], summary["n"],
+                                          before, after)
+        row.update(latency_ms=summary["median_ms"], latency_reliable=check.reliable,
+                   latency_unreliable_reason=check.reason)
     return pd.DataFrame(rows)
 
 
@@ -297,9 +311,9 @@ def run(ctx: RunContext) -> StageResult:
     suffix = "_proxy" if segmenter.is_proxy else ""
 
     runs = {name: run_variant(folder, generators[name], name) for name, folder in folders.items()}
-    quality, ablation, samples = score_runs(ctx, opts, generators, runs, val, floor, segmenter, extractors, suffix,
-                                            device, fixed)
-    table = seed_means(quality, runs)
+    quality, ablation, samples, known = score_runs(ctx, opts, generators, runs, val, floor, segmenter, extractors,
+                                                   suffix, device, fixed)
+    table = seed_means(quality, known)
     base = {r["run"]: name for name, r in runs.items() if r["seed"] == 0}
     costs = generator_costs({run: generators[name] for run, name in base.items()}, opts.latency_repeats, device)
     table = table.merge(costs.rename(columns={"norm": "run"}), on="run", how="left")
@@ -308,9 +322,10 @@ def run(ctx: RunContext) -> StageResult:
             table[column] = float("nan")
     table = table.rename(columns={"norm": "modulation", "run": "norm"})
     intervals = [c for c in table if c.endswith(("_ci_low", "_ci_high"))]
-    order = ["method", "norm", "modulation", "n_seeds", "steps", "mask_resolution", "fid", "fid_clean",
+    order = ["method", "norm", "modulation", "n_seeds", "steps", "mask_resolution", *KNOWN_ANSWER, "fid", "fid_clean",
              "fd_proxy_features", f"miou{suffix}", f"accuracy{suffix}", "params", "modulation_params", "gmacs_fvcore",
-             "modulation_gmacs_fvcore", "gmacs_complete", "latency_ms", *intervals]
+             "modulation_gmacs_fvcore", "gmacs_complete", "latency_ms", "latency_reliable",
+             "latency_unreliable_reason", *intervals]
     table = table[[c for c in order if c in table]]
     table["n_images"] = opts.images
     table["segmenter"] = segmenter.description
@@ -355,37 +370,45 @@ def generator_resolutions(cfg) -> list[tuple[int, int]]:
 
 
 def score_runs(ctx, opts, generators: dict, runs: dict, val: dict, floor, segmenter, extractors: dict, suffix: str,
-               device, fixed: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(quality_seeds, ablation_quality, sample images): every generator scored with bootstrap
-    intervals over images, the real-vs-real rows, and the class-mean ablation of each 3x3 SPADE
-    at full mask resolution (every layer, then each resolution stage). Frechet columns are
+               device, fixed: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """(quality_seeds, ablation_quality, sample images by method label, known-answer energies
+    {run: [per seed]}): every generator scored with bootstrap intervals over images (and, on the
+    built-in scenes, its known-answer errors), the real-vs-real rows, and the class-mean ablation
+    of each 3x3 SPADE at full mask resolution (every layer, then each resolution stage). Frechet columns are
     against the real val images, except those in ``fixed`` ({column: ActivationStats}, e.g. the
     official protocol's training-set FID statistics: no bootstrap interval)."""
     real_scores = seeds.image_scores(val["image"], val["label"], segmenter, extractors, opts.batch_size,
                                              device)
-    rows, ablation, samples = [], [], {"real image": val["image"][:4]}
+    rows, ablation, samples, known = [], [], {"real image": val["image"][:4]}, {}
     for name, generator in tqdm(generators.items(), desc="eval runs"):
         r = runs[name]
         data = val if r["mask_factor"] == 1 else coarse_samples(val, r["mask_factor"])
         images = generate(generator, data, opts.batch_size, device)
         if r["seed"] == 0:
-            samples[r["method"] if r["run"] in registered_norms() or r["run"] in CONVERTED_NAMES else r["run"]] = images[:4]
+            samples[r["method"]] = images[:4]
         scores = seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
         keys = {k: r[k] for k in ("run", "method", "norm", "seed", "steps", "spade_kernel_size", "mask_resolution")}
         row = {**keys, "images": len(images), **seeds.quality_row(scores, real_scores, extractors,
                                                                           suffix=suffix, seed=ctx.seed, fixed=fixed)}
+        if "expected" in val:   # scored against the full-resolution scene, whatever masks the model saw
+            energies = seeds.known_answer_energies(images, val["expected"], val["instance"])
+            known.setdefault(r["run"], []).append(energies)
+            row.update(seeds.known_answer_row(energies, seed=ctx.seed))
         rows.append(row)
         if r["norm"] == "spade" and r["spade_kernel_size"] == 3 and r["mask_factor"] == 1:
             ablation += class_mean_rows(ctx, opts, generator, val, row, real_scores, segmenter, extractors, suffix,
                                         device, fixed)
     real = {"run": "real", "method": "real images", "norm": "real", "seed": 0, "images": len(val["image"]),
             **seeds.quality_row(real_scores, None, extractors, suffix=suffix, seed=ctx.seed)}
-    if floor is not None:   # other real images against the val images: the Frechet noise floor
+    if "expected" in val:   # the real scenes' own texture and noise: what a perfect sampler of the law scores
+        real.update(seeds.known_answer_row(seeds.known_answer_energies(val["image"], val["expected"],
+                                                                       val["instance"]), seed=ctx.seed))
+    if floor is not None:   # other real images against the val images: the Frechet floor (a bias at this count)
         other = seeds.image_scores(floor["image"], floor["label"], None, extractors, opts.batch_size, device)
         real.update(seeds.quality_row(other, real_scores, extractors, suffix=suffix, seed=ctx.seed,
                                               fixed=fixed))
     rows.append(real)
-    return pd.DataFrame(rows), pd.DataFrame(ablation), samples
+    return pd.DataFrame(rows), pd.DataFrame(ablation), samples, known
 
 
 def class_mean_rows(ctx, opts, generator, val: dict, unablated: dict, real_scores, segmenter, extractors: dict,
@@ -396,25 +419,40 @@ def class_mean_rows(ctx, opts, generator, val: dict, unablated: dict, real_score
     batches = [{k: v[i:i + opts.batch_size] for k, v in val.items()} for i in range(0, len(val["label"]),
                                                                                    opts.batch_size)]
     captured = capture_modulation_statistics(generator, batches, progress=False)
-    keys = {"model": unablated["method"], "norm": "spade", "seed": unablated["seed"], "steps": unablated["steps"]}
-    metric_columns = {k: v for k, v in unablated.items() if k not in (*keys, "run", "method", "spade_kernel_size",
+    keys = {"run": unablated["run"], "model": unablated["method"], "norm": "spade", "seed": unablated["seed"],
+            "steps": unablated["steps"]}
+    metric_columns = {k: v for k, v in unablated.items() if k not in (*keys, "method", "spade_kernel_size",
                                                                        "mask_resolution", "images")}
     out = [{**keys, "ablated": "none", "images": unablated["images"], **metric_columns}]
     stages = {"all": None, **seeds.resolution_stages(captured)}
     for ablated, layers in stages.items():
         images = seeds.ablated_images(generator, val, captured, layers, opts.batch_size, device)
         scores = seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
-        out.append({**keys, "ablated": ablated, "images": len(images),
-                    **seeds.quality_row(scores, real_scores, extractors, suffix=suffix, seed=ctx.seed,
-                                                fixed=fixed)})
+        row = {**keys, "ablated": ablated, "images": len(images),
+               **seeds.quality_row(scores, real_scores, extractors, suffix=suffix, seed=ctx.seed, fixed=fixed)}
+        if "expected" in val:
+            row.update(seeds.known_answer_row(seeds.known_answer_energies(images, val["expected"], val["instance"]),
+                                              seed=ctx.seed))
+        out.append(row)
     return out
 
 
-def seed_means(quality: pd.DataFrame, runs: dict) -> pd.DataFrame:
-    """One row per run (method variant): metric means over seeds with Student-t intervals
-    (``<metric>_ci_low`` / ``_ci_high``), ``n_seeds``, the steps run; the real row as is."""
+def seed_means(quality: pd.DataFrame, known: dict | None = None) -> pd.DataFrame:
+    """One row per run (method variant): metric means over seeds with intervals (``<metric>_ci_low``
+    / ``_ci_high``: Student t over seeds, clipped to the metric's bounds; the known-answer columns
+    from ``known`` ({run: [per-seed energies]}): hierarchical bootstrap over seeds and images),
+    ``n_seeds``, the steps run; the real row as is."""
     metrics_present = [c for c in quality if c in roi.quality_columns(quality)]
-    summary = stats.seed_summary(quality, metrics_present, by=("run",))
+    bounds = {m: SCALES[m].bounds for m in metrics_present}
+    summary = stats.seed_summary(quality, metrics_present, by=("run",), bounds=bounds)
+    for run, energies in (known or {}).items():
+        where = summary.run == run
+        for column in energies[0]:
+            if f"{column}_ci_low" in summary:
+                interval = stats.hierarchical_bootstrap(np.stack([e[column][0] for e in energies]),
+                                                        np.stack([e[column][1] for e in energies]),
+                                                        bounds=bounds[column])
+                summary.loc[where, [f"{column}_ci_low", f"{column}_ci_high"]] = interval.low, interval.high
     summary = summary.rename(columns={f"{m}_mean": m for m in metrics_present})
     first = quality.drop_duplicates("run").set_index("run")
     steps = quality.groupby("run").steps.agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))))
@@ -461,35 +499,51 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                   if segmenter.is_proxy else f"mIoU / accuracy from {segmenter.description}.")
     fd_note = (f"fd_proxy_features: Frechet distance between {opts.images} generated and real val images "
                f"on the proxy segmenter's pooled penultimate features (not FID); the 'real images' row "
-               f"gives it for {opts.images} other real images, the noise floor at this sample count.")
+               f"gives it for {opts.images} other real images, the metric's floor at this sample count "
+               f"(an estimator bias, not a threshold).")
+    known_note = ("Known answers (built-in scenes, the primary quality columns): shading_error is the share of "
+                  "the scenes' positional shading an image misses (0 = the law's expected image, 1 = flat inside "
+                  "every instance), base_colour_error the error of the instances' mean colours (1 = one grey-ish "
+                  "colour everywhere); the 'real images' row is the real scenes' own texture and noise. Their "
+                  "intervals in evaluation.csv resample seeds and images together (hierarchical bootstrap)."
+                  if any(c in quality for c in KNOWN_ANSWER) else None)
+    unreliable = table[table.latency_reliable.eq(False)]          # the real row has no timing (NaN)
+    latency_note = (f"**Unreliable latency** for {', '.join(unreliable.method.astype(str))} "
+                    f"({unreliable.latency_unreliable_reason.iloc[0]}): the ROI table and figure draw no latency "
+                    f"Pareto front; re-run the eval stage on a quiet machine." if len(unreliable) else
+                    "Latency reliable: repeats within their spread limit and the reference kernel steady "
+                    "(the bench stage's check).")
     return StageResult(
         summary={"methods": table.loc[table.norm != "real", "norm"].tolist(), "eval_images": opts.images,
                  "segmenter": segmenter.description,
                  **({"segmenter_seconds_per_image": round(segmenter.seconds_per_image, 4)}
                     if getattr(segmenter, "seconds_per_image", None) else {})},
-        notes=notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
+        notes=notes + [n for n in (known_note,) if n] + [proxy_note] + (
+            [fd_note] if "fd_proxy_features" in extractors else []) + [
             f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
             f"median of {opts.latency_repeats} forward passes ({timing}) "
-            f"timed round-robin with the other methods in this run."],
+            f"timed round-robin with the other methods in this run.", latency_note],
         proxy=([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
         tables=[
             TableRef("tables/evaluation.csv",
                      f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
-                     f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
-                     f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
+                     f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % interval: Student t over "
+                     f"seeds clipped to the metric's bounds, hierarchical bootstrap for the known answers) on "
+                     f"{opts.images} val label maps (known answers, Frechet distances, segmentation scores"
                      f" from {segmenter.description}) next to the seed-0 "
                      f"model's params, GMACs and measured latency."),
             TableRef("tables/quality_seeds.csv",
                      f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
                      f"val label maps, with the 95 % percentile bootstrap interval over those images "
-                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
+                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this "
+                     f"image count (reported, not a threshold).",
                      [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
                       if c in quality]),
             *([TableRef("tables/ablation_quality.csv",
                         "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
                         "class means in every layer ('all') or in the layers of one resolution stage, scored "
                         "like the methods (bootstrap intervals in the CSV).",
-                        [c for c in ("model", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
+                        [c for c in ("run", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
               if not ablation.empty else []),
             TableRef("tables/neighbourhood.csv",
                      f"Share of pixels whose {SPADE_WINDOW}x{SPADE_WINDOW} neighbourhood holds a single class in "
@@ -516,12 +570,19 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
     )
 
 
+# Characters per line of a sample-grid column title: wider would run into the next column at fontsize 8.
+TITLE_WIDTH = 14
+
+
 def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
-    """Figure: one row per val sample; columns label map, then ``samples`` ({title: images})."""
+    """Figure: one row per val sample; columns label map, then ``samples`` ({method label: images}),
+    each title wrapped to the column's width so that neighbouring titles never overlap."""
     columns = ["label map"] + list(samples)
+    titles = [textwrap.fill(name, TITLE_WIDTH, break_on_hyphens=False) for name in columns]
+    lines = max(t.count("\n") + 1 for t in titles)
     label_rgb = colorize_labels(labels, class_nc)
-    fig, axes = plt.subplots(len(labels), len(columns), figsize=(1.6 * len(columns), 1.6 * len(labels)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(labels), len(columns), squeeze=False,
+                             figsize=(1.6 * len(columns), 1.6 * len(labels) + 0.15 * lines))
     for i in range(len(labels)):
         for j, name in enumerate(columns):
             image = label_rgb[i] if j == 0 else (samples[name][i].float().clamp(-1, 1) + 1) / 2
@@ -529,6 +590,6 @@ def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
             if i == 0:
-                axes[i, j].set_title(name, fontsize=9)
+                axes[i, j].set_title(titles[j], fontsize=8)
     fig.tight_layout()
     return fig

@@ -54,7 +54,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval", EvalOptions, "Evaluation and return on investment",
           reads=(DATASET, CHECKPOINTS), writes=("evaluation", "quality_seeds", "ablation_quality", "neighbourhood",
                                                  "roi", "roi_modulation")),
-    Stage("report", ReportOptions, "Report", reads=(RECORDS,), writes=(), reported=False),
+    Stage("report", ReportOptions, "Report", reads=(RECORDS,), writes=("findings",), reported=False),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

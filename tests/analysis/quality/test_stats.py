@@ -94,40 +94,159 @@ def test_generic_bootstrap_recomputes_a_set_metric_on_resampled_images():
     assert loop.low < loop.estimate < loop.high and loop.n == 40
 
 
-def test_identical_generators_per_seed_values_are_a_tie():
-    values = [0.52, 0.48, 0.50]
-    result = stats.compare(values, list(values), noise_floor=0.1)
-    assert result.verdict == "tie" and result.difference.estimate == 0
+# ----------------------------------------------------------------------------------------
+# Differences, equivalence, non-inferiority, Holm
+
+MARGINS = (1e-9, 1e-3, 0.05, 1.0)
 
 
-def test_a_difference_inside_its_interval_is_a_tie_not_a_win():
-    a, b = [0.30, 0.50, 0.40], [0.35, 0.55, 0.30]      # means 0.40 vs 0.40 +- large seed spread
-    assert stats.compare(a, b).verdict == "tie"
-    a2 = [0.31, 0.52, 0.44]                            # mean 0.423 > 0.40 but well inside the spread
-    result = stats.compare(a2, b)
-    assert result.difference.contains(0.0) and result.verdict == "tie"
+@pytest.mark.parametrize("paired", [True, False])
+def test_two_identical_generators_are_shown_equivalent_for_any_margin_and_never_better(paired):
+    # identical samples: the same per-seed values on both sides (paired: same seeds; unpaired:
+    # every seed of both gave the same value)
+    values = [0.52, 0.48, 0.50] if paired else [0.5, 0.5, 0.5]
+    d = stats.difference(values, list(values), paired=paired)
+    assert d.estimate == 0 and d.se == 0
+    for margin in MARGINS:
+        assert stats.verdict(stats.p_equivalent(d, margin), stats.SHOWN_EQUIVALENT) == stats.SHOWN_EQUIVALENT
+        assert stats.p_no_worse(d, margin, lower_is_better=True) == 0
+    for lower in (True, False):
+        assert stats.verdict(stats.p_better(d, lower_is_better=lower), stats.SHOWN_BETTER) == stats.NOT_SHOWN
+        assert stats.p_better(d, lower_is_better=lower) == 0.5
 
 
-def test_a_clear_difference_is_lower_or_higher_unless_inside_the_noise_floor():
-    a, b = [1.00, 1.02, 0.98], [2.00, 2.03, 1.97]
-    assert stats.compare(a, b).verdict == "lower"
-    assert stats.compare(b, a).verdict == "higher"
-    assert stats.compare(a, b, noise_floor=1.5).verdict == "tie"
+def test_identical_generators_with_seed_spread_are_never_better_whatever_the_scale():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        values = rng.lognormal(0, 1, size=3)
+        for log in (False, True):
+            d = stats.difference(values, values.copy(), log=log)
+            assert d.estimate == 0 and d.se > 0
+            assert stats.p_better(d, lower_is_better=True) == pytest.approx(0.5)
+            assert stats.p_better(d, lower_is_better=False) == pytest.approx(0.5)
 
 
-def test_one_seed_outside_the_noise_floor_is_undetermined():
-    result = stats.compare([1.0], [2.0], noise_floor=0.1)
-    assert result.verdict == "undetermined" and "1 seed" in result.reason
-    assert stats.compare([1.0], [1.05], noise_floor=0.1).verdict == "tie"
+def test_a_shifted_sample_of_known_shift_is_found_different_with_the_shift_inside_its_interval():
+    rng = np.random.default_rng(1)
+    b = rng.normal(1.0, 0.1, size=8)
+    a = rng.normal(1.0, 0.1, size=8) + 0.5
+    d = stats.difference(a, b)
+    interval = d.interval()
+    assert interval.contains(0.5) and not interval.contains(0.0)
+    assert stats.p_better(d, lower_is_better=False) < 1e-6              # higher is better: a is better
+    assert stats.p_worse_beyond(d, 0.0, lower_is_better=True) < 1e-6     # lower is better: a is worse
+    assert stats.p_equivalent(d, 0.1) > 0.99                             # a 0.5 shift is not within 0.1
+    # a paired shift: tiny next to the seeds' spread, yet exact on every seed
+    full = np.array([0.2, 0.5, 0.8])
+    shifted = full + [0.049, 0.05, 0.051]
+    paired = stats.difference(shifted, full, paired=True)
+    assert paired.estimate == pytest.approx(0.05) and paired.df == 2
+    assert stats.p_worse_beyond(paired, 0.0, lower_is_better=True) < 0.001
+    assert stats.p_better(stats.difference(shifted, full), lower_is_better=False) > 0.4   # unpaired: hidden
 
 
-def test_paired_comparison_uses_per_seed_differences():
-    full = [0.50, 0.60, 0.70]
-    ablated = [0.52, 0.62, 0.72]                       # +0.02 on every seed: clear when paired
-    assert stats.compare(ablated, full, paired=True).verdict == "higher"
-    assert stats.compare(ablated, full).verdict == "tie"
+def test_welch_and_paired_standard_errors_are_the_textbook_ones():
+    a, b = np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.5, 3.5, 5.0])
+    d = stats.difference(a, b)
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
+    assert d.se == pytest.approx(np.sqrt(va + vb))
+    assert d.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3))
+    assert stats.p_better(d, lower_is_better=True) == pytest.approx(
+        scipy_stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    paired = stats.difference(a, b[:3], paired=True)
+    assert stats.p_better(paired, lower_is_better=False) == pytest.approx(
+        scipy_stats.ttest_rel(a, b[:3], alternative="greater").pvalue)
+
+
+def test_tost_is_the_larger_of_two_one_sided_t_tests():
+    a, b = np.array([1.00, 1.02, 0.99, 1.01]), np.array([1.00, 0.98, 1.01, 0.99])
+    d = stats.difference(a, b)
+    lower = scipy_stats.ttest_ind(a + 0.05, b, equal_var=False, alternative="greater").pvalue
+    upper = scipy_stats.ttest_ind(a - 0.05, b, equal_var=False, alternative="less").pvalue
+    assert stats.p_equivalent(d, 0.05) == pytest.approx(max(lower, upper))
+    assert stats.p_equivalent(d, 0.05) < 0.01 and stats.p_equivalent(d, 0.001) > 0.4
+    with pytest.raises(ValueError, match="margin=0"):
+        stats.p_equivalent(d, 0)
+
+
+def test_frechet_distances_compare_as_log_ratios():
+    clade, spade = [0.11, 0.12, 0.13], [0.65, 1.9, 3.48]   # skewed: every CLADE seed beats every SPADE seed
+    assert stats.p_better(stats.difference(clade, spade), lower_is_better=True) > 0.05   # linear Welch: hidden
+    d = stats.difference(clade, spade, log=True)
+    assert d.scale == "log ratio"
+    assert d.estimate == pytest.approx(np.log(clade).mean() - np.log(spade).mean())
+    assert stats.p_better(d, lower_is_better=True) == pytest.approx(scipy_stats.ttest_ind(
+        np.log(clade), np.log(spade), equal_var=False, alternative="less").pvalue)
+    assert stats.p_better(d, lower_is_better=True) < 0.02
+    assert np.exp(d.interval().high) < 1                  # the ratio's interval lies below 1
+    with pytest.raises(ValueError, match="values > 0"):
+        stats.difference([0.0, 1.0], [1.0, 1.0], log=True)
+
+
+def test_image_noise_widens_a_difference_and_one_seed_decides_nothing():
+    a, b = [1.0, 1.1, 0.9], [1.5, 1.6, 1.4]
+    seeds_only, both = stats.difference(a, b), stats.difference(a, b, image_se=(0.3, 0.4))
+    assert both.se == pytest.approx(np.sqrt(seeds_only.se ** 2 + 0.25))
+    assert both.df > seeds_only.df and "image bootstrap" in both.method
+    assert stats.p_better(both, lower_is_better=True) > stats.p_better(seeds_only, lower_is_better=True)
+    one = stats.difference([1.0], [2.0, 2.1])
+    assert not one.decidable and np.isnan(stats.p_better(one, lower_is_better=True))
+    assert "1 seed" in one.interval().note
+    assert stats.verdict(np.nan, stats.SHOWN_BETTER) == stats.NOT_SHOWN
     with pytest.raises(ValueError, match="pair them"):
-        stats.compare([1.0, 2.0], [1.0], paired=True)
+        stats.difference([1.0, 2.0], [1.0], paired=True)
+
+
+def test_holm_matches_the_textbook_example():
+    # Holm (1979) step-down: sorted p (0.005, 0.01, 0.03, 0.04) times (4, 3, 2, 1), running maximum
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, np.nan, 0.01]) == pytest.approx([0.5, np.nan, 0.02], nan_ok=True)
+    assert stats.holm([0.6, 0.7]).tolist() == [1.0, 1.0]      # capped at 1
+    assert np.isnan(stats.holm([np.nan])).all()
+
+
+def test_intervals_respect_the_metrics_bounds():
+    share = stats.bounded(stats.seed_interval([0.97, 0.99, 0.999]), (0.0, 1.0))
+    assert share.high == 1.0 and share.low > 0.9 and "clipped to [0, 1]" in share.method
+    distance = stats.bounded(stats.seed_interval([0.01, 0.2, 0.02]), (0.0, np.inf))
+    assert distance.low == 0.0
+    inside = stats.seed_interval([0.4, 0.5, 0.6])
+    assert stats.bounded(inside, (0.0, 1.0)) is inside
+    table = stats.seed_summary(pd.DataFrame({"method": "A", "miou": [0.97, 0.99, 0.999]}), ["miou"],
+                               bounds={"miou": (0.0, 1.0)})
+    assert table.miou_ci_high.iloc[0] == 1.0
+
+
+def test_hierarchical_bootstrap_resamples_seeds_and_images():
+    rng = np.random.default_rng(4)
+    images = rng.normal(0, 1, size=200)                      # image effect shared by all seeds
+    spread_seeds = np.stack([images + offset for offset in (-1.0, 0.0, 1.0)])
+    same_seeds = np.stack([images] * 3)
+    wide = stats.hierarchical_bootstrap(spread_seeds, n_boot=400)
+    narrow = stats.hierarchical_bootstrap(same_seeds, n_boot=400)
+    image_only = stats.bootstrap_mean(images, n_boot=400, seed=1)
+    assert wide.estimate == pytest.approx(images.mean()) and wide.n == 3
+    # identical seeds: only the images vary, as the plain image bootstrap (same image draws)
+    assert (narrow.low, narrow.high) == pytest.approx((image_only.low, image_only.high))
+    # seed means -1, 0, +1 around the image mean: resampled seeds add about +-1.1 (95 %)
+    assert wide.high - wide.low > 1.5 > 4 * (narrow.high - narrow.low)
+    clipped = stats.hierarchical_bootstrap(np.abs(same_seeds) * 1e-3 - 1e-3, bounds=(0.0, np.inf))
+    assert clipped.low == 0 and "clipped" in clipped.method
+    with pytest.raises(ValueError, match="one shape"):
+        stats.hierarchical_bootstrap(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_hierarchical_bootstrap_of_a_ratio_of_sums():
+    rng = np.random.default_rng(5)
+    den = rng.uniform(1, 3, size=(1, 50)).repeat(2, 0)       # the same images' energies for both seeds
+    num = den * np.array([[0.2], [0.4]])                     # seed ratios 0.2 and 0.4
+    interval = stats.hierarchical_bootstrap(num, den, n_boot=300)
+    assert interval.estimate == pytest.approx(0.3)
+    # a constant ratio per seed: images move nothing, the seeds give 0.2, 0.3 or 0.4
+    assert interval.low == pytest.approx(0.2) and interval.high == pytest.approx(0.4)
+    single = stats.hierarchical_bootstrap(num[:1], den[:1], n_boot=50)
+    assert (single.low, single.high) == pytest.approx((0.2, 0.2)) and single.n == 1
 
 
 def test_seed_summary_and_ties_group_overlapping_methods():
@@ -142,7 +261,6 @@ def test_seed_summary_and_ties_group_overlapping_methods():
     assert set(stats.ties(summary, "fd")) == {1}
     groups = stats.ties(summary.iloc[:3], "fd")
     assert groups.tolist() == [1, 1, 2]
-    assert stats.ties(summary.iloc[:3], "fd", noise_floor=2.5).tolist() == [1, 1, 1]
 
 
 def test_ties_join_chains_of_overlaps():

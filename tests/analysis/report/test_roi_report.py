@@ -80,6 +80,40 @@ def test_plots_have_one_panel_per_quality_and_cost():
     plt.close(fig)
 
 
+def test_error_bars_stop_at_the_metrics_bounds():
+    df = evaluation_table().assign(fd_proxy_features_ci_low=[-7.0, 3.0, 2.0, np.nan],
+                                   fd_proxy_features_ci_high=[13.0, 5.0, 5.0, np.nan],
+                                   miou_proxy_ci_low=[-0.2, 0.3, 0.4, np.nan], miou_proxy_ci_high=[0.9, 1.3, 0.6, np.nan])
+    assert roi.error_bar(3.0, -7.0, 13.0, "fd_proxy_features") == (3.0, 10.0)      # down to 0, not -7
+    assert roi.error_bar(0.4, 0.3, 1.3, "miou_proxy") == pytest.approx((0.1, 0.6))  # up to 1, not 1.3
+    assert roi.error_bar(0.4, np.nan, 0.5, "miou_proxy") is None
+    fig = roi.plot_quality_vs_cost(df)
+    for ax in fig.axes:
+        segments = [seg for c in ax.collections if hasattr(c, "get_segments") for seg in c.get_segments()]
+        ends = np.array([point[1] for seg in segments for point in seg])
+        if "Frechet" in ax.get_ylabel():
+            assert ends.min() == 0.0 and ends.max() == 13.0
+        elif "mIoU" in ax.get_ylabel():
+            assert ends.min() == 0.0 and ends.max() == 1.0
+    plt.close(fig)
+
+
+def test_an_unreliable_latency_draws_no_front():
+    df = evaluation_table().assign(latency_reliable=[True, False, True, np.nan])
+    table = roi.roi_table(df)
+    assert table["pareto_latency_ms"].isna().all() and table["pareto_gmacs_fvcore"].tolist() == [True] * 3
+    fig = roi.plot_quality_vs_cost(df)
+    latency_axes = [ax for ax in fig.axes if ax.get_xlabel().startswith("latency")]
+    for ax in latency_axes:   # no dashed front, no point marked as dominated or on a front
+        assert ax.get_title() == "unreliable timing: no Pareto front"
+        assert not [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert {tuple(c.get_edgecolor()[0]) for c in ax.collections if c.get_offsets().shape[0] == 1} == {(1, 1, 1, 1)}
+    assert len(latency_axes) == 2
+    plt.close(fig)
+    reliable = roi.roi_table(df.assign(latency_reliable=[True, True, True, np.nan]))
+    assert reliable["pareto_latency_ms"].tolist() == [True, True, True]
+
+
 def test_coinciding_points_both_show_and_are_named():
     df = evaluation_table()
     df.loc[2, "miou_proxy"] = 0.401                      # CLADE-ICPE now on CLADE in the params panel
@@ -180,7 +214,8 @@ def test_report_narrows_wide_tables_without_a_column_choice(tmp_path):
                                   **{k: v * 10 for k, v in columns.items()}}), "long")
     text = write_record(tmp_path, [{"file": "tables/short.csv", "caption": "Short."},
                                    {"file": "tables/long.csv", "caption": "Long."}])
-    rows = [line for line in text.splitlines() if line.startswith("|") and "wall time" not in line]
+    stage_sections = text.split("\n## 3. ")[1].split("\n## Appendix")[0]     # the Findings' text cells are long
+    rows = [line for line in stage_sections.splitlines() if line.startswith("|")]
     assert max(len(line) for line in rows) <= report.MAX_TABLE_WIDTH
     assert all(line.count("|") - 1 <= report.MAX_TABLE_COLUMNS for line in rows)
     # few rows: transposed, nothing left out; many rows: leading columns, the rest named
@@ -247,6 +282,21 @@ def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
     for entry in summary["tables"] + summary["figures"]:
         assert (tmp_path / entry["file"]).is_file() and entry["caption"].endswith(".")
     assert (tmp_path / "tables" / "evaluation.md").read_text().startswith("| method")
+    # the built-in scenes' known answers are the first quality columns, with intervals inside their bounds
+    assert list(table.columns[table.columns.get_loc("mask_resolution") + 1:][:2]) == ["shading_error",
+                                                                                      "base_colour_error"]
+    for column in ("shading_error", "base_colour_error"):
+        methods = table[table.norm != "real"]
+        assert (methods[f"{column}_ci_low"] >= 0).all() and (methods[f"{column}_ci_low"] <= methods[column]).all()
+    real = table.set_index("norm").loc["real"]
+    assert 0 < real.shading_error < 0.5        # the real scenes: texture and noise only
+    quality = pd.read_csv(tmp_path / "tables" / "quality_seeds.csv")
+    assert quality.shading_error_boot_low.notna().all() and quality.base_colour_error_boot_high.notna().all()
+    ablation = pd.read_csv(tmp_path / "tables" / "ablation_quality.csv")
+    assert set(ablation.run) == {"spade"} and ablation.shading_error.notna().all()
+    # the latency carries the bench stage's reliability check
+    assert table.loc[:1, "latency_reliable"].isin([True, False]).all()
+    assert any(n.startswith(("Latency reliable", "**Unreliable latency**")) for n in summary["notes"])
 
 
 def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights):
@@ -286,12 +336,35 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
     assert table["method"].tolist() == ["SPADE", "CLADE", "spade-1x1", "mine", "real images"]
+    assert quality_titles(tmp_path) == ["label map", "real image", "SPADE", "CLADE", "spade-1x1", "mine"]
     assert summary["methods"] == ["spade", "clade", "spade-1x1", "mine"]
     methods = table.set_index("norm").drop("real")
     assert methods[["fd_proxy_features", "miou_proxy", "params", "gmacs_fvcore", "latency_ms"]].notna().all().all()
     assert methods.loc["spade-1x1", "gmacs_fvcore"] < methods.loc["spade", "gmacs_fvcore"]  # 1x1 vs 3x3 convs
     assert pd.read_csv(tmp_path / "tables" / "roi.csv")["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine"]
     assert (tmp_path / "figures" / "roi_quality_vs_cost.png").is_file()
+
+
+def quality_titles(out):
+    return pd.read_csv(out / "tables" / "quality_seeds.csv").pipe(lambda q: ["label map", "real image",
+                                                                          *q[q.norm != "real"].method.unique()])
+
+
+def test_sample_grid_titles_are_method_labels_that_never_overlap():
+    import torch
+
+    from analysis.stages.eval import sample_grid
+
+    names = ["real image", "SPADE", "SPADE converted to CLADE, fine-tuned", "CLADE (8x8 masks)", "CLADE-ICPE"]
+    fig = sample_grid({n: torch.zeros(2, 3, 8, 8) for n in names}, torch.zeros(2, 1, 8, 8, dtype=torch.long), 4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes[:len(names) + 1]]
+    assert [t.get_text().replace("\n", " ") for t in titles] == ["label map", *names]
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    assert all(max(map(len, t.get_text().split("\n"))) <= 14 for t in titles)
+    plt.close(fig)
 
 
 def test_generators_of_the_default_root_and_of_checkpoint_names_and_clashes(tmp_path):

@@ -34,7 +34,8 @@ def test_cli_report_and_findings_follow_the_registry():
     assert run_analysis.DATA_STAGES == ("train", "probe", "convert", "eval")
     assert assemble.STAGE_ORDER == tuple(s.name for s in reported_stages()) == STAGE_NAMES[:-1]
     assert assemble.STAGE_TITLES["probe"] == stage("probe").title
-    assert findings.TABLE_STAGES["probe_ablation"] == "probe" and findings.TABLE_STAGES["quality_seeds"] == "eval"
+    assert findings.TABLE_STAGES["probe_verdicts"] == "probe" and findings.TABLE_STAGES["quality_seeds"] == "eval"
+    assert findings.TABLE_STAGES["convergence"] == "train"
 
 
 def test_the_writer_of_each_table():
