@@ -32,7 +32,8 @@ def read(path: Path, out: Path) -> pd.DataFrame | str:
     if text is not None:
         return text.replace(str(out), "<out>")
     df = pd.read_csv(path)
-    return df.apply(lambda col: col.str.replace(str(out), "<out>", regex=False) if col.dtype == object else col)
+    return df.apply(lambda col: col.str.replace(str(out), "<out>", regex=False)
+                    if pd.api.types.is_string_dtype(col) else col)
 
 
 def column_difference(a: pd.Series, b: pd.Series) -> str | None:
