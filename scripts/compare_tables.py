@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Column names that hold wall-clock measurements (never equal between two runs).
-TIMING = re.compile(r"(^|_)(seconds|ms|per_s|latency|time|reliable|unreliable_reason|threads)($|_)")
+# Column names that hold wall-clock measurements or values computed from them (never equal between
+# two runs): times, throughputs, the latency ratio to SPADE, the timing-reliability verdict.
+TIMING = re.compile(r"(^|_)(seconds|ms|per_s|latency|time|reliable|unreliable_reason|threads|ratio_to_spade)($|_)")
+# Tables whose every column follows from timing (the profiler's top ops by self time).
+TIMED_TABLES = ("bench_profile.csv",)
 
 
 def read(path: Path, out: Path) -> pd.DataFrame | str:
@@ -29,7 +32,8 @@ def read(path: Path, out: Path) -> pd.DataFrame | str:
     if text is not None:
         return text.replace(str(out), "<out>")
     df = pd.read_csv(path)
-    return df.apply(lambda col: col.str.replace(str(out), "<out>", regex=False) if col.dtype == object else col)
+    return df.apply(lambda col: col.str.replace(str(out), "<out>", regex=False)
+                    if pd.api.types.is_string_dtype(col) else col)
 
 
 def column_difference(a: pd.Series, b: pd.Series) -> str | None:
@@ -64,7 +68,8 @@ def compare(a_out: Path, b_out: Path) -> tuple[list[str], list[str]]:
         for column in a.columns:
             diff = column_difference(a[column], b[column])
             if diff:
-                (timing if TIMING.search(column) else lines).append(f"{name}: {column}: {diff}")
+                timed = TIMING.search(column) or name in TIMED_TABLES
+                (timing if timed else lines).append(f"{name}: {column}: {diff}")
     return lines, timing
 
 
