@@ -17,33 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from analysis.quality.paper_segmenters.bottleneck import EXPANSION, residual_stage
+
 # Channels and block counts of drn_d_105: DRN(Bottleneck, [1, 1, 3, 4, 23, 3, 1, 1], arch='D').
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 LAYERS = (1, 1, 3, 4, 23, 3, 1, 1)
-EXPANSION = 4   # Bottleneck
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck; ``dilation`` applies to the 3x3 conv (the reference passes (d1, d2) and uses d2)."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        residual = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + residual)
 
 
 def conv_stage(inplanes: int, channels: int, convs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -54,17 +32,6 @@ def conv_stage(inplanes: int, channels: int, convs: int, stride: int = 1, dilati
                               padding=dilation, dilation=dilation, bias=False),
                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*modules)
-
-
-def residual_stage(inplanes: int, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    """``_make_layer`` with ``new_level=False`` for dilated stages: every block at ``dilation``."""
-    downsample = None
-    if stride != 1 or inplanes != planes * EXPANSION:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * EXPANSION, 1, stride, bias=False),
-                                   nn.BatchNorm2d(planes * EXPANSION))
-    layers = [Bottleneck(inplanes, planes, stride, downsample, dilation)]
-    layers += [Bottleneck(planes * EXPANSION, planes, dilation=dilation) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
 
 
 def bilinear_up_weight(classes: int, kernel: int = 16) -> torch.Tensor:

@@ -17,45 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.quality.paper_segmenters.bottleneck import residual_stage
+
 LAYERS = (3, 4, 23, 3)             # resnet101
 FPN_INPLANES = (256, 512, 1024, 2048)
 POOL_SCALES = (1, 2, 3, 6)
-EXPANSION = 4
 
 
 def conv3x3_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
-
-
-class Bottleneck(nn.Module):
-    """torchvision-style bottleneck, stride on the 3x3 conv."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * EXPANSION, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-def resnet_stage(inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or inplanes != planes * EXPANSION:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * EXPANSION, 1, stride, bias=False),
-                                   nn.BatchNorm2d(planes * EXPANSION))
-    return nn.Sequential(Bottleneck(inplanes, planes, stride, downsample),
-                         *(Bottleneck(planes * EXPANSION, planes) for _ in range(1, blocks)))
 
 
 class ResnetEncoder(nn.Module):
@@ -67,10 +38,10 @@ class ResnetEncoder(nn.Module):
         self.conv2, self.bn2, self.relu2 = nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True)
         self.conv3, self.bn3, self.relu3 = nn.Conv2d(64, 128, 3, 1, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = resnet_stage(128, 64, LAYERS[0])
-        self.layer2 = resnet_stage(256, 128, LAYERS[1], stride=2)
-        self.layer3 = resnet_stage(512, 256, LAYERS[2], stride=2)
-        self.layer4 = resnet_stage(1024, 512, LAYERS[3], stride=2)
+        self.layer1 = residual_stage(128, 64, LAYERS[0])
+        self.layer2 = residual_stage(256, 128, LAYERS[1], stride=2)
+        self.layer3 = residual_stage(512, 256, LAYERS[2], stride=2)
+        self.layer4 = residual_stage(1024, 512, LAYERS[3], stride=2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.relu1(self.bn1(self.conv1(x)))
