@@ -11,6 +11,7 @@ the parent folder first.
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,25 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON (``str`` for values JSON lacks: paths, dtypes) atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Write ``obj`` as indented JSON (``str`` for values JSON lacks: paths, dtypes) atomically.
+
+    NaN and inf (which ``json`` would write as the invalid tokens ``NaN`` / ``Infinity``) are
+    written as ``null``: "no number", which every JSON reader accepts."""
+    return write_text_atomic(path, json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float (Python, numpy or 0-d tensor scalar) replaced by None,
+    through dicts, lists and tuples; everything else as it is."""
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):  # numpy scalars, 0-d arrays and tensors
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def save_torch_atomic(obj, path: str | Path) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fileio import atomic_path, save_torch_atomic, unreadable_reason
+from fileio import atomic_path, refuse_non_finite, save_torch_atomic, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,16 @@ def read_checkpoint(path) -> tuple[dict, Path]:
                                 f" (nor {previous_checkpoint(path).name})"))
     for candidate in candidates:
         try:
-            return torch.load(candidate, map_location="cpu", weights_only=True), candidate
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated file raises several types
             if len(candidates) == 1:
                 raise ValueError(f"checkpoint {str(candidate)!r} does not load ({unreadable_reason(candidate, exc)}); "
                                  f"expected a file written by the trainer") from None
             log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate,
                         unreadable_reason(candidate, exc))
+            continue
+        refuse_non_finite(state, f"checkpoint {str(candidate)!r}")
+        return state, candidate
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 

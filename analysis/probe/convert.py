@@ -59,13 +59,13 @@ def load_spade_generator(source, preset: str | None = None, device=None, **overr
         if preset is None:
             raise ValueError(f"{str(source)!r} is a bare official checkpoint; pass preset=<name> "
                              f"(e.g. 'ade20k') so its architecture can be built")
-        state, _ = read_state_dict(source)
+        state, read_from = read_state_dict(source)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         conv = state.get("head_0.conv_1.weight_orig", state.get("head_0.conv_1.weight"))
         if conv is not None:
             overrides.setdefault("ngf", conv.shape[0] // 16)
         generator = build_generator(preset, "spade", device, **overrides)
-        load_official_checkpoint(generator, state)
+        load_official_checkpoint(generator, state, source=read_from)
     if generator.config.norm != "spade":
         raise ValueError(f"{str(source)!r} holds a {generator.config.norm!r} generator; the conversion "
                          f"expects a SPADE generator (norm='spade')")

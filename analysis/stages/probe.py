@@ -80,13 +80,13 @@ def load_checkpoint(path: Path, preset: str, norm: str | None, device) -> torch.
     if path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} has no {GENERATOR_CONFIG}; pass the .pth file itself "
                                 f"with --preset and --probe-norm")
-    state, _ = read_state_dict(path)
+    state, source = read_state_dict(path)
     options = infer_options(state) | ({"norm": norm} if norm else {})
     generator = build_generator(preset, **options, icpe_mode=OFFICIAL_ICPE_MODE)
     if generator.config.icpe_mode is not None:
         log.info("probe: %s has no %s; its ICPE maps are computed in mode %r, as the official code's",
                  path, GENERATOR_CONFIG, generator.config.icpe_mode)
-    return load_official_checkpoint(generator, state).to(device)
+    return load_official_checkpoint(generator, state, source=source).to(device)
 
 
 def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str, torch.nn.Module]]:
