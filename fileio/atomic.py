@@ -2,7 +2,9 @@
 
 A reader (another process, a resumed run, a crash) sees either the old file or the new one,
 because ``os.replace`` within one folder is atomic on POSIX and Windows. Every writer creates
-the parent folder first.
+the parent folder first, and removes the temporaries of ``path`` that a killed process left
+(``.<stem>.tmp<pid><suffix>`` of a process that no longer runs). A full disk is an OSError
+(ENOSPC) naming ``path``, also when torch's zip writer reports it as a RuntimeError.
 
     write_json_atomic("reports/x/meta.json", {"seed": 0})
     with atomic_path("figures/a.png") as tmp:   # any writer that takes a path
@@ -10,9 +12,13 @@ the parent folder first.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import math
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,12 +32,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     extension still work); on success rename it onto ``path``, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, f"No space left on device while writing {path}"
+                                    + (" (the file is left as it was)" if path.exists() else "")) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporaries of ``path`` left by processes that no longer run (a SIGKILL in the
+    middle of a write); return them. A temporary of a running process is left alone."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.tmp(\d+){re.escape(path.suffix)}")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}"):
+        match = pattern.fullmatch(candidate.name)
+        if match and not _process_runs(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return False   # a temporary of this process outside an open atomic_path: left by an earlier failure
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):  # not a possible process id
+        return False
+    return True
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -71,8 +113,23 @@ def json_safe(obj):
 def save_torch_atomic(obj, path: str | Path) -> Path:
     """``torch.save(obj, path)`` atomically (argument order as ``torch.save``); return the path."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write as "[enforce fail at inline_container.cc:...]
+            # ... unexpected pos": with less free space than the tensors need, that is a full disk.
+            if shutil.disk_usage(tmp.parent).free >= _tensor_bytes(obj):
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
     return Path(path)
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists and tuples)."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(_tensor_bytes(v) for v in values)
 
 
 def append_line(path: str | Path, text: str) -> Path:

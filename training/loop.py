@@ -49,6 +49,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+class _StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: raised wherever the loop is (a step, a checkpoint save)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"second {signal.Signals(signum).name}: stopped at once")
+        self.signum = signum
+
+
 class _StopOnSignal:
     """Inside the block, a SIGINT / SIGTERM sets ``signum`` (the loop stops after its step);
     a second one raises KeyboardInterrupt at once. Inactive outside the main thread."""
@@ -73,7 +81,7 @@ class _StopOnSignal:
             return
         name = signal.Signals(signum).name
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {name}: stopped at once, without a checkpoint")
+            raise _StoppedAtOnce(signum)
         self.signum = signum
         log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", name)
 
@@ -244,6 +252,13 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                                       checkpoint=_due(trainer.step, save_every) or done)
                     if done:
                         break
+    except _StoppedAtOnce as exc:
+        # A save cut short leaves the previous checkpoint file whole (atomic writes).
+        kept = (f"the last checkpoint saved, {trainer.checkpoint_path} of step {trainer.checkpoint_step}, is kept"
+                if trainer.checkpoint_path is not None else "no checkpoint of this run was saved")
+        raise TrainingInterrupted(f"{exc} after {trainer.step} steps; {kept}", signum=exc.signum,
+                                  step=trainer.checkpoint_step if trainer.checkpoint_path else 0,
+                                  checkpoint=trainer.checkpoint_path) from None
     finally:
         bar.close()
     trainer.sync_buffers()
