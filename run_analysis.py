@@ -11,7 +11,6 @@ evaluation and report, written under ``reports/<run>/``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -24,19 +23,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display ne
 import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
-from analysis.options import (STAGE_OPTIONS, CompareOptions, OptionParser, add_options,  # noqa: E402
-                              check_device, options_dict, options_from_args, positive_int)
+from analysis.options import (CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
+                              options_from_args, positive_int)
+from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
+from analysis.stages.runner import stage_runner  # noqa: E402
 from data.presets import check_data_source  # noqa: E402
 from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
 from training.loop import TrainingInterrupted  # noqa: E402
 
-# Stage name -> module under analysis/stages with ``run(ctx) -> dict`` (a short summary recorded in
-# stages/<name>.json); its options are the dataclass analysis.options.STAGE_OPTIONS[name].
-STAGES = ["costs", "bench", "train", "probe", "convert", "eval", "report"]
-# Stages that read the dataset named by --preset / --dataroot.
-DATA_STAGES = ("train", "probe", "convert", "eval")
+# The stages, their options and what they read: analysis.stages.registry.STAGES.
+DATA_STAGES = tuple(s.name for s in STAGES if s.reads_dataset)   # read --preset / --dataroot
 # Run settings that determine every stage's result (besides the stage's own options); skip_invalid
 # too, recorded only when on so that records written before the flag existed still match.
 RUN_SETTINGS = ("preset", "dataroot", "seed", "quick", "checkpoints")
@@ -45,14 +43,10 @@ RAN_ON = ("created", "git_commit", "python", "torch", "device", "device_name", "
 log = logging.getLogger("run_analysis")
 
 
-def stage_module(name: str):
-    return importlib.import_module(f"analysis.stages.{name}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line: run options, then one group per stage generated from its options dataclass."""
     parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", nargs="?", default="all", choices=["all", *STAGES],
+    parser.add_argument("stage", nargs="?", default="all", choices=["all", *STAGE_NAMES],
                         help="run one stage, or all of them (default all)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/<stage or 'default'>)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
@@ -81,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and models (default %(default)s)")
     parser.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
-    for name in STAGES:
-        add_options(parser.add_argument_group(f"{name} stage"), STAGE_OPTIONS[name], prefix=name)
+    for s in STAGES:
+        add_options(parser.add_argument_group(f"{s.name} stage"), s.options, prefix=s.name)
     add_options(parser.add_argument_group("bench --compare"), CompareOptions, prefix="compare")
     return parser
 
@@ -139,7 +133,7 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
             check_data_source(args.preset, args.dataroot)
     except ValueError as exc:
         raise SystemExit(f"run_analysis.py: {exc}") from None
-    stages = {name: options_from_args(args, STAGE_OPTIONS[name], name) for name in STAGES}
+    stages = {s.name: options_from_args(args, s.options, s.name) for s in STAGES}
     stages["probe"].checkpoint = probe_checkpoint(args)
     stages["convert"].checkpoint = probe_checkpoint(args, "convert")
     try:
@@ -217,18 +211,17 @@ def run_stage(name: str, ctx: RunContext) -> dict:
     log.info("[%s] starting", name)
     start = time.perf_counter()
     ctx.take_skipped()  # count only this stage's
-    summary = stage_module(name).run(ctx)
+    result = stage_runner(stage(name))(ctx)
     skipped = ctx.take_skipped()
     if skipped:
         log.warning("[%s] skipped %d invalid samples (--skip-invalid); first: %s", name, len(skipped),
                     skipped[0].reason)
-        note = (f"{len(skipped)} invalid samples of the dataset were left out (--skip-invalid); they are listed "
-                f"in stages/{name}.json.")
-        summary = {**summary, "skipped_samples": len(skipped), "skipped": [s.path for s in skipped],
-                   "notes": [*summary.get("notes", []), note]}
+        result.summary.update(skipped_samples=len(skipped), skipped=[s.path for s in skipped])
+        result.notes.append(f"{len(skipped)} invalid samples of the dataset were left out (--skip-invalid); they "
+                            f"are listed in stages/{name}.json.")
     ran_on = {key: value for key, value in ctx.meta().items() if key in RAN_ON}
     record = {"stage": name, "seconds": round(time.perf_counter() - start, 2),
-              "options": settings["options"], **summary, "stage_settings": settings, "ran_on": ran_on}
+              "options": settings["options"], **result.record(), "stage_settings": settings, "ran_on": ran_on}
     write_json_atomic(marker, record)
     log.info("[%s] done in %.1f s", name, record["seconds"])
     return record
@@ -239,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     ctx = context_from_args(args)
-    stages = STAGES if args.stage == "all" else [args.stage]
+    stages = STAGE_NAMES if args.stage == "all" else [args.stage]
     if args.checkpoints is not None and args.stage == "all":
         stages = [s for s in stages if s != "train"]
     with folder_lock(ctx.out, "run_analysis.py"):

@@ -1,5 +1,9 @@
-"""What every stage of ``run_analysis.py`` receives: where to write, on what, how big, and the
-typed, resolved options of every stage (``ctx.costs``, ``ctx.bench``, ... ``ctx.compare``)."""
+"""What every stage of ``run_analysis.py`` receives and returns.
+
+``RunContext``: where to write, on what, how big, and the typed, resolved options of every stage
+of ``analysis.stages.registry`` (``ctx.costs``, ``ctx.bench``, ... and ``ctx.compare``).
+``StageResult``: the tables and figures a stage wrote (with the captions the report shows), its
+notes, what is proxy, and its summary; ``StageResult.record()`` is its ``stages/<stage>.json``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -12,19 +16,71 @@ import torch
 from data.datasets import Skipped, build_dataset
 from fileio import atomic_path, provenance, write_json_atomic
 
-from analysis.options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions, ReportOptions,
-                      TrainOptions, options_dict, resolve)
+from analysis.options import (BenchOptions, CompareOptions, ConvertOptions, CostsOptions, EvalOptions, ProbeOptions,
+                              ReportOptions, TrainOptions, options_dict, resolve)
+from analysis.stages.registry import STAGES
 
 # What a table's meta.json says under "dataroot" when the built-in synthetic scenes were used.
 SYNTHETIC_DATAROOT = "built-in synthetic scenes"
 BULK_DIGITS = 6  # significant digits of a bulk table (RunContext.write_table); float32 data hold ~7
-# RunContext fields holding one options dataclass each.
-STAGE_FIELDS = ("costs", "bench", "train", "probe", "convert", "eval", "report", "compare")
+# RunContext fields holding one options dataclass each: one per stage, and bench --compare's.
+STAGE_FIELDS = (*(s.name for s in STAGES), "compare")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table a stage wrote, as the report shows it."""
+
+    file: str                              # relative to the run folder: tables/<name>.csv
+    caption: str                           # one or more sentences under which the report shows it
+    columns: tuple[str, ...] | None = None  # the columns the report shows (None: all; the CSV keeps all)
+
+    def __post_init__(self):
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
+
+    def record(self) -> dict:
+        return {"file": self.file, "caption": self.caption, **({"columns": list(self.columns)} if self.columns else {})}
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    """A figure a stage wrote, as the report shows it."""
+
+    file: str                              # relative to the run folder: figures/<name>.png
+    caption: str
+
+    def record(self) -> dict:
+        return {"file": self.file, "caption": self.caption}
+
+
+@dataclass
+class StageResult:
+    """What a stage's ``run(ctx)`` returns.
+
+        StageResult(tables=[TableRef("tables/costs.csv", "Params and GMACs ...")], summary={"configs": 9})
+    """
+
+    tables: list[TableRef] = field(default_factory=list)
+    figures: list[FigureRef] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # sentences shown under the stage's section
+    proxy: list[str] = field(default_factory=list)     # sentences saying which numbers are proxies
+    summary: dict = field(default_factory=dict)        # stage-specific facts, recorded as they are
+
+    def record(self) -> dict:
+        """The JSON-able body of ``stages/<stage>.json``: the summary's keys, then the lists that are
+        not empty (``tables``, ``figures`` as ``{"file", "caption"[, "columns"]}``, ``notes``, ``proxy``)."""
+        lists = {"tables": [t.record() for t in self.tables], "figures": [f.record() for f in self.figures],
+                 "notes": list(self.notes), "proxy": list(self.proxy)}
+        return {**self.summary, **{key: value for key, value in lists.items() if value}}
 
 
 @dataclass
 class RunContext:
     """Options shared by the stages, each stage's options, and the folder layout of one run.
+
+    One field per stage of ``analysis.stages.registry.STAGES``, of its options class (written out
+    so that readers and editors see the types; tests/test_options.py checks they match the registry).
 
     Layout under ``out``: ``tables/*.csv`` (each with ``*.meta.json``), ``figures/*.png``,
     ``checkpoints/<norm>/`` (trained generators, official format), ``stages/*.json``
@@ -139,3 +195,4 @@ class RunContext:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         plt.close(fig)
         return path
+

@@ -229,11 +229,6 @@ class ReportOptions:
     """Stage 'report': assembles report.md from the stage records; it has no options of its own."""
 
 
-STAGE_OPTIONS: dict[str, type] = {"costs": CostsOptions, "bench": BenchOptions, "train": TrainOptions,
-                                  "probe": ProbeOptions, "convert": ConvertOptions, "eval": EvalOptions,
-                                  "report": ReportOptions}
-
-
 # --- command line ---------------------------------------------------------------------------------
 
 class OptionParser(argparse.ArgumentParser):
@@ -412,5 +407,5 @@ def options_dict(opts) -> dict:
 
 
 __all__ = ["BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
-           "ReportOptions", "STAGE_OPTIONS", "TrainOptions", "add_options", "default_text", "existing_path",
+           "ReportOptions", "TrainOptions", "add_options", "default_text", "existing_path",
            "option", "options_dict", "options_from_args", "positive_int", "resolve"]

@@ -10,8 +10,9 @@ import pytest
 
 import run_analysis
 import train
-from analysis.context import RunContext
-from analysis.options import STAGE_OPTIONS, BenchOptions, TrainOptions, default_text, flag_name, resolve
+from analysis.context import RunContext, StageResult
+from analysis.options import BenchOptions, TrainOptions, default_text, flag_name, resolve
+from analysis.stages.registry import STAGES
 from models import build_generator, save_generator_dir
 
 
@@ -21,12 +22,12 @@ def help_text(parser) -> str:
 
 def test_every_stage_option_is_in_help_with_its_declared_default():
     text = help_text(run_analysis.build_parser())
-    for stage, cls in STAGE_OPTIONS.items():
-        for f in fields(cls):
-            assert flag_name(f, stage) in text, (stage, f.name)
+    for stage in STAGES:
+        for f in fields(stage.options):
+            assert flag_name(f, stage.name) in text, (stage.name, f.name)
             shown = default_text(f)
             if shown:
-                assert " ".join(shown.split()) in text, (stage, f.name, shown)
+                assert " ".join(shown.split()) in text, (stage.name, f.name, shown)
     assert "--train-steps STEPS iterations per method and seed (default 150; --quick 12)" in text
     assert "(default 10; on CPU 3)" in text   # --bench-repeats
 
@@ -154,7 +155,7 @@ def test_meta_records_the_resolved_options(tmp_path):
 
 def test_stage_record_holds_its_options(tmp_path, monkeypatch):
     from analysis.stages import report as report_stage
-    monkeypatch.setattr(report_stage, "run", lambda ctx: {"report": "report.md"})
+    monkeypatch.setattr(report_stage, "run", lambda ctx: StageResult(summary={"report": "report.md"}))
     ctx = RunContext(out=tmp_path)
     record = run_analysis.run_stage("report", ctx)
     assert record["options"] == {}

@@ -34,7 +34,7 @@ from data.labels import check_label_range, make_semantic
 
 from models import build_encoder, build_generator_from_config
 from training import losses
-from training import loop as train_loop
+from training import loop
 from models.checkpoint import save_generator_dir
 from training.checkpoint_store import (CHECKPOINT_FORMAT, check_trainer_state, match_state_layouts, read_checkpoint,
                                rng_state, save_checkpoint_file, seed_everything, set_rng_state)
@@ -291,7 +291,7 @@ class Trainer:
         ``data`` whose ICPE maps are of another mode than ``g_config.icpe_mode`` (the mode the
         exported generator.json records) is refused."""
         check_icpe_data(self.g_config, data, "the training data")
-        return train_loop.fit(self, data, **options)
+        return loop.fit(self, data, **options)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -28,20 +28,15 @@ import pandas as pd
 
 from fileio import write_text_atomic
 
-from analysis.report import paper
 from analysis.context import SYNTHETIC_DATAROOT
+from analysis.report import paper
 from analysis.report.findings import TABLE_STAGES, findings, render_findings
 from analysis.report.roi import format_value, to_markdown
+from analysis.stages.registry import reported_stages
 
-STAGE_ORDER = ("costs", "bench", "train", "probe", "convert", "eval")
-STAGE_TITLES = {
-    "costs": "Costs: parameters and GMACs of the official configurations",
-    "bench": "Benchmark: measured latency",
-    "train": "Training: SPADE, CLADE and CLADE-ICPE under one recipe",
-    "probe": "Probe: what the modulation layers do",
-    "convert": "SPADE converted to CLADE without training",
-    "eval": "Evaluation and return on investment",
-}
+# One section per stage, in the registry's order, under the registry's title.
+STAGE_ORDER = tuple(s.name for s in reported_stages())
+STAGE_TITLES = {s.name: s.title for s in reported_stages()}
 MAX_TABLE_ROWS = 20
 # A GitHub page shows about this much of a Markdown table before it scrolls sideways.
 MAX_TABLE_COLUMNS = 10

@@ -50,12 +50,14 @@ import pandas as pd
 
 from analysis.quality import stats
 from analysis.report.roi import LOWER_IS_BETTER, plotted_quality_columns
+from analysis.stages.registry import stage_writing
 
 SUPPORTED, NOT_SUPPORTED, WITHIN_NOISE = "supported", "not supported", "within noise on this data"
 NO_VERDICT, NOT_MEASURED, CONTEXT = "no verdict", "not measured", "context"
-# The stage that writes each table, for "not measured in this run (stage X skipped)".
-TABLE_STAGES = {"costs": "costs", "bench": "bench", "probe_resolutions": "probe", "probe_ablation": "probe",
-                "neighbourhood": "eval", "quality_seeds": "eval", "ablation_quality": "eval"}
+# The tables the claims read, each with the stage that writes it (the registry's), for "not measured in
+# this run (stage X skipped)".
+TABLE_STAGES = {name: stage_writing(name).name for name in ("costs", "bench", "probe_resolutions", "probe_ablation",
+                                                            "neighbourhood", "quality_seeds", "ablation_quality")}
 FRECHET_COLUMNS = ("fid", "fid_clean", "fd_proxy_features")
 
 

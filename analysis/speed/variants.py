@@ -55,7 +55,7 @@ from models import build_generator, fuse_for_inference
 from models.fast import accelerate, tune_cpu_allocator
 
 from analysis.speed.bench import environment, summarize_times, time_interleaved
-from analysis.context import RunContext
+from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.costs.formulas import closed_form_generator_costs
 from analysis.costs.layers import generator_inputs
 from analysis.options import CompareOptions, OptionParser, add_options, options_from_args
@@ -298,9 +298,9 @@ def _settings(ctx) -> dict:
             "vgg_weights": c.vgg_weights, "overrides": c.overrides or {}}
 
 
-def run_compare(ctx) -> dict:
+def run_compare(ctx: RunContext) -> StageResult:
     """Time the reference generators and their fused conversions on ``ctx.device``; write tables/speed_compare.csv and
-    figures/speed_compare.png; return a summary with their captions."""
+    figures/speed_compare.png (and tables/speed_train.csv with ``train``); return them with a summary."""
     s = _settings(ctx)
     torch.manual_seed(ctx.seed)
     df = compare(s["presets"], s["norms"], s["batch_sizes"], device=ctx.device, repeats=s["repeats"],
@@ -314,21 +314,20 @@ def run_compare(ctx) -> dict:
                     timing="variants of one generator interleaved round-robin (analysis.speed.bench.time_interleaved)")
     ctx.write_figure(speed_figure(df), "speed_compare")
     fused = df[df["variant"] == "fused"]
+    tables = [TableRef("tables/speed_compare.csv",
+                       "Latency of the official-equivalent and reference generators and of the fused "
+                       "model (models.fuse_for_inference) per preset, norm and batch (median/p90 ms "
+                       "interleaved, and median timed alone), with speedups and the max abs output "
+                       "difference to the reference against the stated tolerance; fraction_of_peak: "
+                       "achieved TFLOP/s (the reference program's fvcore MACs over the time; the fused "
+                       "model skips some, e.g. one-hot convs become gathers, so it can pass 1) over the "
+                       "peak named in peak_source.",
+                       ("preset", "norm", "batch", "variant", "median_ms", "speedup_vs_official_equiv",
+                        "alone_median_ms", "alone_speedup_vs_official_equiv", "max_abs_diff", "fraction_of_peak"))]
+    figures = [FigureRef("figures/speed_compare.png",
+                         "Median latency per norm and variant (reference or fused model); labels give the speedup "
+                         "over the official-equivalent path measured in the same run.")]
     summary = {
-        "tables": [{"file": "tables/speed_compare.csv",
-                    "caption": "Latency of the official-equivalent and reference generators and of the fused "
-                               "model (models.fuse_for_inference) per preset, norm and batch (median/p90 ms "
-                               "interleaved, and median timed alone), with speedups and the max abs output "
-                               "difference to the reference against the stated tolerance; fraction_of_peak: "
-                               "achieved TFLOP/s (the reference program's fvcore MACs over the time; the fused "
-                               "model skips some, e.g. one-hot convs become gathers, so it can pass 1) over the "
-                               "peak named in peak_source.",
-                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "speedup_vs_official_equiv",
-                                "alone_median_ms", "alone_speedup_vs_official_equiv", "max_abs_diff",
-                                "fraction_of_peak"]}],
-        "figures": [{"file": "figures/speed_compare.png",
-                     "caption": "Median latency per norm and variant (reference or fused model); labels give the speedup over the "
-                                "official-equivalent path measured in the same run."}],
         "fused_speedup_vs_official_equiv": {f"{r.preset}/{r.norm}/b{r.batch}": round(r.speedup_vs_official_equiv, 2)
                                             for r in fused.itertuples()},
         "all_within_tolerance": bool(df["within_tolerance"].all()),
@@ -336,12 +335,12 @@ def run_compare(ctx) -> dict:
     }
     if s["train"]:
         train = run_compare_training(ctx, s)
-        summary["tables"] += train.pop("tables")
-        summary.update(train)
-    return summary
+        tables += train.tables
+        summary.update(train.summary)
+    return StageResult(tables=tables, figures=figures, summary=summary)
 
 
-def run_compare_training(ctx, s: dict) -> dict:
+def run_compare_training(ctx: RunContext, s: dict) -> StageResult:
     """:func:`compare_training` for the settings' presets and norms; tables/speed_train.csv."""
     df = pd.concat([compare_training(preset, norm, s["train_batch_size"], device=ctx.device, repeats=s["train_repeats"],
                                      warmup=1, vgg_weights=s["vgg_weights"], compile=s["compile"], seed=ctx.seed,
@@ -352,18 +351,18 @@ def run_compare_training(ctx, s: dict) -> dict:
     ctx.write_table(df, "speed_train", settings=s, loss_tolerance=TRAIN_LOSS_TOLERANCE,
                     timing="recipes of one generator interleaved round-robin (analysis.speed.bench.time_interleaved)")
     best = df.loc[df.groupby("norm", sort=False)["images_per_s"].idxmax()]
-    return {
-        "tables": [{"file": "tables/speed_train.csv",
-                    "caption": "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
-                               "D step) per recipe: fp32 eager (official spectral norm) against spectral norm on the "
-                               "inputs, bf16 autocast and channels_last, images/s "
-                               "and speedup from one interleaved run; first-step losses against fp32 eager's.",
-                    "columns": ["preset", "norm", "batch", "variant", "median_ms", "images_per_s",
-                                "speedup_vs_fp32_eager", "first_step_max_rel_loss_diff", "within_tolerance"]}],
+    table = TableRef("tables/speed_train.csv",
+                     "One full training iteration (G step with GAN, feature-matching and VGG losses, then "
+                     "D step) per recipe: fp32 eager (official spectral norm) against spectral norm on the "
+                     "inputs, bf16 autocast and channels_last, images/s "
+                     "and speedup from one interleaved run; first-step losses against fp32 eager's.",
+                     ("preset", "norm", "batch", "variant", "median_ms", "images_per_s", "speedup_vs_fp32_eager",
+                      "first_step_max_rel_loss_diff", "within_tolerance"))
+    return StageResult(tables=[table], summary={
         "train_best_speedup_vs_fp32_eager": {f"{r.preset}/{r.norm}/b{r.batch}": f"{r.variant} {r.speedup_vs_fp32_eager:.2f}x"
                                              for r in best.itertuples()},
         "train_all_within_tolerance": bool(df["within_tolerance"].all()),
-    }
+    })
 
 
 def main(argv=None) -> int:

@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.speed.bench import bench_generators, bench_train_step, forward_fn, memory_method, profile_ops, time_interleaved
-from analysis.costs.figures import latency_vs_macs, op_breakdown
-from analysis.costs.layers import generator_inputs
 from models import build_generator, fuse_for_inference
 
-from analysis.speed import variants as speed
+from analysis.context import FigureRef, RunContext, StageResult, TableRef
+from analysis.costs.figures import latency_vs_macs, op_breakdown
+from analysis.costs.layers import generator_inputs
 from analysis.quality import stats
-from analysis.context import RunContext
+from analysis.speed import variants
+from analysis.speed.bench import (bench_generators, bench_train_step, forward_fn, memory_method, profile_ops,
+                                  time_interleaved)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def reference_kernel_ms(device, repeats: int = 15) -> list[float]:
     return [t * 1e3 for t in times]
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     s = _settings(ctx)
     torch.manual_seed(ctx.seed)
     log.info("bench settings: %s on %s", s, ctx.device)
@@ -69,13 +70,13 @@ def run(ctx: RunContext) -> dict:
     spade = bench[bench["norm"] == "spade"][keys + ["median_ms"]].rename(columns={"median_ms": "spade_ms"})
     bench["ratio_to_spade"] = bench["median_ms"] / bench[keys].merge(spade, how="left", on=keys)["spade_ms"].to_numpy()
     ctx.write_table(bench, "bench", **meta)
-    tables = [{"file": "tables/bench.csv",
-               "caption": "Generator forward latency (median, p10, p90 ms) and peak memory per preset, norm, batch, "
-                          "dtype and mode, with the ratio to SPADE from the same interleaved run; 'reliable' is "
-                          "False (and unreliable_reason says why) when the repeats spread too much or a reference "
-                          "matmul timed before and after the benchmark drifted: no speed verdict is drawn then.",
-               "columns": ["preset", "norm", "batch", "dtype", "mode", "median_ms", "p10_ms", "p90_ms",
-                           "ratio_to_spade", "reliable", "unreliable_reason"]}]
+    tables = [TableRef("tables/bench.csv",
+                       "Generator forward latency (median, p10, p90 ms) and peak memory per preset, norm, batch, "
+                       "dtype and mode, with the ratio to SPADE from the same interleaved run; 'reliable' is "
+                       "False (and unreliable_reason says why) when the repeats spread too much or a reference "
+                       "matmul timed before and after the benchmark drifted: no speed verdict is drawn then.",
+                       ("preset", "norm", "batch", "dtype", "mode", "median_ms", "p10_ms", "p90_ms",
+                        "ratio_to_spade", "reliable", "unreliable_reason"))]
     figures = []
 
     first = bench[(bench["batch"] == bench["batch"].min()) & (bench["dtype"] == s["dtypes"][0])
@@ -84,17 +85,17 @@ def run(ctx: RunContext) -> dict:
     ctx.write_figure(latency_vs_macs(points, title=f"Latency vs fvcore GMACs ({ctx.device}, batch "
                                                    f"{int(first['batch'].iloc[0])}, {s['dtypes'][0]}, eager)"),
                      "bench_latency_vs_macs")
-    figures.append({"file": "figures/bench_latency_vs_macs.png",
-                    "caption": "Measured latency against fvcore GMACs per generator; points above the dashed "
-                               "'time proportional to GMACs' line are slower than their MAC count predicts."})
+    figures.append(FigureRef("figures/bench_latency_vs_macs.png",
+                             "Measured latency against fvcore GMACs per generator; points above the dashed "
+                             "'time proportional to GMACs' line are slower than their MAC count predicts."))
 
     profile = _profile(s["presets"][0], s["norms"], ctx.device)
     ctx.write_table(profile, "bench_profile", **meta)
     ctx.write_figure(op_breakdown(profile), "bench_op_breakdown")
-    tables.append({"file": "tables/bench_profile.csv",
-                   "caption": "Top aten ops by CPU self time per generator (torch.profiler, batch 1, fp32)."})
-    figures.append({"file": "figures/bench_op_breakdown.png",
-                    "caption": "Share of profiled time per op for each generator: what dominates besides convolution."})
+    tables.append(TableRef("tables/bench_profile.csv",
+                           "Top aten ops by CPU self time per generator (torch.profiler, batch 1, fp32)."))
+    figures.append(FigureRef("figures/bench_op_breakdown.png",
+                             "Share of profiled time per op for each generator: what dominates besides convolution."))
 
     summary = {"device": ctx.device, "device_name": bench.device_name.iloc[0], "threads": int(bench.threads.iloc[0]),
                "latency_ms": first[["preset", "norm", "median_ms", "ratio_to_spade"]].to_dict("records"),
@@ -105,9 +106,9 @@ def run(ctx: RunContext) -> dict:
                                  repeats=max(2, s["repeats"] // 3), warmup=1)
         ctx.write_table(train, "bench_train_step", **meta, note="training.trainer.Trainer.train_step without the "
                         "VGG loss (it needs local VGG19 weights)")
-        tables.append({"file": "tables/bench_train_step.csv",
-                       "caption": "Images per second of a full training iteration (G step + D step, official "
-                                  "losses without VGG) per generator."})
+        tables.append(TableRef("tables/bench_train_step.csv",
+                               "Images per second of a full training iteration (G step + D step, official "
+                               "losses without VGG) per generator."))
         summary["train_images_per_s"] = train[["preset", "norm", "images_per_s"]].to_dict("records")
     unreliable = bench[~bench["reliable"]]
     notes = ([f"**Unreliable timing** in {len(unreliable)} of {len(bench)} rows (e.g. {unreliable.norm.iloc[0]}, "
@@ -115,15 +116,11 @@ def run(ctx: RunContext) -> dict:
               f"conclusion from them. Re-run the bench stage on a quiet machine."] if len(unreliable) else
              [f"Timing reliable: repeats within {stats.MAX_SPREAD:.0%} of their median and the reference matmul "
               f"within {stats.MAX_DRIFT:.0%} before vs after ({np.median(before):.3g} vs {np.median(after):.3g} ms)."])
-    summary.update(tables=tables, figures=figures, notes=notes)
+    result = StageResult(tables=tables, figures=figures, notes=notes, summary=summary)
     if ctx.bench.compare:
-        summary = _merge(summary, speed.run_compare(ctx))
-    return summary
-
-
-def _merge(mine: dict, theirs: dict) -> dict:
-    merged = {**theirs, **mine}
-    for key in ("tables", "figures"):
-        merged[key] = mine.get(key, []) + theirs.get(key, [])
-    merged["compare"] = {k: v for k, v in theirs.items() if k not in ("tables", "figures")}
-    return merged
+        compared = variants.run_compare(ctx)
+        result.tables += compared.tables
+        result.figures += compared.figures
+        result.notes += compared.notes
+        result.summary["compare"] = compared.summary
+    return result

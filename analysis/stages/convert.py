@@ -31,7 +31,7 @@ from models.checkpoint import GENERATOR_WEIGHTS
 from training.checkpoint_store import remove_training_state
 from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 
-from analysis.context import RunContext
+from analysis.context import RunContext, StageResult, TableRef
 from analysis.probe.convert import CONVERSION_RECORD, load_spade_generator, write_clade_dir
 from analysis.stages.probe import probe_batches
 from analysis.stages.train import training_dataset, vgg_status
@@ -94,12 +94,12 @@ def check_finetune_data(ctx: RunContext, config, steps: int) -> None:
                          f"{synthetic['label_nc']} classes)")
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     opts = ctx.convert
     source, reason = spade_source(ctx)
     if source is None:
         log.info("[convert] nothing converted: %s", reason)
-        return {"skipped": reason, "notes": [f"Nothing converted: {reason}."]}
+        return StageResult(summary={"skipped": reason}, notes=[f"Nothing converted: {reason}."])
     spade = load_spade_generator(source, preset=ctx.preset, device=ctx.device).eval()
     check_finetune_data(ctx, spade.config, opts.finetune_steps)
     batches, images_text, stand_in = probe_batches(ctx, spade.config, opts.images, ctx.train.batch_size)
@@ -120,7 +120,7 @@ def run(ctx: RunContext) -> dict:
              f"overall mean. The eval stage scores `{CONVERTED}`"
              + (f" and `{FINETUNED}` ({opts.finetune_steps} fine-tuning steps, fresh discriminator)."
                 if opts.finetune_steps > 0 else ".")]
-    return {"source": str(source), "checkpoints": [str(ctx.checkpoint_dir(r["model"])) for r in rows],
-            "notes": notes, "proxy": [f"convert: {images_text}"] if stand_in else [],
-            "tables": [{"file": "tables/conversion.csv",
-                        "caption": "SPADE converted to CLADE: label maps averaged, seconds, fine-tuning steps."}]}
+    return StageResult(summary={"source": str(source), "checkpoints": [str(ctx.checkpoint_dir(r["model"])) for r in rows]},
+                       notes=notes, proxy=[f"convert: {images_text}"] if stand_in else [],
+                       tables=[TableRef("tables/conversion.csv", "SPADE converted to CLADE: label maps averaged, "
+                                                                 "seconds, fine-tuning steps.")])

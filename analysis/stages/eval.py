@@ -46,12 +46,12 @@ from training.sample_grid import colorize_labels
 
 from analysis.quality import fid_protocol
 from analysis.quality import metrics
-from analysis.quality import seeds as quality_seeds
+from analysis.quality import seeds
 from analysis.report import roi
 from analysis.quality import segmenters
 from analysis.quality import stats
 from analysis.speed.bench import summarize_times, time_interleaved
-from analysis.context import RunContext
+from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.costs.layers import generator_inputs, is_modulation, layer_costs
 from analysis.options import EvalOptions
 from analysis.probe.variance import capture_modulation_statistics
@@ -249,7 +249,7 @@ def feature_extractors(opts: EvalOptions, proxy, device) -> tuple[dict, list[str
 
 # --- the stage ----------------------------------------------------------------------------
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     opts = ctx.eval
     device = torch.device(ctx.device)
     skip = set(release.release_folders(ctx.checkpoint_root))   # official release folders: no generator.json
@@ -324,7 +324,7 @@ def run_variant(folder: Path, generator, name: str) -> dict:
     h, w = cfg.output_size
     info = {"method": method_name(name), "norm": cfg.norm, "seed": 0, "steps": float("nan"),
             "spade_kernel_size": cfg.spade_kernel_size, "mask_factor": 1}
-    path = folder / quality_seeds.VARIANT_FILE
+    path = folder / seeds.VARIANT_FILE
     if path.is_file():
         info.update(json.loads(path.read_text()))
     seed = int(info["seed"])
@@ -353,7 +353,7 @@ def score_runs(ctx, opts, generators: dict, runs: dict, val: dict, floor, segmen
     at full mask resolution (every layer, then each resolution stage). Frechet columns are
     against the real val images, except those in ``fixed`` ({column: ActivationStats}, e.g. the
     official protocol's training-set FID statistics: no bootstrap interval)."""
-    real_scores = quality_seeds.image_scores(val["image"], val["label"], segmenter, extractors, opts.batch_size,
+    real_scores = seeds.image_scores(val["image"], val["label"], segmenter, extractors, opts.batch_size,
                                              device)
     rows, ablation, samples = [], [], {"real image": val["image"][:4]}
     for name, generator in tqdm(generators.items(), desc="eval runs"):
@@ -362,19 +362,19 @@ def score_runs(ctx, opts, generators: dict, runs: dict, val: dict, floor, segmen
         images = generate(generator, data, opts.batch_size, device)
         if r["seed"] == 0:
             samples[r["method"] if r["run"] in registered_norms() or r["run"] in CONVERTED_NAMES else r["run"]] = images[:4]
-        scores = quality_seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
+        scores = seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
         keys = {k: r[k] for k in ("run", "method", "norm", "seed", "steps", "spade_kernel_size", "mask_resolution")}
-        row = {**keys, "images": len(images), **quality_seeds.quality_row(scores, real_scores, extractors,
+        row = {**keys, "images": len(images), **seeds.quality_row(scores, real_scores, extractors,
                                                                           suffix=suffix, seed=ctx.seed, fixed=fixed)}
         rows.append(row)
         if r["norm"] == "spade" and r["spade_kernel_size"] == 3 and r["mask_factor"] == 1:
             ablation += class_mean_rows(ctx, opts, generator, val, row, real_scores, segmenter, extractors, suffix,
                                         device, fixed)
     real = {"run": "real", "method": "real images", "norm": "real", "seed": 0, "images": len(val["image"]),
-            **quality_seeds.quality_row(real_scores, None, extractors, suffix=suffix, seed=ctx.seed)}
+            **seeds.quality_row(real_scores, None, extractors, suffix=suffix, seed=ctx.seed)}
     if floor is not None:   # other real images against the val images: the Frechet noise floor
-        other = quality_seeds.image_scores(floor["image"], floor["label"], None, extractors, opts.batch_size, device)
-        real.update(quality_seeds.quality_row(other, real_scores, extractors, suffix=suffix, seed=ctx.seed,
+        other = seeds.image_scores(floor["image"], floor["label"], None, extractors, opts.batch_size, device)
+        real.update(seeds.quality_row(other, real_scores, extractors, suffix=suffix, seed=ctx.seed,
                                               fixed=fixed))
     rows.append(real)
     return pd.DataFrame(rows), pd.DataFrame(ablation), samples
@@ -392,12 +392,12 @@ def class_mean_rows(ctx, opts, generator, val: dict, unablated: dict, real_score
     metric_columns = {k: v for k, v in unablated.items() if k not in (*keys, "run", "method", "spade_kernel_size",
                                                                        "mask_resolution", "images")}
     out = [{**keys, "ablated": "none", "images": unablated["images"], **metric_columns}]
-    stages = {"all": None, **quality_seeds.resolution_stages(captured)}
+    stages = {"all": None, **seeds.resolution_stages(captured)}
     for ablated, layers in stages.items():
-        images = quality_seeds.ablated_images(generator, val, captured, layers, opts.batch_size, device)
-        scores = quality_seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
+        images = seeds.ablated_images(generator, val, captured, layers, opts.batch_size, device)
+        scores = seeds.image_scores(images, val["label"], segmenter, extractors, opts.batch_size, device)
         out.append({**keys, "ablated": ablated, "images": len(images),
-                    **quality_seeds.quality_row(scores, real_scores, extractors, suffix=suffix, seed=ctx.seed,
+                    **seeds.quality_row(scores, real_scores, extractors, suffix=suffix, seed=ctx.seed,
                                                 fixed=fixed)})
     return out
 
@@ -426,8 +426,8 @@ def _inception_present(opts: EvalOptions) -> bool:
 
 def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg,
                   notes: list, segmenter, extractors: dict, fid_reference: dict | None = None, *,
-                  quality: pd.DataFrame, ablation: pd.DataFrame, neighbourhood: pd.DataFrame) -> dict:
-    """Tables (CSV + Markdown), figures and the stage summary."""
+                  quality: pd.DataFrame, ablation: pd.DataFrame, neighbourhood: pd.DataFrame) -> StageResult:
+    """Tables (CSV + Markdown), figures and the stage's result."""
     timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
     meta = dict(eval_images=opts.images, segmenter=segmenter.description,
                 latency=f"median of {opts.latency_repeats} forward passes ({timing})", fid_reference=fid_reference)
@@ -452,56 +452,56 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
     fd_note = (f"fd_proxy_features: Frechet distance between {opts.images} generated and real val images "
                f"on the proxy segmenter's pooled penultimate features (not FID); the 'real images' row "
                f"gives it for {opts.images} other real images, the noise floor at this sample count.")
-    return {
-        "methods": table.loc[table.norm != "real", "norm"].tolist(),
-        "eval_images": opts.images,
-        "segmenter": segmenter.description,
-        "notes": notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
-                          f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
-                          f"median of {opts.latency_repeats} forward passes ({timing}) "
-                          f"timed round-robin with the other methods in this run."],
-        "proxy": ([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
-        "tables": [
-            {"file": "tables/evaluation.csv",
-             "caption": f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
-                        f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
-                        f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
-                        f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
-                        f"model's params, GMACs and measured latency."},
-            {"file": "tables/quality_seeds.csv",
-             "caption": f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
-                        f"val label maps, with the 95 % percentile bootstrap interval over those images "
-                        f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
-             "columns": [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
-                         if c in quality]},
-            *([{"file": "tables/ablation_quality.csv",
-                "caption": "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
-                           "class means in every layer ('all') or in the layers of one resolution stage, scored "
-                           "like the methods (bootstrap intervals in the CSV).",
-                "columns": [c for c in ("model", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation]}]
+    return StageResult(
+        summary={"methods": table.loc[table.norm != "real", "norm"].tolist(), "eval_images": opts.images,
+                 "segmenter": segmenter.description},
+        notes=notes + [proxy_note] + ([fd_note] if "fd_proxy_features" in extractors else []) + [
+            f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
+            f"median of {opts.latency_repeats} forward passes ({timing}) "
+            f"timed round-robin with the other methods in this run."],
+        proxy=([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
+        tables=[
+            TableRef("tables/evaluation.csv",
+                     f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
+                     f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % Student-t interval over "
+                     f"seeds) on {opts.images} val label maps (Frechet distances, segmentation scores"
+                     f"{' from the proxy segmenter' if segmenter.is_proxy else ''}) next to the seed-0 "
+                     f"model's params, GMACs and measured latency."),
+            TableRef("tables/seeds.csv",
+                     f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
+                     f"val label maps, with the 95 % percentile bootstrap interval over those images "
+                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is the noise floor.",
+                     [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
+                      if c in quality]),
+            *([TableRef("tables/ablation_quality.csv",
+                        "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
+                        "class means in every layer ('all') or in the layers of one resolution stage, scored "
+                        "like the methods (bootstrap intervals in the CSV).",
+                        [c for c in ("model", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
               if not ablation.empty else []),
-            {"file": "tables/neighbourhood.csv",
-             "caption": f"Share of pixels whose 3x3 neighbourhood holds a single class in the "
-                        f"{int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's norm layers: there SPADE's 3x3 conv "
-                        "sees one class only and cannot be more than class-adaptive."},
-            {"file": "tables/roi.csv",
-             "caption": "Costs and qualities per method; pareto_<cost> says whether no other method is at "
-                        "least as cheap on that axis and at least as good on every quality column."},
-            {"file": "tables/roi_modulation.csv",
-             "caption": "Extra GMACs and parameters each method spends in its modulation layers over the "
-                        "cheapest one, and the quality difference they buy (delta_<metric>: negative is "
-                        "better for Frechet distances, positive for mIoU and accuracy)."},
+            TableRef("tables/neighbourhood.csv",
+                     f"Share of pixels whose 3x3 neighbourhood holds a single class in the "
+                     f"{int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's "
+                     "norm layers: there SPADE's 3x3 conv sees one class only and cannot be more than "
+                     "class-adaptive."),
+            TableRef("tables/roi.csv",
+                     "Costs and qualities per method; pareto_<cost> says whether no other method is at "
+                     "least as cheap on that axis and at least as good on every quality column."),
+            TableRef("tables/roi_modulation.csv",
+                     "Extra GMACs and parameters each method spends in its modulation layers over the "
+                     "cheapest one, and the quality difference they buy (delta_<metric>: negative is "
+                     "better for Frechet distances, positive for mIoU and accuracy)."),
         ],
-        "figures": [
-            {"file": "figures/eval_samples.png",
-             "caption": "Val label maps, the real images and each method's generated images for the same maps."},
-            {"file": "figures/roi_quality_vs_cost.png",
-             "caption": "Quality against GMACs, parameters and measured latency per method, with the "
-                        "Pareto front dashed and dominated methods drawn as crosses."},
-            {"file": "figures/roi_modulation.png",
-             "caption": "Quality against the GMACs each method spends in its modulation layers."},
+        figures=[
+            FigureRef("figures/eval_samples.png",
+                      "Val label maps, the real images and each method's generated images for the same maps."),
+            FigureRef("figures/roi_quality_vs_cost.png",
+                      "Quality against GMACs, parameters and measured latency per method, with the "
+                      "Pareto front dashed and dominated methods drawn as crosses."),
+            FigureRef("figures/roi_modulation.png",
+                      "Quality against the GMACs each method spends in its modulation layers."),
         ],
-    }
+    )
 
 
 def sample_grid(samples: dict, labels: torch.Tensor, class_nc: int):

@@ -41,9 +41,9 @@ from models.presets import OFFICIAL_ICPE_MODE
 from data.presets import DATASETS
 from data.synthetic import SyntheticScenes
 
-from analysis.probe import variance as probe
-from analysis.probe import ablation as probe_ablation
-from analysis.context import RunContext
+from analysis.probe import variance
+from analysis.probe.ablation import ablation_effects
+from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.options import ProbeOptions
 from analysis.quality.seeds import VARIANT_FILE
 from analysis.probe.figures import plot_modulation_maps, plot_ratio_bars, plot_ratio_heatmap
@@ -114,9 +114,9 @@ def find_generators(ctx: RunContext, opts: ProbeOptions) -> dict[str, tuple[str,
 
 def probe_batches(ctx: RunContext, config, images: int, batch_size: int) -> tuple[list[dict], str, bool]:
     """(batches of val samples for ``config``, description, whether they are a stand-in); their
-    ICPE maps are in the generator's mode (``probe.position_mode``)."""
+    ICPE maps are in the generator's mode (``variance.position_mode``)."""
     h, w = config.output_size
-    mode = probe.position_mode(config)
+    mode = variance.position_mode(config)
     if ctx.dataroot is not None:
         dataset = ctx.dataset("val", with_dist=True, icpe_mode=mode, max_samples=images)
         items = [dataset[i] for i in range(min(images, len(dataset)))]
@@ -151,7 +151,7 @@ def _remap(item: dict, config, rng: torch.Generator) -> dict:
     def resize(t):
         return torch.nn.functional.interpolate(t[None].float(), size=config.output_size, mode="nearest")[0].long()
     label = table[resize(item["label"])]
-    dist = probe.label_icpe(label, config)[0]
+    dist = variance.label_icpe(label, config)[0]
     return {"label": label, "instance": resize(item["instance"]), "dist": dist}
 
 
@@ -163,7 +163,7 @@ def _stack(items: list[dict], batch_size: int) -> list[dict]:
 
 # --- the stage -------------------------------------------------------------------------------
 
-def map_layers(stats: probe.ProbeStatistics, count: int = 3) -> list[str]:
+def map_layers(stats: variance.ProbeStatistics, count: int = 3) -> list[str]:
     """The first layer of each of the ``count`` highest resolutions (for the example maps)."""
     first = {}
     for name, layer in stats.layers.items():
@@ -178,21 +178,21 @@ def probe_model(name: str, generator, batches: list[dict], opts: ProbeOptions, b
     (default ``opts.ablation_images``), each layer alone too when ``per_layer``. ``run`` / ``seed``:
     the training run and seed it belongs to (several seeds of one run give intervals)."""
     cfg = generator.config
-    stats = probe.capture_modulation_statistics(generator, batches, basis=opts.basis)
+    stats = variance.capture_modulation_statistics(generator, batches, basis=opts.basis)
     ids = dict(model=name, run=run or name, seed=seed, norm=cfg.norm,
                spade_kernel_size=cfg.spade_kernel_size if cfg.norm == "spade" else pd.NA)
-    channels = probe.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
+    channels = variance.variance_decomposition(stats, opts.exclude_dontcare).assign(**ids)
     count = ablation_images or opts.ablation_images
     ablation_batches = batches[: max(1, -(-count // batch_size))]
-    ablation = probe_ablation.ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
-    maps = probe.modulation_maps(generator, batches[0], map_layers(stats))
+    ablation = ablation_effects(generator, stats, ablation_batches, per_layer=per_layer).assign(**ids)
+    maps = variance.modulation_maps(generator, batches[0], map_layers(stats))
     figure = plot_modulation_maps(maps, channels, cfg.class_nc,
                                   title=f"{name}: gamma (scale) maps of one val image next to its label map"
                                         + (" (STAND-IN label map)" if stand_in else ""))
     return channels, ablation, figure
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     opts = ctx.probe
     generators = find_generators(ctx, opts)
     channels, ablations, sources, data, stand_in = [], [], {}, {}, False
@@ -225,17 +225,17 @@ def run(ctx: RunContext) -> dict:
         if seed:
             plt.close(maps_figure)
             continue
-        figures.append({"file": str(ctx.write_figure(maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
-                        "caption": f"{name}: the three highest-variance gamma channels of the three "
-                                   f"highest-resolution layers for one image, beside its label map.{note}"})
-        figures.append({"file": str(ctx.write_figure(plot_ratio_heatmap(model_channels, name),
-                                                     f"probe_heatmap_{name}").relative_to(ctx.out)),
-                        "caption": f"{name}: semantic ratio of every channel of every modulation layer "
-                                   f"(channels sorted within each layer).{note}"})
+        figures.append(FigureRef(str(ctx.write_figure(maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
+                                 f"{name}: the three highest-variance gamma channels of the three "
+                                 f"highest-resolution layers for one image, beside its label map.{note}"))
+        figures.append(FigureRef(str(ctx.write_figure(plot_ratio_heatmap(model_channels, name),
+                                                      f"probe_heatmap_{name}").relative_to(ctx.out)),
+                                 f"{name}: semantic ratio of every channel of every modulation layer "
+                                 f"(channels sorted within each layer).{note}"))
     kernel = {"spade_kernel_size": "Int64"}  # nullable integer: a SPADE option, NA for CLADE
     channels = pd.concat(channels, ignore_index=True).astype(kernel)
-    layers = probe.layer_summary(channels)
-    resolutions = probe.resolution_summary(channels)
+    layers = variance.layer_summary(channels)
+    resolutions = variance.resolution_summary(channels)
     ablation = pd.concat(ablations, ignore_index=True).astype(kernel)
     note = " Stand-in label maps (no real dataset)." if stand_in else ""
     # A model whose ratio is 1 in every layer (CLADE: per-class tables) gets a line of text, not a panel.
@@ -244,15 +244,14 @@ def run(ctx: RunContext) -> dict:
                 if g.semantic_ratio_weighted.dropna().between(1 - 1e-6, 1 + 1e-6).all()]
     drawn = first_seed[~first_seed.model.isin(constant)] if len(constant) < first_seed.model.nunique() else first_seed
     constant = [m for m in constant if m not in set(drawn.model)]
-    figures.insert(0, {"file": str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars")
-                                   .relative_to(ctx.out)),
-                       "caption": "Share of each modulation layer's gamma / beta variance explained by the "
-                                  f"class (semantic), by position within the class region (ICPE "
-                                  f"regression) and neither, layers by depth.{note}"
-                                  + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
-                                     f"by construction (gamma / beta are per-class tables)." if constant else "")})
+    figures.insert(0, FigureRef(str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars").relative_to(ctx.out)),
+                                "Share of each modulation layer's gamma / beta variance explained by the "
+                                f"class (semantic), by position within the class region (ICPE "
+                                f"regression) and neither, layers by depth.{note}"
+                                + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
+                                   f"by construction (gamma / beta are per-class tables)." if constant else "")))
     meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
-                ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=probe.BASES[opts.basis],
+                ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=variance.BASES[opts.basis],
                 dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
                 positions="ICPE map given to the generator, in the mode a CLADE-ICPE generator was trained "
                           "with (else corrected), nearest-resized to each layer",
@@ -277,13 +276,13 @@ def run(ctx: RunContext) -> dict:
     for df, table in ((layers, "probe_layers"), (channels, "probe_channels"),
                       (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
         path = ctx.write_table(df, table, bulk=table == "probe_channels", **meta).relative_to(ctx.out)
-        tables.append({"file": str(path), "caption": captions[table] + note,
-                       **({"columns": shown[table]} if table in shown else {})})
+        tables.append(TableRef(str(path), captions[table] + note, shown.get(table)))
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
     probed = "; ".join(f"{n}: {c['images']} images, ablation on {c['ablation_images']}"
                        + ("" if c["per_layer_ablation"] else " (all layers at once only; --probe-checkpoint-per-layer "
                                                               "for each layer alone)") for n, c in counts.items())
-    return {"models": list(generators), "images": counts, "stand_in": stand_in,
-            "notes": [f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images)."],
-            "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()},
-            "figures": figures, "tables": tables}
+    return StageResult(
+        summary={"models": list(generators), "images": counts, "stand_in": stand_in,
+                 "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()}},
+        notes=[f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images)."],
+        figures=figures, tables=tables)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 
-from analysis.context import RunContext
+from analysis.context import RunContext, StageResult
 from analysis.report.assemble import STAGE_ORDER, read_records, write_report
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     # With --checkpoints the models come from elsewhere: training is not expected.
     stages = [s for s in STAGE_ORDER if not (s == "train" and ctx.checkpoints is not None)]
     meta = ctx.meta(**({"checkpoints": str(ctx.checkpoints)} if ctx.checkpoints is not None else {}))
@@ -22,4 +22,4 @@ def run(ctx: RunContext) -> dict:
     if missing:
         log.warning("report without stages %s (run them, then the report stage with --force)", missing)
     log.info("report: %s", path)
-    return {"report": path.name, "stages_included": present, "stages_missing": missing}
+    return StageResult(summary={"report": path.name, "stages_included": present, "stages_missing": missing})

@@ -47,7 +47,7 @@ from models.registry import norm_spec
 from training.trainer import Trainer, TrainRecipe, discriminator_config_for
 from training.vgg import VGGWeightsMissingError, resolve_vgg_weights
 
-from analysis.context import RunContext
+from analysis.context import FigureRef, RunContext, StageResult, TableRef
 from analysis.quality.seeds import VARIANT_FILE
 from analysis.options import options_dict
 
@@ -201,7 +201,7 @@ def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
     return fig
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> StageResult:
     s = settings(ctx)
     threads = torch.get_num_threads()
     if ctx.train.threads is not None:
@@ -238,22 +238,22 @@ def run(ctx: RunContext) -> dict:
     budget_text = (f"{s['planned_steps']} steps planned per run, {'/'.join(map(str, steps))} run"
                    + (f" (cut by the {s['max_seconds']:.0f} s time cap)" if capped else "")
                    + f", {s['seeds']} seed(s), batch {s['batch_size']}, {s['crop_size']}x{s['crop_size']}, ngf {s['ngf']}")
-    return {
-        "settings": s, "vgg": vgg_text, "steps": budget["steps"], "budget": budget_text,
-        "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in results},
-        "results": table.to_dict(orient="records"),
-        "notes": [f"Budget: {budget_text}; {len(results)} training runs, "
-                  f"{table.seconds.sum():.0f} s of training in all."]
-                 + ([f"Unequal steps: {table.groupby('run').steps.first().to_dict()}"] if len(steps) > 1 else []),
-        "figures": [{"file": "figures/train_losses.png",
-                     "caption": f"Training losses of seed 0's runs ({', '.join(first)}) under the same recipe, "
-                                f"data order and {budget['steps']}-step budget (VGG loss {vgg_text})."}],
-        "tables": [{"file": "tables/training.csv",
-                    "caption": f"Every training run (method, seed, steps run of {s['planned_steps']} planned, "
-                               "time-cap flag, seconds, images/s, mean losses over the first and last 10% of "
-                               "training).",
-                    "columns": ["run", "method", "seed", "steps", "planned_steps", "stopped_by_time_cap", "seconds",
-                                "images_per_s"]}]
-                  + [{"file": f"tables/train_log_{n}.csv", "caption": f"Logged losses of {n} (seed 0) during training."}
-                     for n in first],
-    }
+    return StageResult(
+        summary={"settings": s, "vgg": vgg_text, "steps": budget["steps"], "budget": budget_text,
+                 "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in results},
+                 "results": table.to_dict(orient="records")},
+        notes=[f"Budget: {budget_text}; {len(results)} training runs, "
+               f"{table.seconds.sum():.0f} s of training in all."]
+              + ([f"Unequal steps: {table.groupby('run').steps.first().to_dict()}"] if len(steps) > 1 else []),
+        figures=[FigureRef("figures/train_losses.png",
+                           f"Training losses of seed 0's runs ({', '.join(first)}) under the same recipe, "
+                           f"data order and {budget['steps']}-step budget (VGG loss {vgg_text}).")],
+        tables=[TableRef("tables/training.csv",
+                         f"Every training run (method, seed, steps run of {s['planned_steps']} planned, "
+                         "time-cap flag, seconds, images/s, mean losses over the first and last 10% of "
+                         "training).",
+                         ("run", "method", "seed", "steps", "planned_steps", "stopped_by_time_cap", "seconds",
+                          "images_per_s"))]
+               + [TableRef(f"tables/train_log_{n}.csv", f"Logged losses of {n} (seed 0) during training.")
+                  for n in first],
+    )

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 
 import run_analysis
 import train
+from analysis.context import StageResult
 from analysis.quality.metrics import FID_WEIGHTS_FILE, load_fid_inception
 from analysis.report.assemble import build_report
 from fileio import FolderLocked, WeightsFileError, folder_lock
@@ -43,10 +43,10 @@ def fake_stages(monkeypatch):
     summary has a "settings" entry of its own, as the train stage's has."""
     runs = []
 
-    def module(name):
-        return types.SimpleNamespace(run=lambda ctx: runs.append((name, ctx.seed, ctx.preset)) or {"settings": {"x": 1}})
+    def runner(stage):
+        return lambda ctx: runs.append((stage.name, ctx.seed, ctx.preset)) or StageResult(summary={"settings": {"x": 1}})
 
-    monkeypatch.setattr(run_analysis, "stage_module", module)
+    monkeypatch.setattr(run_analysis, "stage_runner", runner)
     return runs
 
 
@@ -150,12 +150,12 @@ def test_stale_lock_is_taken_over(tmp_path, caplog):
 
 @pytest.mark.reliability("clear_error")
 def test_stage_error_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
-    def broken(name):
+    def broken(stage):
         def run(ctx):
             raise OSError(28, "No space left on device", str(ctx.out / "tables" / "x.csv"))
-        return types.SimpleNamespace(run=run)
+        return run
 
-    monkeypatch.setattr(run_analysis, "stage_module", broken)
+    monkeypatch.setattr(run_analysis, "stage_runner", broken)
     message = _fails(["costs", "--out", str(tmp_path / "o"), "--device", "cpu"], capsys)
     assert "No space left" in message and "x.csv" in message and "--debug" in message
     with pytest.raises(OSError):
@@ -276,18 +276,18 @@ def test_train_cli_refuses_missing_vgg_weights_file_up_front(tmp_path, capsys):
 
 @pytest.mark.reliability("clear_error")
 def test_interrupted_stage_is_one_line_with_the_way_to_continue(tmp_path, capsys, monkeypatch):
-    def interrupted(name):
+    def interrupted(stage):
         def run(ctx):
             raise TrainingInterrupted("SIGTERM: stopped at step 6; checkpoint x.pt saved", signum=15, step=6,
                                       checkpoint=None)
-        return types.SimpleNamespace(run=run)
+        return run
 
-    monkeypatch.setattr(run_analysis, "stage_module", interrupted)
+    monkeypatch.setattr(run_analysis, "stage_runner", interrupted)
     assert run_analysis.main(["train", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 143
     err = capsys.readouterr().err
     assert "Traceback" not in err and "SIGTERM: stopped at step 6" in err and "run the same command again" in err
-    monkeypatch.setattr(run_analysis, "stage_module",
-                        lambda name: types.SimpleNamespace(run=lambda ctx: (_ for _ in ()).throw(KeyboardInterrupt())))
+    monkeypatch.setattr(run_analysis, "stage_runner",
+                        lambda stage: lambda ctx: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert run_analysis.main(["costs", "--out", str(tmp_path / "o2"), "--device", "cpu"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted; the stages that finished are kept" in err

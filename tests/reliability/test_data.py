@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import types
 import zlib
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from PIL import Image
 
 import run_analysis
 import train
-from analysis.context import RunContext
+from analysis.context import RunContext, StageResult
 from data.datasets import build_dataset, custom_has_instances
 from data.presets import check_data_source
 from tests.data.fake_layouts import (random_label, save_map, save_photo, write_ade20k, write_cityscapes, write_coco,
@@ -308,9 +307,9 @@ def test_run_analysis_has_skip_invalid_and_records_the_count(tmp_path, monkeypat
 
     def stage(ctx):
         dataset = ctx.dataset("train")
-        return {"samples": len(dataset)}
+        return StageResult(summary={"samples": len(dataset)})
 
-    monkeypatch.setattr(run_analysis, "stage_module", lambda name: types.SimpleNamespace(run=stage))
+    monkeypatch.setattr(run_analysis, "stage_runner", lambda _: stage)
     out = tmp_path / "out"
     argv = ["train", "--preset", "coco-stuff", "--dataroot", str(root), "--out", str(out)]
     assert run_analysis.main(argv + ["--skip-invalid"]) == 0

@@ -310,7 +310,7 @@ def test_run_analysis_train_stage_writes_checkpoints_tables_and_figure(tmp_path)
 
     ctx = RunContext(out=tmp_path, quick=True, train=TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=SIZE,
                                                                  seeds=1, kernel_variants=False, mask_factor=1))
-    summary = stage.run(ctx)
+    summary = stage.run(ctx).record()
     assert summary["vgg"].startswith(("off (weights not found)", "on"))
     for norm in ("spade", "clade", "clade-icpe"):
         G = load_generator_dir(ctx.checkpoint_dir(norm))
@@ -332,7 +332,7 @@ def test_stage_time_cap_gives_later_methods_the_same_steps(tmp_path):
 
     options = TrainOptions(steps=50, ngf=4, ndf=8, batch_size=2, crop_size=SIZE, max_seconds=1e-9,
                            norms=("clade", "clade-icpe"), seeds=1, kernel_variants=False, mask_factor=1)
-    summary = stage.run(RunContext(out=tmp_path, quick=True, train=options))
+    summary = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
     assert summary["steps"] == 1
     assert [r["steps"] for r in summary["results"]] == [1, 1]
     assert summary["results"][0]["stopped_by_time_cap"] and summary["results"][0]["planned_steps"] == 50

@@ -263,7 +263,7 @@ def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "cost_tables", functools.partial(cost_tables.cost_tables, ngf=4, crop_size=64))
     from analysis.options import CostsOptions
     ctx = RunContext(out=tmp_path, quick=True, costs=CostsOptions(presets=("ade20k",), norms=("spade", "clade")))
-    summary = stage.run(ctx)
+    summary = stage.run(ctx).record()
     import pandas as pd
     table = pd.read_csv(tmp_path / "tables" / "costs.csv")
     assert {"preset", "norm", "params", "modulation_params", "gmacs_fvcore", "modulation_gmacs_fvcore",
@@ -276,7 +276,7 @@ def test_costs_stage_writes_tables_and_figures(tmp_path, monkeypatch):
         assert (tmp_path / item["file"]).exists() and item["caption"]
     assert summary["crosschecks_failed"] == 0
     # the report shows a compact choice of columns, all of them in the CSV
-    assert summary["tables"][0]["columns"] == stage.REPORT_COLUMNS and set(stage.REPORT_COLUMNS) <= set(table)
+    assert summary["tables"][0]["columns"] == list(stage.REPORT_COLUMNS) and set(stage.REPORT_COLUMNS) <= set(table)
     assert table.set_index("norm").loc["spade", "gmacs_fvcore_vs_spade"] == 1
 
 

@@ -199,7 +199,7 @@ def test_convert_stage_without_a_spade_generator_is_skipped(tmp_path):
 def test_convert_stage_writes_nothing_into_a_checkpoints_folder_given_by_the_user(tmp_path):
     save_generator_dir(build_generator("synthetic", "spade", ngf=4, crop_size=32), tmp_path / "mine" / "spade")
     ctx = RunContext(out=tmp_path / "run", checkpoints=tmp_path / "mine", quick=True)
-    record = convert_stage.run(ctx)
+    record = convert_stage.run(ctx).record()
     assert "left as it is" in record["skipped"] and record["notes"]
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["spade"]
 

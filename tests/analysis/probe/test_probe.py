@@ -248,7 +248,7 @@ def test_stage_probes_every_checkpoint_folder(tmp_path):
         save_generator_dir(tiny(norm, **options), tmp_path / "ckpt" / name)
     ctx = RunContext(out=tmp_path / "out", checkpoints=tmp_path / "ckpt", quick=True,
                      probe=ProbeOptions(images=2))
-    summary = stage.run(ctx)
+    summary = stage.run(ctx).record()
     layers = pd.read_csv(tmp_path / "out" / "tables" / "probe_layers.csv")
     for column in ("model", "norm", "layer", "resolution", "param", "semantic_ratio", "positional_ratio",
                    "residual_ratio", "semantic_ratio_weighted", "positional_ratio_weighted",

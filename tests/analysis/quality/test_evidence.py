@@ -94,7 +94,7 @@ def test_probing_a_checkpoint_uses_the_small_default_budget_and_says_so(tmp_path
 
     save_generator_dir(build_generator("synthetic", "spade", ngf=4, crop_size=32), tmp_path / "g")
     ctx = RunContext(out=tmp_path / "out", quick=True, probe=ProbeOptions(checkpoint=tmp_path / "g", checkpoint_images=2))
-    summary = stage.run(ctx)
+    summary = stage.run(ctx).record()
     ablation = pd.read_csv(tmp_path / "out" / "tables" / "probe_ablation.csv")
     assert set(ablation.ablated) == {"all"} and (ablation.images == 2).all()
     assert "2 images, ablation on 2 (all layers at once only" in summary["notes"][0]

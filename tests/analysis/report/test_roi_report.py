@@ -193,7 +193,7 @@ def test_report_narrows_wide_tables_without_a_column_choice(tmp_path):
 def test_report_stage_records_what_it_included(run_folder):
     from analysis.stages import report as report_stage
 
-    summary = report_stage.run(run_folder)
+    summary = report_stage.run(run_folder).record()
     assert summary["stages_included"] == ["costs", "eval"]
     assert summary["stages_missing"] == ["bench", "train", "probe", "convert"]
     assert (run_folder.out / summary["report"]).is_file()
@@ -203,7 +203,7 @@ def test_report_for_existing_checkpoints_does_not_ask_for_training(run_folder, t
     from analysis.stages import report as report_stage
 
     run_folder.checkpoints = tmp_path / "ckpts"
-    summary = report_stage.run(run_folder)
+    summary = report_stage.run(run_folder).record()
     assert summary["stages_missing"] == ["bench", "probe", "convert"]
     text = (run_folder.out / "report.md").read_text()
     assert f"evaluated checkpoints (not trained in this run): `{tmp_path / 'ckpts'}`" in text
@@ -237,7 +237,7 @@ def test_eval_stage_on_tiny_generators(tmp_path, no_inception_weights):
 
     tiny_checkpoints(tmp_path)
     ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4))
-    summary = eval_stage.run(ctx)
+    summary = eval_stage.run(ctx).record()
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "real"]
     assert {"fd_proxy_features", "miou_proxy", "accuracy_proxy", "gmacs_fvcore", "latency_ms"} <= set(table)
@@ -263,7 +263,7 @@ def test_eval_stage_with_a_torchscript_segmenter(tmp_path, no_inception_weights)
     torch.jit.save(torch.jit.script(EightClasses()), str(path))
     tiny_checkpoints(tmp_path, norms=("clade",))
     ctx = RunContext(out=tmp_path, quick=True, eval=EvalOptions(images=8, proxy_steps=4, segmenter=path))
-    summary = eval_stage.run(ctx)
+    summary = eval_stage.run(ctx).record()
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert {"miou", "accuracy"} <= set(table) and "miou_proxy" not in table
     assert table["segmenter"].iloc[0] == "seg.pt (user segmenter, imagenet input)"
@@ -283,7 +283,7 @@ def test_eval_stage_scores_every_generator_folder(tmp_path, no_inception_weights
     ctx = RunContext(out=tmp_path, quick=True,
                      eval=EvalOptions(images=8, proxy_steps=4,
                                       generator=(f"mine={tmp_path / 'elsewhere' / 'generator'}",)))
-    summary = eval_stage.run(ctx)
+    summary = eval_stage.run(ctx).record()
     table = pd.read_csv(tmp_path / "tables" / "evaluation.csv")
     assert table["norm"].tolist() == ["spade", "clade", "spade-1x1", "mine", "real"]
     assert table["method"].tolist() == ["SPADE", "CLADE", "spade-1x1", "mine", "real images"]

@@ -112,7 +112,7 @@ def test_bench_stage_writes_tables_and_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "peak_memory", lambda fn, device: 0)
     ctx = RunContext(out=tmp_path, quick=True, bench=BenchOptions(presets=("synthetic",), norms=("spade", "clade"),
                                                                   repeats=1, warmup=0))
-    summary = stage.run(ctx)
+    summary = stage.run(ctx).record()
     table = pd.read_csv(tmp_path / "tables" / "bench.csv")
     assert set(BENCH_COLUMNS) | {"ratio_to_spade"} <= set(table.columns)
     assert table.loc[table.norm == "spade", "ratio_to_spade"].tolist() == [1.0]
@@ -125,15 +125,15 @@ def test_bench_stage_writes_tables_and_figures(tmp_path, monkeypatch):
 def test_bench_compare_merges_the_speed_summary(tmp_path, monkeypatch):
     import types
 
-    from analysis.context import RunContext
+    from analysis.context import RunContext, StageResult, TableRef
     from analysis.options import BenchOptions
     stage = _tiny_stage(monkeypatch)
-    fake = types.SimpleNamespace(run_compare=lambda ctx: {"tables": [{"file": "tables/speed.csv", "caption": "x"}],
-                                                           "speedup": 3.0})
-    monkeypatch.setattr(stage, "speed", fake)
+    fake = types.SimpleNamespace(run_compare=lambda ctx: StageResult(tables=[TableRef("tables/speed.csv", "x")],
+                                                                     notes=["compared"], summary={"speedup": 3.0}))
+    monkeypatch.setattr(stage, "variants", fake)
     monkeypatch.setattr(bench, "peak_memory", lambda fn, device: 0)
     ctx = RunContext(out=tmp_path, quick=True, bench=BenchOptions(presets=("synthetic",), norms=("clade",), repeats=1,
                                                                   warmup=0, compare=True))
-    summary = stage.run(ctx)
-    assert summary["compare"] == {"speedup": 3.0}
+    summary = stage.run(ctx).record()
+    assert summary["compare"] == {"speedup": 3.0} and summary["notes"][-1] == "compared"
     assert summary["tables"][0]["file"] == "tables/bench.csv" and summary["tables"][-1]["file"] == "tables/speed.csv"

@@ -31,7 +31,7 @@ def test_run_compare_writes_table_and_figure(tmp_path, speed):
     ctx = RunContext(out=tmp_path, device="cpu", quick=True,
                      compare=CompareOptions(presets=("ade20k",), repeats=2, warmup=1, overrides=dict(ngf=4, crop_size=64),
                                             default_malloc=True))  # no process-wide allocator change in tests
-    summary = speed.run_compare(ctx)
+    summary = speed.run_compare(ctx).record()
     df = pd.read_csv(tmp_path / "tables" / "speed_compare.csv")
     assert set(speed.COLUMNS) <= set(df.columns)
     assert set(df["variant"]) == {"official-equiv", "reference", "fused", "fused-bf16"}
@@ -67,7 +67,7 @@ def test_compare_training_times_every_recipe_from_the_same_weights(tmp_path, spe
     ctx = RunContext(out=tmp_path, device="cpu", quick=True, seed=3,
                      compare=CompareOptions(presets=("ade20k",), norms=("clade-icpe",), train=True, train_repeats=2,
                                             overrides=dict(ngf=4, crop_size=64)))
-    summary = speed.run_compare_training(ctx, speed._settings(ctx))
+    summary = speed.run_compare_training(ctx, speed._settings(ctx)).record()
     df = pd.read_csv(tmp_path / "tables" / "speed_train.csv")
     assert list(df.columns) == train_speed.TRAIN_COLUMNS
     expected = {k for k, v in train_speed.TRAIN_VARIANTS.items() if not v["amp"] or native_bf16("cpu")}

@@ -31,7 +31,7 @@ def test_eval_scores_release_folders_with_the_official_protocol(tmp_path, monkey
                      eval=EvalOptions(images=3, proxy_steps=1, fid_protocol="official"))
 
     with caplog.at_level(logging.INFO, logger="models.release"):
-        summary = eval_stage.run(ctx)
+        summary = eval_stage.run(ctx).record()
 
     assert summary["methods"] == ["clade", "spade"]
     assert "ade20k/best_net_G.pth: preset ade20k (folder name), norm clade" in caplog.text

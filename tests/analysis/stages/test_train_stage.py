@@ -22,7 +22,7 @@ def test_coarsen_labels_keeps_size_and_makes_blocks():
 def test_seeds_and_variants_get_their_own_folders_and_records(tmp_path):
     options = TrainOptions(steps=2, ngf=4, ndf=8, batch_size=2, crop_size=32, seeds=2, norms=("spade", "clade"),
                            kernel_variants=True, mask_factor=4)
-    summary = stage.run(RunContext(out=tmp_path, quick=True, train=options))
+    summary = stage.run(RunContext(out=tmp_path, quick=True, train=options)).record()
     table = pd.read_csv(tmp_path / "tables" / "training.csv")
     runs = ["spade", "spade-1x1", "spade-mask4", "clade", "clade-mask4"]
     assert list(table.run) == runs + [f"{r}-s1" for r in runs] and (table.steps == 2).all()
