@@ -23,8 +23,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display ne
 import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
-from analysis.options import (CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
-                              options_from_args, positive_int)
+from analysis.options import (CompareOptions, OptionParser, add_options, check_device,  # noqa: E402
+                              checked_number, options_dict, options_from_args, positive_int)
 from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
 from data.presets import check_data_source  # noqa: E402
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "settings differ from this command's")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error "
                                                              "(default: its one-line message)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and models (default %(default)s)")
+    parser.add_argument("--seed", type=checked_number(int, "--seed", 0), default=0, help="seed of data and models (default %(default)s)")
     parser.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     for s in STAGES:

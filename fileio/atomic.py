@@ -25,6 +25,8 @@ from typing import Iterator
 
 import torch
 
+from .lock import pid_alive
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -56,24 +58,12 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         return removed
     for candidate in path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}"):
         match = pattern.fullmatch(candidate.name)
-        if match and not _process_runs(int(match.group(1))):
+        pid = int(match.group(1)) if match else None
+        # this process's own temporary outside an open atomic_path is a leftover too (pids are reused)
+        if match and (pid == os.getpid() or not pid_alive(pid)):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
-
-
-def _process_runs(pid: int) -> bool:
-    if pid == os.getpid():
-        return False   # a temporary of this process outside an open atomic_path: left by an earlier failure
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except (OverflowError, ValueError):  # not a possible process id
-        return False
-    return True
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -132,6 +132,16 @@ def read_checkpoint(path) -> tuple[dict, Path]:
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 
+def checkpoint_step(path) -> int:
+    """The step of a trainer checkpoint file (memory-mapped: cheap for large files)."""
+    path = Path(path)
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception as exc:  # unreadable, or not a trainer checkpoint
+        raise ValueError(f"checkpoint {str(path)!r} has no readable step ({unreadable_reason(path, exc)}); "
+                         f"expected a file written by the trainer") from None
+
+
 def check_trainer_state(state: dict, *, g_config, d_config, recipe=None, source: str = "the checkpoint") -> None:
     """Raise unless ``state`` is a trainer checkpoint for these configs and (if given) this recipe.
 

@@ -195,6 +195,10 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")
     total = steps if steps is not None else epochs * per_epoch
+    if total < trainer.step:
+        raise ValueError(f"asked to train until step {total} ({'steps' if steps is not None else 'epochs'}="
+                         f"{steps if steps is not None else epochs}), but the trainer is at step {trainer.step} "
+                         f"already; steps and epochs count the resumed ones too")
     per_step = loader.batch_size * trainer.world_size
     if main:
         log.info("effective batch size %d (%d per process x %d processes); %d batches per epoch; "
