@@ -290,7 +290,7 @@ def check_resume_length(options: dict, checkpoint: Path) -> None:
     """SystemExit when --steps asks for fewer steps than ``checkpoint`` has trained (before anything is written)."""
     steps = options["run"]["steps"]
     done = checkpoint_step(checkpoint)
-    if steps is not None and steps < done:
+    if steps is not None and done is not None and steps < done:
         raise SystemExit(f"train.py: --steps {steps}: {checkpoint} is at step {done} already, and --steps counts "
                          f"every step, the resumed ones included; give more than {done} to train further "
                          f"(the run's generator/ folder holds the weights of step {done})")

@@ -108,15 +108,7 @@ def read_checkpoint(path) -> tuple[dict, Path]:
     A file is read as named (an unreadable one is an error). In a run folder an unreadable
     ``checkpoint.pt`` (e.g. truncated by a kill) is skipped for ``checkpoint.prev.pt``.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-        candidates = [p for p in (path, previous_checkpoint(path)) if p.is_file()]
-    else:
-        candidates = [path] if path.is_file() else []
-    if not candidates:
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}" + ("" if path.name != CHECKPOINT_NAME else
-                                f" (nor {previous_checkpoint(path).name})"))
+    candidates = _checkpoint_candidates(path)
     for candidate in candidates:
         try:
             state = torch.load(candidate, map_location="cpu", weights_only=True)
@@ -132,14 +124,29 @@ def read_checkpoint(path) -> tuple[dict, Path]:
     raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
 
 
-def checkpoint_step(path) -> int:
-    """The step of a trainer checkpoint file (memory-mapped: cheap for large files)."""
+def _checkpoint_candidates(path) -> list[Path]:
+    """The files :func:`read_checkpoint` tries, in order; FileNotFoundError when there are none."""
     path = Path(path)
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception as exc:  # unreadable, or not a trainer checkpoint
-        raise ValueError(f"checkpoint {str(path)!r} has no readable step ({unreadable_reason(path, exc)}); "
-                         f"expected a file written by the trainer") from None
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+        candidates = [p for p in (path, previous_checkpoint(path)) if p.is_file()]
+    else:
+        candidates = [path] if path.is_file() else []
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}" + ("" if path.name != CHECKPOINT_NAME else
+                                f" (nor {previous_checkpoint(path).name})"))
+    return candidates
+
+
+def checkpoint_step(path) -> int | None:
+    """The step of the checkpoint :func:`read_checkpoint` would read (memory-mapped: cheap for large
+    files); None when none is readable (read_checkpoint then says why)."""
+    for candidate in _checkpoint_candidates(path):
+        try:
+            return int(torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # unreadable: the next candidate, as read_checkpoint does
+            continue
+    return None
 
 
 def check_trainer_state(state: dict, *, g_config, d_config, recipe=None, source: str = "the checkpoint") -> None:

@@ -32,6 +32,7 @@ from data.synthetic import SYNTHETIC_LABEL_NC, SyntheticScenes
 from training.checkpoint_store import CHECKPOINT_FILES, CHECKPOINT_NAME
 from training.distributed import any_rank, batches_per_epoch, epoch_batches, make_loader
 from training.losses import NonFiniteLossError
+from training.recipe import check_batch_norm_batch
 from training.run_log import append_row, read_history, write_csv
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         loader = make_loader(dataset, batch_size=trainer.recipe.batch_size, seed=trainer.recipe.seed,
                              rank=trainer.rank, world_size=trainer.world_size, num_workers=num_workers,
                              pin_memory=trainer.device.type == "cuda")
+    check_batch_norm_batch(trainer.g_config, loader.batch_size)
     if validate:
         _validate(trainer, dataset)
     per_epoch = batches_per_epoch(loader)

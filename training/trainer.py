@@ -48,7 +48,7 @@ from models.presets import DiscriminatorConfig, GeneratorConfig
 from models.registry import norm_spec
 from training.sample_grid import save_sample_grid
 from models.spectral import set_input_scaling
-from training.recipe import TrainRecipe, check_batch_norm_batch, discriminator_config_for
+from training.recipe import TrainRecipe, discriminator_config_for
 from training.vgg import VGG19Features
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ class Trainer:
             raise ValueError(f"discriminator label layout (class_nc={self.d_config.class_nc}, "
                              f"no_instance={self.d_config.no_instance}) differs from the generator's "
                              f"(class_nc={g_config.class_nc}, no_instance={g_config.no_instance})")
-        check_batch_norm_batch(g_config, recipe.batch_size)
         self.device = torch.device(device)
         self.distributed = is_distributed()
         self.rank = dist.get_rank() if self.distributed else 0
