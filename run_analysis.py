@@ -25,10 +25,11 @@ import torch  # noqa: E402 (after the backend choice)
 from analysis.context import RunContext  # noqa: E402
 from analysis.options import (CompareOptions, OptionParser, add_options, check_device,  # noqa: E402
                               checked_number, options_dict, options_from_args, positive_int)
-from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
+from analysis.stages.convert import CONVERTED, FINETUNED  # noqa: E402
+from analysis.stages.registry import CHECKPOINTS, STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
 from data.presets import check_data_source  # noqa: E402
-from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
+from fileio import FolderLocked, folder_lock, weights_digests, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
 from training.loop import TrainingInterrupted  # noqa: E402
@@ -155,7 +156,18 @@ def stage_settings(name: str, ctx: RunContext) -> dict:
     settings = {k: run[k] for k in RUN_SETTINGS}
     if ctx.skip_invalid:
         settings["skip_invalid"] = True
-    return {"run": settings, "options": options}
+    weights = given_weights(name, ctx)
+    return {"run": settings, "options": options} | ({"weights": weights} if weights else {})
+
+
+def given_weights(name: str, ctx: RunContext) -> dict:
+    """Digests of the weights the user gave a stage that reads them (--checkpoints DIR, the stage's
+    --checkpoint), so that a stage is not "already done" after they were replaced. The folders the
+    convert stage writes into DIR are its output, not its input: left out."""
+    if CHECKPOINTS not in stage(name).reads:
+        return {}
+    given = [p for p in (ctx.checkpoints, getattr(getattr(ctx, name), "checkpoint", None)) if p is not None]
+    return {str(p): weights_digests(p, skip_folders=frozenset({CONVERTED, FINETUNED})) for p in given}
 
 
 def _differences(old: dict, new: dict, where: str = "") -> list[str]:

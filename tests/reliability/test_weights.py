@@ -17,7 +17,7 @@ import run_analysis
 from fileio import NonFiniteWeightsError, load_weights, write_json_atomic
 from models import build_generator, load_generator_dir, load_official_checkpoint, save_generator_dir
 from models.checkpoint import CheckpointMismatchError
-from tests.reliability.test_cli import _fails
+from tests.reliability.test_cli import _fails, fake_stages  # noqa: F401 (a fixture)
 from tests.training.test_trainer import TinyScenes, tiny_trainer
 
 TINY = dict(ngf=4, crop_size=32)   # the synthetic preset at a size the tests build in milliseconds
@@ -189,3 +189,23 @@ def test_bare_pth_that_does_not_fit_names_the_file(tmp_path, capsys):
     first_line = message.strip().splitlines()[0]   # a mismatch lists the keys on the lines after it
     assert "foreign.pth' does not fit this Generator (norm='clade'" in first_line, message
     assert "the given state_dict" not in message
+
+
+@pytest.mark.reliability("wrong_run")
+def test_eval_is_not_already_done_after_the_weights_were_replaced(tmp_path, capsys, fake_stages):
+    """After the weights inside --checkpoints DIR were replaced, eval said "already done" and kept the old
+    numbers: only the path was compared."""
+    mine = tmp_path / "mine"
+    _spade_folder(mine / "spade")
+    argv = ["eval", "--checkpoints", str(mine), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert run_analysis.main(argv) == 0 and run_analysis.main(argv) == 0   # same weights: reused
+    assert [name for name, *_ in fake_stages] == ["eval"]
+    _spade_folder(mine / "spade", poison="conv_img.bias", value=0.5)      # retrained weights, same path
+    message = _fails(argv, capsys)
+    assert "the eval stage finished with other settings (weights." in message and "spade/latest_net_G.pth" in message
+    assert "--force" in message, message
+    assert run_analysis.main([*argv, "--force"]) == 0 and [name for name, *_ in fake_stages] == ["eval", "eval"]
+    record = json.loads((tmp_path / "o" / "stages" / "eval.json").read_text())
+    digests = record["stage_settings"]["weights"][str(mine)]
+    assert sorted(digests) == ["spade/generator.json", "spade/latest_net_G.pth"]
+    assert all(d.startswith("sha256:") and len(d) == 7 + 64 for d in digests.values())
