@@ -4,7 +4,8 @@
     python train.py --preset synthetic --norm clade --steps 300 --batch-size 8 --no-vgg
     python train.py --preset ade20k --norm clade --dataroot datasets/ADEChallengeData2016 --epochs 200
     python train.py --preset synthetic --norm spade --spade_kernel_size 1 --dry-run
-    python train.py --resume runs/00003-synthetic-clade          # continue (also after a crash)
+    python train.py --resume runs/<NNNNN>-synthetic-clade        # continue that run (also after a crash)
+    python train.py --resume --preset synthetic --norm clade     # continue the newest such run in --out
     torchrun --nproc_per_node 8 train.py --preset coco-stuff --norm clade --dataroot ... --batch-size 4
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...
 

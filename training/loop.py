@@ -167,7 +167,7 @@ def check_dataset_labels(dataset, config) -> None:
 def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         out_dir: str | Path | None = None, num_workers: int = 0, log_every: int = 10,
         save_every: int = 500, sample_every: int = 500, validate: bool = True,
-        progress: bool = True, max_seconds: float | None = None) -> list[dict]:
+        progress: bool = True, max_seconds: float | None = None, label: str | None = None) -> list[dict]:
     """Train ``trainer`` until ``steps`` iterations (or ``epochs`` epochs) in total, resumed ones included.
 
     ``max_seconds``: a wall-clock cap for this call; training stops (checkpointed) at the
@@ -175,7 +175,9 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
     With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
     ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
-    ``save_every`` steps and at the end (an interval of 0: only at the end). Returns the logged rows.
+    ``save_every`` steps and at the end (an interval of 0: only at the end). ``label`` names the run
+    in the progress bar and the log (default: the norm). After the first step, the time the
+    remaining steps will take is logged. Returns the logged rows.
 
     Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGINT / SIGTERM
     arrived (with ``out_dir``), NonFiniteLossError saying which checkpoint is kept, and
@@ -214,8 +216,10 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     fit_start = time.perf_counter()
     window: dict[str, list[float]] = {}
     window_start, window_steps = time.perf_counter(), 0
+    label = label or trainer.g_config.norm
     bar = tqdm(total=total, initial=trainer.step, disable=not (main and progress), dynamic_ncols=True,
-               desc=f"train {trainer.g_config.norm}", unit="step")
+               desc=f"train {label}", unit="step")
+    first_step = trainer.step + 1
     interrupted = None
     try:
         with _StopOnSignal(out_dir is not None) as stop:
@@ -228,6 +232,8 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                         raise NonFiniteLossError(f"{exc} {_checkpoint_note(trainer, out_dir)}") from None
                     trainer.advance_position(per_epoch)
                     trainer.train_seconds += time.perf_counter() - t0
+                    if main and trainer.step == first_step and trainer.step < total:
+                        _log_time_left(label, time.perf_counter() - t0, total - trainer.step)
                     for k, v in values.items():
                         window.setdefault(k, []).append(v)
                     window_steps += 1
@@ -273,6 +279,15 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         raise TrainingInterrupted(f"{name}: stopped at step {trainer.step}; checkpoint {trainer.checkpoint_path} "
                                   f"saved", signum=interrupted, step=trainer.step, checkpoint=trainer.checkpoint_path)
     return history
+
+
+def _log_time_left(label: str, step_seconds: float, steps_left: int) -> None:
+    """One line: how long the steps left take at the first step's pace (an upper bound: it warms up)."""
+    seconds = step_seconds * steps_left
+    when = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+    log.info("train %s: the first step took %.2f s; the %d steps left take up to about %s", label, step_seconds,
+             steps_left, when)
 
 
 def _time_is_up(trainer, fit_start: float, max_seconds: float) -> bool:

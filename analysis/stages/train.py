@@ -150,7 +150,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     history = trainer.fit(data, steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=s["max_seconds"],
-                          num_workers=0)
+                          num_workers=0, label=name)
     trainer.export_generator(ctx.checkpoint_dir(name))
     h, w = g_config.output_size
     write_json_atomic(ctx.checkpoint_dir(name) / VARIANT_FILE, {
