@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -304,18 +305,35 @@ def _strip_optional(tp):
     return tp, False
 
 
-def _checked(kind: Callable, minimum, flag: str):
-    """argparse type: ``kind`` of the text, refused below ``minimum`` with a message naming ``flag``."""
+# Integers go to torch, numpy and C code as 64-bit values; a larger one fails deep inside them.
+INT64_RANGE = (-2 ** 63, 2 ** 63 - 1)
+
+
+def checked_number(kind: Callable, flag: str, minimum=None):
+    """argparse type: ``kind`` (int or float) of the text, refused with a message naming ``flag``
+    when below ``minimum``, not finite (nan, inf) or an integer beyond 64 bits."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        problem = number_problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{flag} {text}: {problem}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum:g} of {flag}")
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def number_problem(value) -> str | None:
+    """Why ``value`` is not a usable option number (not finite, an integer beyond 64 bits), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        return f"expected an integer from {INT64_RANGE[0]} to {INT64_RANGE[1]} (64 bits)"
+    return None
 
 
 def existing_path(text: str) -> Path:
@@ -343,7 +361,7 @@ def check_device(device: str) -> str:
 
 def positive_int(flag: str) -> Callable[[str], int]:
     """argparse type: an integer >= 1, refused otherwise with a message naming ``flag``."""
-    return _checked(int, 1, flag)
+    return checked_number(int, flag, 1)
 
 
 def flag_name(f, prefix: str) -> str:
@@ -394,7 +412,7 @@ def add_options(parser, cls, prefix: str = "") -> None:
             kind = typing.get_args(kind)[0]
             kwargs["nargs"] = "+"
         if kind in (int, float):
-            kind = _checked(kind, md["minimum"], flag)
+            kind = checked_number(kind, flag, md["minimum"])
         if kind is Path and md.get("exists"):
             kind = existing_path
         choices = md["choices"]() if callable(md["choices"]) else md["choices"]
@@ -441,6 +459,10 @@ def resolve(opts, *, quick: bool = False, cuda: bool = False, budget: str = "def
             low = [v for v in (value if isinstance(value, tuple) else (value,)) if v < minimum]
             if low:
                 raise ValueError(f"{type(opts).__name__}.{f.name} = {value!r}: expected values >= {minimum:g}")
+        for number in (value if isinstance(value, tuple) else (value,)):
+            problem = number_problem(number) if isinstance(number, (int, float)) else None
+            if problem:
+                raise ValueError(f"{type(opts).__name__}.{f.name} = {value!r}: {problem}")
         values[f.name] = value
     return replace(opts, **values)
 
@@ -453,4 +475,4 @@ def options_dict(opts) -> dict:
 
 __all__ = ["BUDGETS", "BenchOptions", "CompareOptions", "ConvertOptions", "CostsOptions", "EvalOptions", "OptionParser", "ProbeOptions",
            "ReportOptions", "TrainOptions", "add_options", "default_text", "existing_path",
-           "option", "options_dict", "options_from_args", "positive_int", "resolve"]
+           "checked_number", "option", "options_dict", "options_from_args", "positive_int", "resolve"]

@@ -24,12 +24,13 @@ import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
 from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name  # noqa: E402
-from analysis.options import (BUDGETS, CompareOptions, OptionParser, add_options, check_device, options_dict,  # noqa: E402
-                              options_from_args, positive_int)
-from analysis.stages.registry import STAGE_NAMES, STAGES, stage  # noqa: E402
+from analysis.options import (BUDGETS, CompareOptions, OptionParser, add_options, check_device,  # noqa: E402
+                              checked_number, options_dict, options_from_args, positive_int)
+from analysis.stages.convert import CONVERTED, FINETUNED  # noqa: E402
+from analysis.stages.registry import CHECKPOINTS, STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
 from data.presets import check_data_source  # noqa: E402
-from fileio import FolderLocked, folder_lock, write_json_atomic  # noqa: E402
+from fileio import FolderLocked, folder_lock, weights_digests, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
 from training.loop import TrainingInterrupted  # noqa: E402
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "settings differ from this command's")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error "
                                                              "(default: its one-line message)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and models (default %(default)s)")
+    parser.add_argument("--seed", type=checked_number(int, "--seed", 0), default=0,
+                        help="seed of data and models (default %(default)s)")
     parser.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch CPU threads (default: torch's choice; 1 is steadier on a busy machine)")
     for s in STAGES:
@@ -146,7 +148,18 @@ def stage_settings(name: str, ctx: RunContext) -> dict:
         settings["skip_invalid"] = True
     if ctx.checkpoint:
         settings["checkpoint"] = list(ctx.checkpoint)
-    return {"run": settings, "options": options}
+    weights = given_weights(name, ctx)
+    return {"run": settings, "options": options} | ({"weights": weights} if weights else {})
+
+
+def given_weights(name: str, ctx: RunContext) -> dict:
+    """Digests of the weights the user gave a stage that reads them (--checkpoints DIR, each
+    --checkpoint), so that a stage is not "already done" after they were replaced. The folders the
+    convert stage writes into DIR are its output, not its input: left out."""
+    if CHECKPOINTS not in stage(name).reads:
+        return {}
+    given = [p for p in (ctx.checkpoints, *ctx.given_generators().values()) if p is not None]
+    return {str(p): weights_digests(p, skip_folders=frozenset({CONVERTED, FINETUNED})) for p in given}
 
 
 def _differences(old: dict, new: dict, where: str = "") -> list[str]:

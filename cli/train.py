@@ -4,7 +4,8 @@
     python train.py --preset synthetic --norm clade --steps 300 --batch-size 8 --no-vgg
     python train.py --preset ade20k --norm clade --dataroot datasets/ADEChallengeData2016 --epochs 200
     python train.py --preset synthetic --norm spade --spade_kernel_size 1 --dry-run
-    python train.py --resume runs/00003-synthetic-clade          # continue (also after a crash)
+    python train.py --resume runs/<NNNNN>-synthetic-clade        # continue that run (also after a crash)
+    python train.py --resume --preset synthetic --norm clade     # continue the newest such run in --out
     torchrun --nproc_per_node 8 train.py --preset coco-stuff --norm clade --dataroot ... --batch-size 4
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py ...
 
@@ -14,10 +15,10 @@ generated grids), ``skipped.json`` (with --skip-invalid: the samples left out),
 ``checkpoint.pt`` (+ ``checkpoint.prev.pt``) and, at the end,
 ``generator/latest_net_G.pth`` in the official format with its ``generator.json``.
 
-Disk: a checkpoint holds G, D and both optimizers' state, about 12 bytes per parameter: 872 MB
-for the synthetic preset at the default --ngf 64 (--ngf 16: about 60 MB). A run keeps at most
-two (``checkpoint.pt``, ``checkpoint.prev.pt``); the run logs their size before the first save
-and ``--dry-run`` prints it.
+Disk: a checkpoint holds G, D and both optimizers' state, about 12 bytes per parameter. For the
+synthetic preset at the default --ngf 64: SPADE 1.17 GB, CLADE and CLADE-ICPE 872 MB (--ngf 16:
+195 MB and 118 MB); other presets and widths: ``--dry-run`` prints it. A run keeps at most
+two (``checkpoint.pt``, ``checkpoint.prev.pt``); the run logs their size before the first save.
 """
 from __future__ import annotations
 
@@ -32,24 +33,25 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from analysis.options import (OptionParser, add_options, check_device, option, options_dict, options_from_args,
-                              resolve)
+from analysis.options import (OptionParser, add_options, check_device, checked_number, option, options_dict,
+                              options_from_args, resolve)
 from data.datasets import build_dataset as build_real_dataset
 from data.datasets import custom_has_instances
 from data.icpe import DEFAULT_MODE, MODES as ICPE_MODES
 from data.presets import check_data_source
 from data.synthetic import SyntheticScenes
 from fileio import provenance, write_json_atomic
+from fileio.lock import LOCK_NAME
 from fileio.lock import acquire as acquire_lock
 from fileio.lock import release as release_lock
-from training.checkpoint_store import DiskFullError, find_resume_target
+from training.checkpoint_store import DiskFullError, checkpoint_step, find_resume_target
 from training.distributed import cleanup_distributed, setup_distributed
 from models.presets import (PRESETS, DiscriminatorConfig, GeneratorConfig, canonical_norm, canonical_preset,
                             generator_config)
 from models.plugins import load_plugins, plugin_files, split_plugin_args
 from models.registry import norm_spec
 from training.loop import TrainingInterrupted, checkpoint_disk_note
-from training.recipe import TrainRecipe, discriminator_config_for, recipe_from_dict
+from training.recipe import TrainRecipe, check_batch_norm_batch, discriminator_config_for, recipe_from_dict
 from training.trainer import NonFiniteLossError, Trainer
 from training.vgg import VGGWeightsInvalidError, VGGWeightsMissingError
 
@@ -122,9 +124,9 @@ def _field_type(cls, name):
     if isinstance(default, bool):
         return _bool
     if isinstance(default, (int, float)):
-        return type(default)
+        return checked_number(type(default), f"--{name}")
     if name in ("beta1", "beta2"):
-        return float
+        return checked_number(float, f"--{name}")
     return str
 
 
@@ -149,9 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run folder or checkpoint file (no PATH: the latest run of "
                         "--preset/--norm in --out)")
     recipe = p.add_argument_group("training recipe (training.trainer.TrainRecipe)")
-    recipe.add_argument("--batch-size", type=int, default=None,
+    recipe.add_argument("--batch-size", type=checked_number(int, "--batch-size", 1), default=None,
                         help=_default_help(TrainRecipe, "batch_size", "images per process per step (official 1)"))
-    recipe.add_argument("--seed", type=int, default=None, help=_default_help(TrainRecipe, "seed", "training seed"))
+    recipe.add_argument("--seed", type=checked_number(int, "--seed", 0), default=None,
+                        help=_default_help(TrainRecipe, "seed", "training seed"))
     recipe.add_argument("--no-vgg", action="store_true", help="train without the VGG19 perceptual loss")
     recipe.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help=_default_help(TrainRecipe, "amp", "bf16 autocast where bf16 is native: CUDA, CPUs with "
@@ -251,12 +254,15 @@ def resolve_options(args: argparse.Namespace) -> dict:
         g_config = generator_config(preset, norm, icpe_mode=run.icpe_mode, **g_over)
         d_config = discriminator_config_for(g_config, **d_over)
         recipe = TrainRecipe(**r_over)
+        check_batch_norm_batch(g_config, recipe.batch_size)
     except ValueError as exc:
         raise SystemExit(f"train.py: {exc}") from None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     num_samples = run.num_samples
     if num_samples is None and run.dataroot is None:
         num_samples = SYNTHETIC_TRAIN_SCENES
+    if run.dataroot is None:
+        check_synthetic_scenes(num_samples)
     run_dict = options_dict(run)
     return {
         "preset": preset, "norm": norm,
@@ -269,6 +275,27 @@ def resolve_options(args: argparse.Namespace) -> dict:
                                             "device", "vgg_weights", "progress")},
                 "world_size": world_size, "effective_batch_size": recipe.batch_size * world_size},
     }
+
+
+def check_synthetic_scenes(num_samples: int) -> None:
+    """SystemExit when each epoch's shuffled order of ``num_samples`` synthetic scenes (8 bytes per
+    scene) would take more than a quarter of this machine's memory."""
+    order = 8 * num_samples
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if memory and order > memory // 4:
+        raise SystemExit(f"train.py: --num-samples {num_samples}: each epoch shuffles that many synthetic scenes, "
+                         f"an order of {order / 1e9:.1f} GB, more than a quarter of this machine's "
+                         f"{memory / 1e9:.1f} GB of memory; give at most {memory // 32}")
+
+
+def check_resume_length(options: dict, checkpoint: Path) -> None:
+    """SystemExit when --steps asks for fewer steps than ``checkpoint`` has trained (before anything is written)."""
+    steps = options["run"]["steps"]
+    done = checkpoint_step(checkpoint)
+    if steps is not None and done is not None and steps < done:
+        raise SystemExit(f"train.py: --steps {steps}: {checkpoint} is at step {done} already, and --steps counts "
+                         f"every step, the resumed ones included; give more than {done} to train further "
+                         f"(the run's generator/ folder holds the weights of step {done})")
 
 
 def find_run_to_resume(args: argparse.Namespace, run: RunOptions) -> tuple[Path, Path | None]:
@@ -329,12 +356,34 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 
 
 def next_run_dir(out: Path, desc: str) -> Path:
-    """``out/<NNNNN>-<desc>`` with the next free number (NVlabs edm style)."""
+    """``out/<NNNNN>-<desc>`` with the next free number (NVlabs edm style), created. Processes
+    starting at the same moment get different numbers: a number taken meanwhile is skipped."""
     out.mkdir(parents=True, exist_ok=True)
     ids = [int(m.group(1)) for d in out.iterdir() if (m := re.match(r"^(\d+)-", d.name))]
-    run_dir = out / f"{max(ids, default=0) + 1:05d}-{desc}"
-    run_dir.mkdir()
-    return run_dir
+    number = max(ids, default=0) + 1
+    while True:
+        run_dir = out / f"{number:05d}-{desc}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            number += 1
+        if any(d.name.startswith(f"{number:05d}-") for d in out.iterdir()):
+            number += 1
+
+
+# What a run folder holds before its first training step: a failed start leaves only these.
+START_FILES = {"options.json", "skipped.json", "log.txt", LOCK_NAME}
+
+
+def remove_unstarted_run(run_dir: Path) -> bool:
+    """Delete ``run_dir`` when it holds nothing but :data:`START_FILES` (training never ran); True if deleted."""
+    if not run_dir.is_dir() or any(p.name not in START_FILES for p in run_dir.iterdir()):
+        return False
+    for path in run_dir.iterdir():
+        path.unlink()
+    run_dir.rmdir()
+    return True
 
 
 def build_dataset(options: dict):
@@ -424,15 +473,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     run_dir, checkpoint = find_run_to_resume(args, run_options(args)) if args.resume else (None, None)
     options = options_for_resume(args, run_dir) if run_dir else resolve_options(args)
+    if checkpoint is not None:
+        check_resume_length(options, checkpoint)
     if args.dry_run:
         print_dry_run(options)
         return 0
 
     info = setup_distributed(options["run"]["device"])
-    lock = None
+    lock, new_run = None, False
     try:
         if info.is_main and run_dir is None:
             run_dir = next_run_dir(Path(options["run"]["out"]), f"{options['preset']}-{options['norm']}")
+            new_run = True
         run_dir = _broadcast_path(run_dir)
         if info.is_main:
             lock = acquire_lock(run_dir, "train.py")  # FolderLocked when another process trains in run_dir
@@ -470,6 +522,8 @@ def main(argv=None) -> int:
     finally:
         if lock is not None:
             release_lock(lock)
+        if new_run and remove_unstarted_run(run_dir):
+            log.info("removed %s: the run stopped before its first training step", run_dir)
         cleanup_distributed()
 
 
@@ -486,7 +540,8 @@ def command(argv=None) -> int:
     except KeyboardInterrupt:  # before training started (a stop during training saves and returns)
         if "--debug" in argv:
             raise
-        print("train.py: interrupted before training started; nothing was trained", file=sys.stderr)
+        print("train.py: interrupted; checkpoints already saved are complete (continue with train.py --resume "
+              "RUN_FOLDER), and a run stopped before its first step leaves no folder", file=sys.stderr)
         return 130
 
 

@@ -23,10 +23,11 @@ class FolderLocked(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs (owned by anyone)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # none, or not a possible process id
         return False
     except PermissionError:  # exists, owned by someone else
         return True
@@ -62,7 +63,7 @@ def acquire(folder: Path, owner: str) -> Path:
         pid = _read_pid(path)
         if pid == os.getpid():
             raise FolderLocked(f"{folder}: already locked by this process ({path})")
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and pid_alive(pid):
             raise FolderLocked(f"{folder} is in use by process {pid} ({path.read_text().strip()}); wait for it "
                                f"to finish or write to another folder (if no such process runs, delete {path})")
         log.warning("%s: taking over the lock of process %s, which no longer runs", folder, pid)

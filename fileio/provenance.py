@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -56,3 +57,28 @@ def provenance(device: str | torch.device = "cpu", **extra) -> dict:
     info.update(extra)
     return info
 
+
+# Files whose content decides what a stage computes from a weights folder.
+WEIGHTS_PATTERNS = ("*.pth", "*.pt", "generator.json")
+
+
+def weights_digests(path: str | Path, skip_folders: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``{file: "sha256:<hex>"}`` of a weights file, or of the weights files (:data:`WEIGHTS_PATTERNS`)
+    under a folder (relative paths, sorted), leaving out sub-folders named in ``skip_folders``.
+    Recorded with a result, it tells when the weights behind it were replaced since."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: _sha256(path)}
+    if not path.is_dir():
+        return {}
+    files = sorted({f for pattern in WEIGHTS_PATTERNS for f in path.rglob(pattern)
+                    if f.is_file() and not skip_folders & set(f.relative_to(path).parts[:-1])})
+    return {str(f.relative_to(path)): _sha256(f) for f in files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()

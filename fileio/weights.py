@@ -4,13 +4,16 @@ Every weights file the toolkit reads (generator and discriminator checkpoints, t
 Inception weights) goes through :func:`load_weights` (the trainer's ``checkpoint.pt``, read
 memory-mapped by ``training.checkpoint_store``, through :func:`unreadable_reason`): ``torch.load(weights_only=True)``, so a
 crafted pickle cannot run code, and torch's own advice to retry with ``weights_only=False`` is
-never passed on for a file of unknown origin.
+never passed on for a file of unknown origin. A file whose tensors hold NaN or inf (a diverged
+run) is refused too, naming the tensors (:func:`refuse_non_finite`): such weights would only turn
+into NaN images and meaningless numbers.
 
     state = load_weights("vgg19-dcbb9e9d.pth", what="VGG19 weights",
                          expected="expected torchvision's ImageNet VGG19 state_dict")
 """
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -21,17 +24,46 @@ class WeightsFileError(ValueError):
     """A weights file exists but cannot be read as plain tensors (empty, truncated, pickled objects)."""
 
 
+class NonFiniteWeightsError(WeightsFileError):
+    """Weights (a file or a state_dict) hold NaN or inf values."""
+
+
+def non_finite_tensors(state, prefix: str = "") -> list[str]:
+    """Names (dotted, nested dicts and lists included) of the floating-point tensors of ``state``
+    that hold NaN or inf, in order."""
+    if torch.is_tensor(state):
+        return [prefix] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, float):
+        return [prefix] if not math.isfinite(state) else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [name for key, value in items for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def refuse_non_finite(state, source: str) -> None:
+    """Raise NonFiniteWeightsError naming ``source`` (e.g. ``"checkpoint 'x.pth'"``) and the tensors
+    of ``state`` that hold NaN or inf."""
+    bad = non_finite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad) - 6} more)" if len(bad) > 6 else "")
+        raise NonFiniteWeightsError(f"{source} holds NaN or inf values in {len(bad)} tensor(s) ({shown}); "
+                                    f"such weights only give NaN outputs. It likely comes from a diverged run: "
+                                    f"use an earlier checkpoint")
+
+
 def load_weights(path: str | Path, *, what: str, expected: str, error: type[WeightsFileError] = WeightsFileError):
     """``torch.load(path, weights_only=True)`` on CPU; raises ``error`` (a WeightsFileError) naming the file.
 
     The message reads ``{what} '{path}' ({size} bytes) could not be read: {problem}; {expected}``.
+    Tensors holding NaN or inf raise NonFiniteWeightsError naming the file and the tensors.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for empty, truncated and foreign files
         raise error(f"{what} {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
                                f"{unreadable_reason(path, exc)}; {expected}") from None
+    refuse_non_finite(state, f"{what} {str(path)!r}")
+    return state
 
 
 def unreadable_reason(path: Path, exc: Exception) -> str:

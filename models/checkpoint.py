@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fileio import load_weights, save_torch_atomic, write_json_atomic
+from fileio import load_weights, refuse_non_finite, save_torch_atomic, write_json_atomic
 
 from .build import build_discriminator, build_generator, build_generator_from_config
 from .presets import OFFICIAL_ICPE_MODE, OFFICIAL_PRESETS, GeneratorConfig, config_to_dict, generator_config
@@ -43,6 +42,10 @@ TRAINING_KEYS = {"G", "D", "opt_G", "opt_D", "step"}
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes differ from the module's."""
+
+
+class PluginNotLoadedError(ValueError):
+    """A generator.json names a norm registered by a plugin file that is not loaded."""
 
 
 def read_state_dict(path_or_state_dict) -> tuple[dict, str]:
@@ -133,16 +136,26 @@ def _describe_custom_generator(found: dict, ngf: int, norm: str | None) -> str:
     return f"preset='custom', norm={norm!r}, ngf={ngf}{detail}"
 
 
-def load_official_checkpoint(module: nn.Module, path_or_state_dict, source: str | None = None) -> nn.Module:
+def load_official_checkpoint(module: nn.Module, path_or_state_dict, *, source=None) -> nn.Module:
     """Strictly load an official (or our exported) state_dict into ``module``.
 
     On any mismatch raises CheckpointMismatchError listing missing, unexpected and
-    wrong-shaped keys and the preset/options whose network would fit the file (named
-    ``source`` in the message when a state_dict read elsewhere is given).
+    wrong-shaped keys and the preset/options whose network would fit the file; tensors holding
+    NaN or inf raise fileio.NonFiniteWeightsError naming them. ``source`` names the file an
+    in-memory state_dict was read from, for these messages.
     """
     state, read_from = read_state_dict(path_or_state_dict)
     source = repr(str(source)) if source is not None else read_from
     state = _strip_wrapper_prefix(state)
+    refuse_mismatch(module, state, source)
+    refuse_non_finite(state, f"checkpoint {source}")
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def refuse_mismatch(module: nn.Module, state: dict, source: str) -> None:
+    """Raise CheckpointMismatchError unless ``state`` has exactly ``module``'s keys and shapes
+    (``module`` may live on the meta device: only shapes are compared)."""
     missing, unexpected, wrong = compare_state_dicts(module.state_dict(), state)
     if missing or unexpected or wrong:
         lines = [f"checkpoint {source} does not fit this {type(module).__name__}"
@@ -156,20 +169,6 @@ def load_official_checkpoint(module: nn.Module, path_or_state_dict, source: str 
         fits = suggest_configs(state)
         lines.append("  it fits: " + ("; ".join(fits) if fits else "no known generator or discriminator layout"))
         raise CheckpointMismatchError("\n".join(lines))
-    warn_non_finite(state, source)
-    module.load_state_dict(state, strict=True)
-    return module
-
-
-def warn_non_finite(state: dict, source: str) -> list[str]:
-    """Warn (and return their keys) when floating-point tensors of ``state`` hold NaN or inf."""
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
-           and not torch.isfinite(v).all()]
-    if bad:
-        warnings.warn(f"checkpoint {source}: {len(bad)} of {len(state)} tensors hold NaN or inf values "
-                      f"({_abbrev(bad)}); the network will output NaN. It likely comes from a diverged run: "
-                      f"use an earlier checkpoint", RuntimeWarning, stacklevel=3)
-    return bad
 
 
 def _config_summary(module: nn.Module) -> str:
@@ -190,10 +189,13 @@ def save_state_dict_atomic(state: dict, path) -> None:
 
 
 def save_generator_dir(generator: nn.Module, folder) -> Path:
-    """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config)."""
+    """Write ``latest_net_G.pth`` (official format) and ``generator.json`` (its config).
+
+    Weights holding NaN or inf are refused (fileio.NonFiniteWeightsError): nothing is written."""
     folder = Path(folder)
-    save_state_dict_atomic({k: v.detach().cpu() for k, v in generator.state_dict().items()},
-                           folder / GENERATOR_WEIGHTS)
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    refuse_non_finite(state, f"the generator to be saved in {str(folder)!r}")
+    save_state_dict_atomic(state, folder / GENERATOR_WEIGHTS)
     record = config_to_dict(generator.config)
     source = norm_spec(generator.config.norm).source
     write_json_atomic(folder / GENERATOR_CONFIG, record | ({PLUGIN_FILE_KEY: source} if source else {}))
@@ -206,10 +208,18 @@ def load_generator_dir(folder, device=None) -> nn.Module:
 
     A generator.json of a norm that needs ICPE without ``icpe_mode`` was written before the mode
     was recorded, by train.py, which trains with :data:`LEGACY_ICPE_MODE`: it loads with that
-    mode and a logged warning (add ``"icpe_mode"`` to the file to silence it)."""
+    mode and a logged warning (add ``"icpe_mode"`` to the file to silence it). The architecture
+    generator.json records is checked against the weights file's shapes before any memory is
+    allocated for it."""
     folder = Path(folder)
-    generator = build_generator_from_config(read_generator_config(folder / GENERATOR_CONFIG))
-    load_official_checkpoint(generator, folder / GENERATOR_WEIGHTS)
+    config = read_generator_config(folder / GENERATOR_CONFIG)
+    weights = folder / GENERATOR_WEIGHTS
+    state, source = read_state_dict(weights)
+    # The recorded sizes (ngf, label_nc, ...) are only trusted once the file's shapes agree:
+    # a meta-device network has the shapes without the memory.
+    refuse_mismatch(build_generator_from_config(config, "meta"), _strip_wrapper_prefix(state), source)
+    generator = build_generator_from_config(config)
+    load_official_checkpoint(generator, state, source=weights)
     return generator.to(device or "cpu")
 
 
@@ -222,21 +232,29 @@ def read_generator_config(config_path) -> GeneratorConfig:
                                 f"(GeneratorConfig fields, e.g. {{\"label_nc\": 150, \"norm\": \"clade\"}})")
     try:
         record = json.loads(config_path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError(f"it holds a JSON {type(record).__name__}; expected an object of GeneratorConfig fields")
         plugin = record.pop(PLUGIN_FILE_KEY, None)
         if plugin is not None and record.get("norm") not in registered_norms():
-            raise ValueError(f"{str(config_path)!r} holds a {record.get('norm')!r} generator, a norm registered "
-                             f"by the plugin {plugin!r}, which is not loaded; pass --plugin {plugin} (or call "
-                             f"models.plugins.load_plugin({plugin!r}) first)")
+            raise PluginNotLoadedError(
+                f"{str(config_path)!r} holds a {record.get('norm')!r} generator, a norm registered by the plugin "
+                f"file {str(plugin)!r} (the path as written in that JSON), which is not loaded. Loading a plugin runs "
+                f"its Python code: only if you trust that file, pass --plugin {plugin} (or call "
+                f"models.plugins.load_plugin on it first)")
         if record.get(ICPE_MODE_KEY) is None and norm_spec(record.get("norm", "spade")).needs_icpe:
             record[ICPE_MODE_KEY] = LEGACY_ICPE_MODE
             log.warning("%s records no %r (written before the ICPE mode was saved); assuming %r, the mode "
                         "train.py trains with. If the generator was trained with the other mode, set "
                         "\"%s\": \"official\" in that file", config_path, ICPE_MODE_KEY, LEGACY_ICPE_MODE,
                         ICPE_MODE_KEY)
+        unknown = sorted(set(record) - {f.name for f in fields(GeneratorConfig)})
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; expected GeneratorConfig fields "
+                             f"({', '.join(f.name for f in fields(GeneratorConfig))}) and {PLUGIN_FILE_KEY!r}")
         return GeneratorConfig(**record)
+    except PluginNotLoadedError:
+        raise
     except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        if PLUGIN_FILE_KEY in str(exc) or "--plugin" in str(exc):
-            raise
         raise ValueError(f"{str(config_path)!r} is not a valid generator config: {exc}") from None
 
 

@@ -92,7 +92,7 @@ def test_generator_folder_names_the_plugin_needed_to_load_it(plugin_file, tmp_pa
     assert json.loads((folder / GENERATOR_CONFIG).read_text())[PLUGIN_FILE_KEY] == str(path.resolve())
     assert load_generator_dir(folder).config.norm == "test-folder-norm"
     unregister_norm("test-folder-norm")
-    with pytest.raises(ValueError, match=rf"not loaded; pass --plugin {path.resolve()}"):
+    with pytest.raises(ValueError, match=rf"not loaded\. Loading a plugin runs its Python code: only if you trust that file, pass --plugin {path.resolve()}"):
         load_generator_dir(folder)
     # built-in norms record no plugin
     plain = save_generator_dir(build_generator("synthetic", "clade", ngf=4), tmp_path / "clade")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fileio import atomic_path, save_torch_atomic, unreadable_reason
+from fileio import atomic_path, refuse_non_finite, save_torch_atomic, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,24 @@ def read_checkpoint(path) -> tuple[dict, Path]:
     A file is read as named (an unreadable one is an error). In a run folder an unreadable
     ``checkpoint.pt`` (e.g. truncated by a kill) is skipped for ``checkpoint.prev.pt``.
     """
+    candidates = _checkpoint_candidates(path)
+    for candidate in candidates:
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file raises several types
+            if len(candidates) == 1:
+                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({unreadable_reason(candidate, exc)}); "
+                                 f"expected a file written by the trainer") from None
+            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate,
+                        unreadable_reason(candidate, exc))
+            continue
+        refuse_non_finite(state, f"checkpoint {str(candidate)!r}")
+        return state, candidate
+    raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
+
+
+def _checkpoint_candidates(path) -> list[Path]:
+    """The files :func:`read_checkpoint` tries, in order; FileNotFoundError when there are none."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -117,16 +135,18 @@ def read_checkpoint(path) -> tuple[dict, Path]:
     if not candidates:
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}" + ("" if path.name != CHECKPOINT_NAME else
                                 f" (nor {previous_checkpoint(path).name})"))
-    for candidate in candidates:
+    return candidates
+
+
+def checkpoint_step(path) -> int | None:
+    """The step of the checkpoint :func:`read_checkpoint` would read (memory-mapped: cheap for large
+    files); None when none is readable (read_checkpoint then says why)."""
+    for candidate in _checkpoint_candidates(path):
         try:
-            return torch.load(candidate, map_location="cpu", weights_only=True), candidate
-        except Exception as exc:  # a truncated file raises several types
-            if len(candidates) == 1:
-                raise ValueError(f"checkpoint {str(candidate)!r} does not load ({unreadable_reason(candidate, exc)}); "
-                                 f"expected a file written by the trainer") from None
-            log.warning("checkpoint %s unreadable (%s); trying the previous one", candidate,
-                        unreadable_reason(candidate, exc))
-    raise ValueError(f"no readable checkpoint among {[str(c) for c in candidates]}")
+            return int(torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # unreadable: the next candidate, as read_checkpoint does
+            continue
+    return None
 
 
 def check_trainer_state(state: dict, *, g_config, d_config, recipe=None, source: str = "the checkpoint") -> None:

@@ -33,6 +33,7 @@ from data.synthetic import SYNTHETIC_LABEL_NC, SyntheticScenes
 from training.checkpoint_store import CHECKPOINT_FILES, CHECKPOINT_NAME
 from training.distributed import any_rank, batches_per_epoch, epoch_batches, make_loader
 from training.losses import NonFiniteLossError
+from training.recipe import check_batch_norm_batch
 from training.run_log import append_row, read_history, write_csv
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
+
+
+class _StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: raised wherever the loop is (a step, a checkpoint save)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"second {signal.Signals(signum).name}: stopped at once")
+        self.signum = signum
 
 
 class _StopOnSignal:
@@ -74,7 +83,7 @@ class _StopOnSignal:
             return
         name = signal.Signals(signum).name
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {name}: stopped at once, without a checkpoint")
+            raise _StoppedAtOnce(signum)
         self.signum = signum
         log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", name)
 
@@ -159,7 +168,7 @@ def check_dataset_labels(dataset, config) -> None:
 def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         out_dir: str | Path | None = None, num_workers: int = 0, log_every: int = 10,
         save_every: int = 500, sample_every: int = 500, validate: bool = True,
-        progress: bool = True, max_seconds: float | None = None,
+        progress: bool = True, max_seconds: float | None = None, label: str | None = None,
         on_step: Callable[[object], None] | None = None, on_step_every: int = 0) -> list[dict]:
     """Train ``trainer`` until ``steps`` iterations (or ``epochs`` epochs) in total, resumed ones included.
 
@@ -168,10 +177,11 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     ``data``: a Dataset (shuffled by (seed, epoch), resumable mid-epoch) or a DataLoader.
     With ``out_dir``: ``log.jsonl`` / ``log.csv`` (mean losses per ``log_every``),
     ``samples/step_XXXXXXX.png`` and ``checkpoint.pt`` every ``sample_every`` /
-    ``save_every`` steps and at the end (an interval of 0: only at the end). ``on_step(trainer)``
-    runs every ``on_step_every`` steps and at the end (not after a signal), e.g. to score the
-    generator for a learning curve; its time counts neither in ``trainer.train_seconds`` nor in the
-    logged throughput. Returns the logged rows.
+    ``save_every`` steps and at the end (an interval of 0: only at the end). ``label`` names the run
+    in the progress bar and the log (default: the norm); after the first step, the time the
+    remaining steps will take is logged. ``on_step(trainer)`` runs every ``on_step_every`` steps and
+    at the end (not after a signal), e.g. to score the generator for a learning curve; its time
+    counts neither in ``trainer.train_seconds`` nor in the logged throughput. Returns the logged rows.
 
     Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGINT / SIGTERM
     arrived (with ``out_dir``), NonFiniteLossError saying which checkpoint is kept, and
@@ -180,12 +190,17 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     main = trainer.rank == 0
     out_dir = Path(out_dir) if out_dir is not None else None
     loader, dataset = _loader(trainer, data, num_workers)
+    check_batch_norm_batch(trainer.g_config, loader.batch_size)
     if validate:
         _validate(trainer, dataset)
     per_epoch = batches_per_epoch(loader)
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")
     total = steps if steps is not None else epochs * per_epoch
+    if total < trainer.step:
+        raise ValueError(f"asked to train until step {total} ({'steps' if steps is not None else 'epochs'}="
+                         f"{steps if steps is not None else epochs}), but the trainer is at step {trainer.step} "
+                         f"already; steps and epochs count the resumed ones too")
     per_step = loader.batch_size * trainer.world_size
     if main:
         log.info("effective batch size %d (%d per process x %d processes); %d batches per epoch; "
@@ -198,17 +213,22 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     watch = WeightNormWatch(trainer.networks()) if main else None
     fit_start = time.perf_counter()
     window = _LossWindow()
+    label = label or trainer.g_config.norm
     bar = tqdm(total=total, initial=trainer.step, disable=not (main and progress), dynamic_ncols=True,
-               desc=f"train {trainer.g_config.norm}", unit="step")
+               desc=f"train {label}", unit="step")
+    first_step = trainer.step + 1
     interrupted = None
     try:
         with _StopOnSignal(out_dir is not None) as stop:
             while trainer.step < total and not trainer.stopped_early and interrupted is None:
                 for batch in epoch_batches(loader, trainer.epoch, trainer.epoch_batch):
+                    step_start = time.perf_counter()
                     try:
                         window.add(trainer.timed_step(batch, per_epoch))
                     except NonFiniteLossError as exc:
                         raise NonFiniteLossError(f"{exc} {_checkpoint_note(trainer, out_dir)}") from None
+                    if main and trainer.step == first_step and trainer.step < total:
+                        _log_time_left(label, time.perf_counter() - step_start, total - trainer.step)
                     bar.update(1)
                     done = trainer.step >= total
                     signalled = stop.signum is not None
@@ -240,6 +260,13 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
                                       checkpoint=_due(trainer.step, save_every) or done)
                     if done:
                         break
+    except _StoppedAtOnce as exc:
+        # A save cut short leaves the previous checkpoint file whole (atomic writes).
+        kept = (f"the last checkpoint saved, {trainer.checkpoint_path} of step {trainer.checkpoint_step}, is kept"
+                if trainer.checkpoint_path is not None else "no checkpoint of this run was saved")
+        raise TrainingInterrupted(f"{exc} after {trainer.step} steps; {kept}", signum=exc.signum,
+                                  step=trainer.checkpoint_step if trainer.checkpoint_path else 0,
+                                  checkpoint=trainer.checkpoint_path) from None
     finally:
         bar.close()
     trainer.sync_buffers()
@@ -248,6 +275,15 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
         raise TrainingInterrupted(f"{name}: stopped at step {trainer.step}; checkpoint {trainer.checkpoint_path} "
                                   f"saved", signum=interrupted, step=trainer.step, checkpoint=trainer.checkpoint_path)
     return history
+
+
+def _log_time_left(label: str, step_seconds: float, steps_left: int) -> None:
+    """One line: how long the steps left take at the first step's pace (an upper bound: it warms up)."""
+    seconds = step_seconds * steps_left
+    when = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+    log.info("train %s: the first step took %.2f s; the %d steps left take up to about %s", label, step_seconds,
+             steps_left, when)
 
 
 def _time_is_up(trainer, fit_start: float, max_seconds: float) -> bool:

@@ -46,6 +46,8 @@ class TrainRecipe:
         if self.batch_size < 1 or self.D_steps_per_G < 1:
             raise ValueError(f"batch_size={self.batch_size} and D_steps_per_G={self.D_steps_per_G} "
                              f"must be at least 1")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63):
+            raise ValueError(f"seed={self.seed!r}; expected an integer from 0 to 2**63 - 1 (torch's seed range)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr}; expected a positive number (official 0.0002)")
         for name in ("lambda_feat", "lambda_vgg", "lambda_kld"):
@@ -90,6 +92,17 @@ def recipe_from_dict(d: dict) -> TrainRecipe:
     """TrainRecipe from a (possibly older) dict, ignoring unknown keys."""
     valid = {f.name for f in fields(TrainRecipe)}
     return TrainRecipe(**{k: v for k, v in d.items() if k in valid})
+
+
+def check_batch_norm_batch(g_config, batch_size: int) -> None:
+    """ValueError naming --crop_size and --batch-size when the generator's BatchNorm layers would
+    see one value per channel in training (batch 1 at a 1x1 first layer): torch refuses those."""
+    sh, sw = g_config.latent_size
+    if g_config.param_free_norm == "batch" and batch_size * sh * sw < 2:
+        raise ValueError(f"--crop_size {g_config.crop_size} at --batch-size {batch_size}: the generator starts at "
+                         f"{sh}x{sw} pixels, where BatchNorm in training sees a single value per channel; use "
+                         f"--batch-size 2 or more, --crop_size {2 * g_config.crop_size} or more, or "
+                         f"--param_free_norm instance")
 
 
 def discriminator_config_for(g_config: GeneratorConfig, **overrides) -> DiscriminatorConfig:

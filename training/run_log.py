@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fileio import append_line, atomic_path, write_text_atomic
+from fileio import append_line, atomic_path, json_safe, write_text_atomic
 
 from training.checkpoint_store import DiskFullError
 
@@ -26,7 +26,7 @@ def append_row(out_dir: Path, row: dict) -> None:
     """Append one row to ``out_dir/log.jsonl`` (one write: at worst a torn last line, see read_history)."""
     path = Path(out_dir) / LOG_JSONL
     try:
-        append_line(path, json.dumps(row))
+        append_line(path, json.dumps(json_safe(row), allow_nan=False))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
@@ -67,5 +67,5 @@ def read_history(out_dir: Path, step: int) -> list[dict]:
             torn = True
     kept = [r for r in rows if r["step"] <= step]
     if torn or len(kept) != len(rows):
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(path, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in kept))
     return kept

@@ -31,6 +31,8 @@ from analysis.probe.variance import (PARAMS, LayerStatistics, ProbeStatistics, e
                     modulation_layers, override_modulation, prepare_inputs)
 
 log = logging.getLogger(__name__)
+# Sets of unseen classes already logged by ablation_effects in this process.
+_REPORTED_UNSEEN: set[tuple[int, ...]] = set()
 
 IMAGE_PEAK_TO_PEAK = 2.0  # generator outputs lie in [-1, 1]
 
@@ -131,8 +133,12 @@ def ablation_effects(generator: nn.Module, stats: ProbeStatistics | None, batche
     unseen = sorted({k for layer in (stats.layers.values() if stats else [])
                      for k in torch.nonzero(layer.count == 0).flatten().tolist()})
     if unseen:
-        log.info("probe: %d classes (%s%s) missing from some layer's statistics; class_mean gives "
-                 "them the layer's overall mean", len(unseen), unseen[:10], ", ..." if len(unseen) > 10 else "")
+        # One stage ablates many generators of one dataset, which miss the same classes: said once.
+        level = logging.DEBUG if tuple(unseen) in _REPORTED_UNSEEN else logging.INFO
+        _REPORTED_UNSEEN.add(tuple(unseen))
+        log.log(level, "probe: %d classes (%s%s) missing from some layer's statistics; class_mean gives them the "
+                "layer's overall mean (said once for these classes)", len(unseen), unseen[:10],
+                ", ..." if len(unseen) > 10 else "")
     totals = {t[:2]: dict(abs=0.0, sq=0.0, max=0.0, n=0) for t in targets}
     images = 0
     device = model_device(generator)

@@ -77,9 +77,10 @@ def finetune(ctx: RunContext, clade, steps: int) -> dict:
     if work.exists():  # a short run from the converted weights, never resumed
         shutil.rmtree(work)
     settings = {"planned_steps": steps, "batch_size": ctx.train.batch_size, "crop_size": config.output_size[0]}
+    log.info("[convert] fine-tuning %s for %d steps (--convert-finetune-steps; 0 skips it)", FINETUNED, steps)
     history = trainer.fit(training_dataset(ctx, config, settings), steps=steps,
                           out_dir=work, log_every=max(1, steps // 10), save_every=steps, sample_every=steps,
-                          num_workers=0)
+                          num_workers=0, label=FINETUNED)
     trainer.export_generator(ctx.checkpoint_dir(FINETUNED))
     remove_training_state(work)
     df = pd.DataFrame(history)

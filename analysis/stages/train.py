@@ -210,7 +210,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     history = trainer.fit(data, steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
                           sample_every=max(1, s["steps"] // 2), max_seconds=max_seconds,
-                          num_workers=0, on_step=on_step, on_step_every=s["curve_every"])
+                          num_workers=0, on_step=on_step, on_step_every=s["curve_every"], label=name)
     trainer.export_generator(ctx.checkpoint_dir(name))
     h, w = g_config.output_size
     write_json_atomic(ctx.checkpoint_dir(name) / VARIANT_FILE, {

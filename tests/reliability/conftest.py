@@ -8,11 +8,24 @@ tried, how many ended in a clear error, and how much data was lost (failed ``dat
 """
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 KINDS = ("clear_error", "wrong_run", "data_loss")
 _outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (kind, outcome)
 _kinds_by_nodeid: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """train.py replaces the root log handlers (force=True) with ones on this test's captured
+    stderr; later tests must not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_configure(config):
