@@ -190,8 +190,9 @@ class EvalOptions:
     images: int = option(128, "val images generated per method (and real reference size)", quick=32, minimum=2)
     train_images: int = option(256, "real training images the proxy segmenter learns from", quick=64, minimum=1)
     proxy_steps: int = option(200, "training steps of the proxy segmenter (batch 16)", quick=40, minimum=0)
-    proxy_max_seconds: float = option(60.0, "wall-clock cap of the proxy training, 0 = no cap; fewer steps "
-                                      "are run, and reported, when the machine is slower", quick=15.0, minimum=0)
+    proxy_max_seconds: float = option(0.0, "wall-clock cap of the proxy training, 0 = no cap (the default: the "
+                                      "proxy trains the steps planned); with a cap, fewer steps are run, and "
+                                      "reported, when the machine is slower", minimum=0)
     latency_repeats: int = option(10, "timed forward passes per method, after 3 warm-up rounds", quick=5,
                                   minimum=1)
     batch_size: int = option(16, "generation and scoring batch", minimum=1)

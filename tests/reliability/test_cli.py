@@ -263,7 +263,7 @@ def test_plugin_that_fails_to_import_is_one_line_naming_file_and_line(tmp_path, 
                                   "--reference-dir", "--compare-vgg-weights"])
 def test_a_named_input_file_that_does_not_exist_is_refused_before_any_stage(tmp_path, capsys, fake_stages, flag):
     message = _fails(["--out", str(tmp_path / "o"), "--device", "cpu", flag, str(tmp_path / "nope.pth")], capsys)
-    assert f"argument {flag}: no such file or folder" in message and "nope.pth" in message
+    assert flag in message and "no such file" in message and "nope.pth" in message, message
     assert fake_stages == []
 
 

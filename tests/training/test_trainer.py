@@ -370,13 +370,16 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32():
 def test_on_step_runs_every_k_steps_and_at_the_end_outside_the_timed_step(monkeypatch):
     import types
     from training import loop
+    from training import trainer as trainer_module
     clock = types.SimpleNamespace(now=0.0)
 
     def perf_counter():  # 1 ms per reading, plus the 100 s the callback "spends"
         clock.now += 0.001
         return clock.now
 
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    fake_time = types.SimpleNamespace(perf_counter=perf_counter)
+    monkeypatch.setattr(loop, "time", fake_time)
+    monkeypatch.setattr(trainer_module, "time", fake_time)   # Trainer.timed_step times the step itself
     trainer, seen = tiny_trainer("clade"), []
 
     def score(t):
