@@ -157,6 +157,9 @@ def semantic_share_finding(tables: dict) -> Finding:
     verdict, effect, judged = summaries["spade"]
     others = [f"{model}: {v} ({n})" for model, (v, _, n) in summaries.items() if model != "spade"]
     caveat = f"per layer vs the untrained twin; {judged}" + (f"; {'; '.join(others)}" if others else "")
+    flags = C.converged_runs(tables.get("convergence"))
+    if flags is not None and not flags.get("spade", False):   # a trained run that is still learning
+        return Finding("semantic_share", claim, C.NOT_CONVERGED, effect, f"not converged: spade; {caveat}", source)
     return Finding("semantic_share", claim, verdict, effect, caveat, source)
 
 

@@ -475,6 +475,22 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                   quality: pd.DataFrame, ablation: pd.DataFrame, neighbourhood: pd.DataFrame) -> StageResult:
     """Tables (CSV + Markdown), figures and the stage's result."""
     timing = f"{ctx.device}, {torch.get_num_threads()} CPU threads, batch 1, no_grad"
+    write_files(ctx, opts, table, samples, labels, cfg, segmenter, fid_reference, timing,
+                quality=quality, ablation=ablation, neighbourhood=neighbourhood)
+    method_notes, proxy = eval_notes(opts, table, segmenter, extractors, quality, timing)
+    return StageResult(
+        summary={"methods": table.loc[table.norm != "real", "norm"].tolist(), "eval_images": opts.images,
+                 "segmenter": segmenter.description,
+                 **({"segmenter_seconds_per_image": round(segmenter.seconds_per_image, 4)}
+                    if getattr(segmenter, "seconds_per_image", None) else {})},
+        notes=notes + method_notes, proxy=proxy,
+        tables=eval_tables(opts, segmenter, quality, ablation, neighbourhood), figures=list(EVAL_FIGURES))
+
+
+def write_files(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, samples: dict, labels, cfg, segmenter,
+                fid_reference: dict | None, timing: str, *, quality: pd.DataFrame, ablation: pd.DataFrame,
+                neighbourhood: pd.DataFrame) -> None:
+    """The stage's tables (CSV, with their meta.json, and Markdown) and figures."""
     protocol = segmenter.record() if isinstance(segmenter, segmenters.PaperSegmenter) else None
     meta = dict(eval_images=opts.images, segmenter=segmenter.description, segmenter_protocol=protocol,
                 latency=f"median of {opts.latency_repeats} forward passes ({timing})", fid_reference=fid_reference)
@@ -494,6 +510,10 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
     ctx.write_figure(roi.plot_quality_vs_cost(table), "roi_quality_vs_cost")
     ctx.write_figure(roi.plot_modulation_roi(table), "roi_modulation")
 
+
+def eval_notes(opts: EvalOptions, table: pd.DataFrame, segmenter, extractors: dict, quality: pd.DataFrame,
+               timing: str) -> tuple[list[str], list[str]]:
+    """(the report's notes on the metrics and the timing, the notes on what stands in for a real metric)."""
     proxy_note = (f"mIoU / accuracy columns ending in _proxy come from {segmenter.description}; "
                   "the 'real images' row is that segmenter on the real val images (its upper bound)."
                   if segmenter.is_proxy else f"mIoU / accuracy from {segmenter.description}.")
@@ -513,61 +533,62 @@ def write_outputs(ctx: RunContext, opts: EvalOptions, table: pd.DataFrame, sampl
                     f"Pareto front; re-run the eval stage on a quiet machine." if len(unreliable) else
                     "Latency reliable: repeats within their spread limit and the reference kernel steady "
                     "(the bench stage's check).")
-    return StageResult(
-        summary={"methods": table.loc[table.norm != "real", "norm"].tolist(), "eval_images": opts.images,
-                 "segmenter": segmenter.description,
-                 **({"segmenter_seconds_per_image": round(segmenter.seconds_per_image, 4)}
-                    if getattr(segmenter, "seconds_per_image", None) else {})},
-        notes=notes + [n for n in (known_note,) if n] + [proxy_note] + (
-            [fd_note] if "fd_proxy_features" in extractors else []) + [
-            f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
-            f"median of {opts.latency_repeats} forward passes ({timing}) "
-            f"timed round-robin with the other methods in this run.", latency_note],
-        proxy=([fd_note] if "fd_proxy_features" in extractors else []) + ([proxy_note] if segmenter.is_proxy else []),
-        tables=[
-            TableRef("tables/evaluation.csv",
-                     f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
-                     f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % interval: Student t over "
-                     f"seeds clipped to the metric's bounds, hierarchical bootstrap for the known answers) on "
-                     f"{opts.images} val label maps (known answers, Frechet distances, segmentation scores"
-                     f" from {segmenter.description}) next to the seed-0 "
-                     f"model's params, GMACs and measured latency."),
-            TableRef("tables/quality_seeds.csv",
-                     f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
-                     f"val label maps, with the 95 % percentile bootstrap interval over those images "
-                     f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this "
-                     f"image count (reported, not a threshold).",
-                     [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
-                      if c in quality]),
-            *([TableRef("tables/ablation_quality.csv",
-                        "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
-                        "class means in every layer ('all') or in the layers of one resolution stage, scored "
-                        "like the methods (bootstrap intervals in the CSV).",
-                        [c for c in ("run", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
-              if not ablation.empty else []),
-            TableRef("tables/neighbourhood.csv",
-                     f"Share of pixels whose {SPADE_WINDOW}x{SPADE_WINDOW} neighbourhood holds a single class in "
-                     f"the {int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's "
-                     "norm layers: one SPADE gamma / beta value depends on that window (two stacked 3x3 convs), so "
-                     "there it sees one class only and cannot be more than class-adaptive."),
-            TableRef("tables/roi.csv",
-                     "Costs and qualities per method; pareto_<cost> says whether no other method is at "
-                     "least as cheap on that axis and at least as good on every quality column."),
-            TableRef("tables/roi_modulation.csv",
-                     "Extra GMACs and parameters each method spends in its modulation layers over the "
-                     "cheapest one, and the quality difference they buy (delta_<metric>: negative is "
-                     "better for Frechet distances, positive for mIoU and accuracy)."),
-        ],
-        figures=[
-            FigureRef("figures/eval_samples.png",
-                      "Val label maps, the real images and each method's generated images for the same maps."),
-            FigureRef("figures/roi_quality_vs_cost.png",
-                      "Quality against GMACs, parameters and measured latency per method, with the "
-                      "Pareto front dashed and dominated methods drawn as crosses."),
-            FigureRef("figures/roi_modulation.png",
-                      "Quality against the GMACs each method spends in its modulation layers."),
-        ],
-    )
+    fd = [fd_note] if "fd_proxy_features" in extractors else []
+    notes = [n for n in (known_note,) if n] + [proxy_note] + fd + [
+        f"Params and GMACs: analysis.costs.layers on the evaluated generators (batch 1); latency_ms: "
+        f"median of {opts.latency_repeats} forward passes ({timing}) "
+        f"timed round-robin with the other methods in this run.", latency_note]
+    return notes, fd + ([proxy_note] if segmenter.is_proxy else [])
+
+
+def eval_tables(opts: EvalOptions, segmenter, quality: pd.DataFrame, ablation: pd.DataFrame,
+                neighbourhood: pd.DataFrame) -> list[TableRef]:
+    """The report's entries of the stage's tables."""
+    return [
+        TableRef("tables/evaluation.csv",
+                 f"Quality of each method (mean over its n_seeds training seeds, steps as run; the "
+                 f"<metric>_ci_low/_ci_high columns of the CSV give the 95 % interval: Student t over "
+                 f"seeds clipped to the metric's bounds, hierarchical bootstrap for the known answers) on "
+                 f"{opts.images} val label maps (known answers, Frechet distances, segmentation scores"
+                 f" from {segmenter.description}) next to the seed-0 "
+                 f"model's params, GMACs and measured latency."),
+        TableRef("tables/quality_seeds.csv",
+                 f"Every trained model (method, seed, steps run, mask resolution) scored on {opts.images} "
+                 f"val label maps, with the 95 % percentile bootstrap interval over those images "
+                 f"(<metric>_boot_low/_boot_high in the CSV); the 'real' row is each metric's floor at this "
+                 f"image count (reported, not a threshold).",
+                 [c for c in ("run", "seed", "steps", "mask_resolution", *roi.quality_columns(quality))
+                  if c in quality]),
+        *([TableRef("tables/ablation_quality.csv",
+                    "Each trained 3x3 SPADE as trained ('none') and with its gamma/beta replaced by their "
+                    "class means in every layer ('all') or in the layers of one resolution stage, scored "
+                    "like the methods (bootstrap intervals in the CSV).",
+                    [c for c in ("run", "seed", "ablated", *roi.quality_columns(ablation)) if c in ablation])]
+          if not ablation.empty else []),
+        TableRef("tables/neighbourhood.csv",
+                 f"Share of pixels whose {SPADE_WINDOW}x{SPADE_WINDOW} neighbourhood holds a single class in "
+                 f"the {int(neighbourhood.images.iloc[0])} val label maps, at each resolution of the generator's "
+                 "norm layers: one SPADE gamma / beta value depends on that window (two stacked 3x3 convs), so "
+                 "there it sees one class only and cannot be more than class-adaptive."),
+        TableRef("tables/roi.csv",
+                 "Costs and qualities per method; pareto_<cost> says whether no other method is at "
+                 "least as cheap on that axis and at least as good on every quality column."),
+        TableRef("tables/roi_modulation.csv",
+                 "Extra GMACs and parameters each method spends in its modulation layers over the "
+                 "cheapest one, and the quality difference they buy (delta_<metric>: negative is "
+                 "better for Frechet distances, positive for mIoU and accuracy)."),
+    ]
+
+
+EVAL_FIGURES = [
+    FigureRef("figures/eval_samples.png",
+              "Val label maps, the real images and each method's generated images for the same maps."),
+    FigureRef("figures/roi_quality_vs_cost.png",
+              "Quality against GMACs, parameters and measured latency per method, with the "
+              "Pareto front dashed and dominated methods drawn as crosses."),
+    FigureRef("figures/roi_modulation.png",
+              "Quality against the GMACs each method spends in its modulation layers."),
+]
 
 
 # Characters per line of a sample-grid column title: wider would run into the next column at fontsize 8.

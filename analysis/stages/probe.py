@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -209,126 +210,159 @@ def verdict_notes(verdicts: pd.DataFrame) -> list[str]:
     return notes
 
 
-def run(ctx: RunContext) -> StageResult:
-    opts = ctx.probe
-    generators = find_generators(ctx)
-    channels, untrained, ablations, sources, data, stand_in = [], [], [], {}, {}, False
-    figures, counts = [], {}
-    for name, (source, generator, given) in generators.items():
-        cfg = generator.config
-        variant_file = Path(source) / VARIANT_FILE
-        variant = json.loads(variant_file.read_text()) if variant_file.is_file() else {}
-        mask_factor = int(variant.get("mask_factor", 1))
-        seed = int(variant.get("seed", 0))
-        run_name = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
-        batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
-        # A --checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
-        images = opts.checkpoint_images if given else opts.images
-        budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if given
-                  else dict(per_layer=seed == 0))   # per layer once per run; every seed for 'all'
-        budget.update(run=run_name, seed=seed, mask_factor=mask_factor)
-        batches, description, is_stand_in = probe_batches(ctx, cfg, images, batch_size)
-        if mask_factor > 1:
-            batches = coarsen_batches(batches, mask_factor, cfg)
-            description += f", label maps {mask_factor}x coarser ({variant.get('mask_resolution')}) as trained"
-        log.info("probe: %s (%s) on %s", name, source, description)
-        model_channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size,
-                                                            is_stand_in, **budget)
-        # the training seed of variant seed k is --seed + k (analysis.stages.train)
-        untrained.append(probe_untrained_twin(generator, ctx.seed + seed, batches, opts, model_channels))
-        counts[name] = {"images": images, "ablation_images": budget.get("ablation_images", opts.ablation_images),
-                        "per_layer_ablation": budget.get("per_layer", True)}
-        channels.append(model_channels)
-        ablations.append(ablation)
-        sources[name], data[name], stand_in = source, description, stand_in or is_stand_in
-        note = " Stand-in label maps (no real dataset)." if is_stand_in else ""
-        if seed:
-            plt.close(maps_figure)
-            continue
-        figures.append(FigureRef(str(ctx.write_figure(maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
-                                 f"{name}: the three highest-variance gamma channels of the three "
-                                 f"highest-resolution layers for one image, beside its label map.{note}"))
-        figures.append(FigureRef(str(ctx.write_figure(plot_ratio_heatmap(model_channels, name),
-                                                      f"probe_heatmap_{name}").relative_to(ctx.out)),
-                                 f"{name}: semantic ratio of every channel of every modulation layer "
-                                 f"(channels sorted within each layer).{note}"))
-    kernel = {"spade_kernel_size": "Int64"}  # nullable integer: a SPADE option, NA for CLADE
-    channels = pd.concat(channels, ignore_index=True).astype(kernel)
-    shares = layer_shares(channels)
-    untrained_shares = layer_shares(pd.concat(untrained, ignore_index=True).astype(kernel))
-    verdicts = probe_verdicts(shares, untrained_shares)
-    shares = shares.merge(untrained_shares[["model", "layer", "share_class"]], on=["model", "layer"],
-                          suffixes=("", "_untrained"))
-    layers = variance.layer_summary(channels).merge(shares[["model", "layer", "negligible"]], on=["model", "layer"])
-    resolutions = variance.resolution_summary(channels)
-    ablation = pd.concat(ablations, ignore_index=True).astype(kernel)
-    note = " Stand-in label maps (no real dataset)." if stand_in else ""
+@dataclass
+class ProbedModel:
+    """What probing one generator gave: its channel tables (trained and untrained twin), ablation,
+    gamma-map figure, the images it saw and how many."""
+
+    channels: pd.DataFrame
+    untrained: pd.DataFrame
+    ablation: pd.DataFrame
+    maps_figure: plt.Figure
+    description: str
+    stand_in: bool
+    seed: int
+    counts: dict
+
+
+def probe_generator(ctx: RunContext, name: str, source: str, generator, given: bool) -> ProbedModel:
+    """Probe one generator (and its untrained twin) on the run's val label maps, coarsened as it
+    was trained when its ``variant.json`` says so."""
+    opts, cfg = ctx.probe, generator.config
+    variant_file = Path(source) / VARIANT_FILE
+    variant = json.loads(variant_file.read_text()) if variant_file.is_file() else {}
+    mask_factor = int(variant.get("mask_factor", 1))
+    seed = int(variant.get("seed", 0))
+    run_name = name[:-len(f"-s{seed}")] if seed and name.endswith(f"-s{seed}") else name
+    batch_size = 8 if cfg.output_size[0] * cfg.output_size[1] <= 128 * 128 else 2
+    # A --checkpoint is full-size: fewer images, ablation of all layers at once (seconds per pass).
+    images = opts.checkpoint_images if given else opts.images
+    budget = (dict(ablation_images=2, per_layer=opts.checkpoint_per_layer) if given
+              else dict(per_layer=seed == 0))   # per layer once per run; every seed for 'all'
+    budget.update(run=run_name, seed=seed, mask_factor=mask_factor)
+    batches, description, stand_in = probe_batches(ctx, cfg, images, batch_size)
+    if mask_factor > 1:
+        batches = coarsen_batches(batches, mask_factor, cfg)
+        description += f", label maps {mask_factor}x coarser ({variant.get('mask_resolution')}) as trained"
+    log.info("probe: %s (%s) on %s", name, source, description)
+    channels, ablation, maps_figure = probe_model(name, generator, batches, opts, batch_size, stand_in, **budget)
+    # the training seed of variant seed k is --seed + k (analysis.stages.train)
+    untrained = probe_untrained_twin(generator, ctx.seed + seed, batches, opts, channels)
+    counts = {"images": images, "ablation_images": budget.get("ablation_images", opts.ablation_images),
+              "per_layer_ablation": budget.get("per_layer", True)}
+    return ProbedModel(channels, untrained, ablation, maps_figure, description, stand_in, seed, counts)
+
+
+def model_figures(ctx: RunContext, name: str, probed: ProbedModel) -> list[FigureRef]:
+    """The gamma maps and channel heatmap of a run's first seed (other seeds: none)."""
+    if probed.seed:
+        plt.close(probed.maps_figure)
+        return []
+    note = " Stand-in label maps (no real dataset)." if probed.stand_in else ""
+    return [FigureRef(str(ctx.write_figure(probed.maps_figure, f"probe_gamma_maps_{name}").relative_to(ctx.out)),
+                      f"{name}: the three highest-variance gamma channels of the three "
+                      f"highest-resolution layers for one image, beside its label map.{note}"),
+            FigureRef(str(ctx.write_figure(plot_ratio_heatmap(probed.channels, name),
+                                           f"probe_heatmap_{name}").relative_to(ctx.out)),
+                      f"{name}: semantic ratio of every channel of every modulation layer "
+                      f"(channels sorted within each layer).{note}")]
+
+
+NEGLIGIBLE_RULE = (f"modulation std (over pixels, RMS over channels, gamma and beta together) below "
+                   f"{NEGLIGIBLE_RELATIVE_STD:.3g} (2^-8, bf16's relative rounding) of the std of the normalised "
+                   f"activation it scales (RMS)")
+
+
+def summary_figures(ctx: RunContext, layers: pd.DataFrame, verdicts: pd.DataFrame, note: str) -> list[FigureRef]:
+    """The share-vs-untrained figure and the ratio bars of every run's first seed."""
     # A model whose ratio is 1 in every layer (CLADE: per-class tables) gets a line of text, not a panel.
     first_seed = layers[layers.seed == 0]   # one panel per run; every seed is in the tables
     constant = [m for m, g in first_seed.groupby("model", sort=False)
                 if g.semantic_ratio_weighted.dropna().between(1 - 1e-6, 1 + 1e-6).all()]
     drawn = first_seed[~first_seed.model.isin(constant)] if len(constant) < first_seed.model.nunique() else first_seed
     constant = [m for m in constant if m not in set(drawn.model)]
-    negligible_rule = (f"modulation std (over pixels, RMS over channels, gamma and beta together) below "
-                       f"{NEGLIGIBLE_RELATIVE_STD:.3g} (2^-8, bf16's relative rounding) of the std of the normalised "
-                       f"activation it scales (RMS)")
-    figures.insert(0, FigureRef(str(ctx.write_figure(plot_share_against_untrained(verdicts),
-                                                     "probe_share_vs_untrained").relative_to(ctx.out)),
-                                "Class share of each layer's gamma / beta variance (against positional and "
-                                "residual variance together), trained with its 95% interval over seeds, beside "
-                                "the untrained twin of the same seeds on the same label maps (what the label "
-                                f"geometry alone gives). Hatched: negligible modulation ({negligible_rule}), "
-                                f"no verdict.{note}"))
-    figures.insert(0, FigureRef(str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars").relative_to(ctx.out)),
-                                "Share of each modulation layer's gamma / beta variance explained by the "
-                                f"class (semantic), by position within the class region (ICPE "
-                                f"regression) and neither, layers by depth; hatched 'no variance': negligible "
-                                f"modulation ({negligible_rule}), whose shares are ratios of rounding noise.{note}"
-                                + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
-                                   f"by construction (gamma / beta are per-class tables)." if constant else "")))
-    meta = dict(models=sources, data=data, stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
+    return [FigureRef(str(ctx.write_figure(plot_ratio_bars(drawn), "probe_ratio_bars").relative_to(ctx.out)),
+                      "Share of each modulation layer's gamma / beta variance explained by the "
+                      f"class (semantic), by position within the class region (ICPE "
+                      f"regression) and neither, layers by depth; hatched 'no variance': negligible "
+                      f"modulation ({NEGLIGIBLE_RULE}), whose shares are ratios of rounding noise.{note}"
+                      + (f" Not drawn: {', '.join(constant)}, whose semantic share is 1 in every layer "
+                         f"by construction (gamma / beta are per-class tables)." if constant else "")),
+            FigureRef(str(ctx.write_figure(plot_share_against_untrained(verdicts),
+                                           "probe_share_vs_untrained").relative_to(ctx.out)),
+                      "Class share of each layer's gamma / beta variance (against positional and "
+                      "residual variance together), trained with its 95% interval over seeds, beside "
+                      "the untrained twin of the same seeds on the same label maps (what the label "
+                      f"geometry alone gives). Hatched: negligible modulation ({NEGLIGIBLE_RULE}), "
+                      f"no verdict.{note}")]
+
+
+CAPTIONS = {
+    "probe_verdicts": "Per run and layer: class share over seeds (logit-t 95% interval, inside [0, 1]), the "
+                      "untrained twin's share (same seeds, same label maps) and the verdict: 'supported' when the "
+                      "interval lies above the untrained share; no verdict where the modulation is negligible "
+                      f"({NEGLIGIBLE_RULE}), where the untrained share is already 1 (class-only by "
+                      "construction: CLADE's tables), where one class was seen, or with one seed.",
+    "probe_layers": "Per modulation layer and parameter (gamma / beta): semantic, positional and residual "
+                    "shares of the variance, channel means and variance-weighted.",
+    "probe_shares": "Class share of each layer's gamma / beta variance (pooled, against all other variance) "
+                    "per model and seed, beside its untrained twin's; modulation std, activation RMS, classes seen and "
+                    "whether the modulation is negligible.",
+    "probe_channels": "The same decomposition for every channel of every modulation layer.",
+    "probe_resolutions": "Variance shares aggregated per resolution stage.",
+    "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
+                      "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
+                      "input is removed.",
+}
+_RATIOS = ["semantic_ratio", "positional_ratio", "residual_ratio"]
+# What report.md shows of each table (the CSV keeps every column).
+SHOWN = {
+    "probe_verdicts": VERDICT_COLUMNS,
+    "probe_layers": ["model", "layer", "resolution", "param", *_RATIOS, "semantic_ratio_weighted"],
+    "probe_channels": ["model", "layer", "resolution", "param", "channel", *_RATIOS],
+    "probe_resolutions": ["model", "resolution", "param", *_RATIOS, "semantic_ratio_weighted", "layers"],
+}
+
+
+def run(ctx: RunContext) -> StageResult:
+    opts = ctx.probe
+    generators = find_generators(ctx)
+    probed = {name: probe_generator(ctx, name, source, generator, given)
+              for name, (source, generator, given) in generators.items()}
+    figures = [ref for name, p in probed.items() for ref in model_figures(ctx, name, p)]
+    stand_in = any(p.stand_in for p in probed.values())
+    counts = {name: p.counts for name, p in probed.items()}
+    kernel = {"spade_kernel_size": "Int64"}  # nullable integer: a SPADE option, NA for CLADE
+    channels = pd.concat([p.channels for p in probed.values()], ignore_index=True).astype(kernel)
+    shares = layer_shares(channels)
+    untrained_shares = layer_shares(pd.concat([p.untrained for p in probed.values()], ignore_index=True).astype(kernel))
+    verdicts = probe_verdicts(shares, untrained_shares)
+    shares = shares.merge(untrained_shares[["model", "layer", "share_class"]], on=["model", "layer"],
+                          suffixes=("", "_untrained"))
+    layers = variance.layer_summary(channels).merge(shares[["model", "layer", "negligible"]], on=["model", "layer"])
+    note = " Stand-in label maps (no real dataset)." if stand_in else ""
+    figures = summary_figures(ctx, layers, verdicts, note) + figures
+    meta = dict(models={n: generators[n][0] for n in probed}, data={n: p.description for n, p in probed.items()},
+                stand_in=stand_in, images={n: c["images"] for n, c in counts.items()},
                 ablation_images={n: c["ablation_images"] for n, c in counts.items()}, basis=variance.BASES[opts.basis],
                 dontcare="excluded" if opts.exclude_dontcare else "kept as a class",
                 positions="ICPE map given to the generator, in the mode a CLADE-ICPE generator was trained "
                           "with (else corrected), nearest-resized to each layer",
                 icpe_modes={n: generators[n][1].config.icpe_mode for n in counts},
                 ratios="population variances pooled over pixels of all images; NaN where total variance is 0")
-    captions = {
-        "probe_layers": "Per modulation layer and parameter (gamma / beta): semantic, positional and residual "
-                        "shares of the variance, channel means and variance-weighted.",
-        "probe_channels": "The same decomposition for every channel of every modulation layer.",
-        "probe_resolutions": "Variance shares aggregated per resolution stage.",
-        "probe_shares": "Class share of each layer's gamma / beta variance (pooled, against all other variance) "
-                        "per model and seed, beside its untrained twin's; modulation std, activation RMS, classes seen and "
-                        "whether the modulation is negligible.",
-        "probe_verdicts": "Per run and layer: class share over seeds (logit-t 95% interval, inside [0, 1]), the "
-                          "untrained twin's share (same seeds, same label maps) and the verdict: 'supported' when the "
-                          "interval lies above the untrained share; no verdict where the modulation is negligible "
-                          f"({negligible_rule}), where the untrained share is already 1 (class-only by "
-                          "construction: CLADE's tables), where one class was seen, or with one seed.",
-        "probe_ablation": "Change of the output (mean absolute difference, PSNR) when gamma / beta are replaced "
-                          "by their per-class means (all layers, then one layer at a time where the notes say so) or ICPE's positional "
-                          "input is removed.",
-    }
-    ratios = ["semantic_ratio", "positional_ratio", "residual_ratio"]
-    shown = {  # what report.md shows of each table (the CSV keeps every column)
-        "probe_layers": ["model", "layer", "resolution", "param", *ratios, "semantic_ratio_weighted"],
-        "probe_channels": ["model", "layer", "resolution", "param", "channel", *ratios],
-        "probe_resolutions": ["model", "resolution", "param", *ratios, "semantic_ratio_weighted", "layers"],
-    }
-    tables = []
-    shown["probe_verdicts"] = VERDICT_COLUMNS
-    for df, table in ((verdicts, "probe_verdicts"), (layers, "probe_layers"), (shares, "probe_shares"),
-                      (channels, "probe_channels"), (resolutions, "probe_resolutions"), (ablation, "probe_ablation")):
-        path = ctx.write_table(df, table, bulk=table == "probe_channels", **meta).relative_to(ctx.out)
-        tables.append(TableRef(str(path), captions[table] + note, shown.get(table)))
+    frames = {"probe_verdicts": verdicts, "probe_layers": layers, "probe_shares": shares, "probe_channels": channels,
+              "probe_resolutions": variance.resolution_summary(channels),
+              "probe_ablation": pd.concat([p.ablation for p in probed.values()], ignore_index=True).astype(kernel)}
+    tables = [TableRef(str(ctx.write_table(df, table, bulk=table == "probe_channels", **meta).relative_to(ctx.out)),
+                       CAPTIONS[table] + note, SHOWN.get(table)) for table, df in frames.items()]
     overall = layers.groupby(["model", "param"], sort=False)["semantic_ratio_weighted"].mean()
-    probed = "; ".join(f"{n}: {c['images']} images, ablation on {c['ablation_images']}"
-                       + ("" if c["per_layer_ablation"] else " (all layers at once only; --probe-checkpoint-per-layer "
-                                                              "for each layer alone)") for n, c in counts.items())
+    probed_text = "; ".join(f"{n}: {c['images']} images, ablation on {c['ablation_images']}"
+                            + ("" if c["per_layer_ablation"] else " (all layers at once only; "
+                                                                   "--probe-checkpoint-per-layer for each layer alone)")
+                            for n, c in counts.items())
     return StageResult(
         summary={"models": list(generators), "images": counts, "stand_in": stand_in,
                  "semantic_ratio_weighted_mean_over_layers": {f"{m}/{p}": round(v, 4) for (m, p), v in overall.items()}},
-        notes=[f"Probed: {probed} (more with --probe-images / --probe-checkpoint-images).",
+        notes=[f"Probed: {probed_text} (more with --probe-images / --probe-checkpoint-images).",
                *verdict_notes(verdicts)],
         figures=figures, tables=tables)

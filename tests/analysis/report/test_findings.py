@@ -140,6 +140,18 @@ def test_semantic_share_reads_the_probe_verdicts():
     assert F.semantic_share_finding({"probe_verdicts": probe_rows("clade", ["supported"] * 3)}).verdict == F.NOT_MEASURED
 
 
+
+def test_semantic_share_of_a_spade_run_still_learning_is_not_converged():
+    table = probe_rows("spade", ["supported"] * 3)
+    learning = pd.DataFrame({"method": ["spade", "clade"], "metric": "shading_error", "converged": [False, True]})
+    line = F.semantic_share_finding({"probe_verdicts": table, "convergence": learning})
+    assert line.verdict == "not converged" and line.caveat.startswith("not converged: spade")
+    done = learning.assign(converged=True)
+    assert F.semantic_share_finding({"probe_verdicts": table, "convergence": done}).verdict == F.SUPPORTED
+    # a probed checkpoint without a train stage (no convergence table) keeps its verdict
+    assert F.semantic_share_finding({"probe_verdicts": table}).verdict == F.SUPPORTED
+
+
 def test_the_report_opens_with_the_findings_and_ends_with_every_comparison(tmp_path):
     (tmp_path / "tables").mkdir()
     tables = quality_tables(convergence=convergence("spade", "clade", "clade-icpe"))
