@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.choices import CLASS_MAP_NAMES, INPUT_NORMS
+from analysis.choices import INPUT_NORMS
 
 IGNORE_INDEX = 255  # target value of pixels that are not scored (dontcare, unmapped classes)
 

@@ -282,8 +282,13 @@ def plot_quality_vs_cost(evaluation: pd.DataFrame):
             panels.append((axes[i, j], _scatter(axes[i, j], df, c, q, colors, ref)))
     _legend(fig, df, colors, ncol=7)
     fig.suptitle("Quality against cost per method (dotted: real images scored the same way)", fontsize=10)
-    legend_rows = -(-(len(df) + 4) // 7)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * legend_rows, 1, 0.97))
+    return _laid_out(fig, panels, bottom=0.04 + 0.03 * -(-(len(df) + 4) // 7), top=0.97)
+
+
+def _laid_out(fig, panels: list, *, bottom: float, top: float):
+    """``fig`` laid out above its legend rows (``bottom``) and below its title (``top``), then each
+    panel's point labels moved apart (after the layout, which sets the panels' sizes)."""
+    fig.tight_layout(rect=(0, bottom, 1, top))
     for ax, points in panels:
         _declutter(ax, points)
     return fig
@@ -303,11 +308,7 @@ def plot_modulation_roi(evaluation: pd.DataFrame):
             ax.set_xscale("log")
     _legend(fig, df, colors, ncol=3, reference=False)
     fig.suptitle("What the modulation layers cost (log scale) and the quality they buy", fontsize=10)
-    legend_rows = -(-(len(df) + 3) // 3)
-    fig.tight_layout(rect=(0, 0.02 + 0.06 * legend_rows, 1, 0.94))
-    for ax, points in panels:
-        _declutter(ax, points)
-    return fig
+    return _laid_out(fig, panels, bottom=0.02 + 0.06 * -(-(len(df) + 3) // 3), top=0.94)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
