@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -150,6 +151,11 @@ class RunContext:
         found = {s.path: s for dataset in self._datasets for s in getattr(dataset, "skipped", [])}
         self._datasets = []
         return list(found.values())
+
+    def record_skipped(self, skipped: list[Skipped]) -> None:
+        """Count samples that datasets built in another process (a training worker) left out,
+        for the next :meth:`take_skipped`."""
+        self._datasets.append(SimpleNamespace(skipped=list(skipped)))
 
     def options(self) -> dict:
         """Every resolved option as a JSON-able dict: the run's, then one entry per stage."""

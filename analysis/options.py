@@ -128,21 +128,21 @@ class CompareOptions(TimedGenerators):
 class TrainOptions:
     """Stage 'train': the three methods under one recipe, data order and budget."""
 
-    steps: int = option(300, "iterations per method and seed (equal for every compared run)", quick=12, long=3000,
+    steps: int = option(1000, "iterations per method and seed (equal for every compared run)", quick=12, long=3000,
                         minimum=1)
-    ngf: int = option(16, "generator width", quick=8, minimum=1)
+    ngf: int = option(8, "generator width", long=16, minimum=1)
     ndf: int = option(16, "discriminator width", minimum=1)
     batch_size: int = option(8, "batch size", quick=4, minimum=1)
     crop_size: int = option(32, "image size", minimum=1)
     max_seconds: float = option(0.0, "wall-clock cap of the first (slowest) training run, 0 = no cap; when it "
                                 "stops that run early, every run trains the steps it reached (equal steps), and "
                                 "the report says so at the top", minimum=0)
-    expected_minutes: float = option(9.0, "minutes the train stage should take (the default budget on an idle "
+    expected_minutes: float = option(11.0, "minutes the train stage should take (the default budget on an idle "
                                      "2-core CPU); at start a few timed steps predict this machine's time and a "
                                      "warning says when it is longer; 0 = no check", quick=1.5, long=0.0, minimum=0)
     seeds: int = option(3, "training seeds per method (seed k uses --seed + k for weights and data order)",
                         quick=2, long=5, minimum=1)
-    curve_every: int = option(25, "score the learning-curve scenes every this many steps (and at step 0 and the "
+    curve_every: int = option(50, "score the learning-curve scenes every this many steps (and at step 0 and the "
                               "end; 0 = only there)", quick=4, long=100, minimum=0)
     curve_images: int = option(32, "synthetic val scenes of the learning curves (0 = no curves; the built-in "
                                "scenes only)", quick=8, long=64, minimum=0)
@@ -154,8 +154,20 @@ class TrainOptions:
                                     "comma-separated: spade,clade,my-norm)", metavar="NORM")
     vgg_weights: Path | None = option(None, "vgg19-dcbb9e9d.pth for the VGG loss (default: torch hub cache; "
                                       "VGG loss off if absent)", exists=True)
-    threads: int | None = option(None, "torch CPU threads while training (default: unchanged; 1 is steadier "
-                                 "on a busy machine)", minimum=1)
+    lr_decay_start: float = option(0.5, "fraction of the steps after which the learning rate decays linearly "
+                                   "to 0 (the papers' schedule: half the epochs at the initial rate, half decaying); "
+                                   "1 = constant", minimum=0)
+    ema_horizon: float = option(0.1, "the generator evaluated and exported averages the trained one's weights "
+                                "over about this fraction of the steps (exponential moving average, decay 1 - 1 / "
+                                "(fraction x steps)); 0 = no average", minimum=0)
+    bn_estimation_batches: int = option(8, "the evaluated generator's BatchNorm statistics are re-estimated on "
+                                        "this many fixed training batches (0 = the running averages, official)",
+                                        minimum=0)
+    workers: int = option(0, "training runs at once, each in its own process (0 = one per CPU core on a CPU, "
+                          "one on a GPU; --quick: 1, its runs are too short to repay starting a process)", quick=1,
+                          minimum=0)
+    threads: int | None = option(None, "torch CPU threads of each training run (default: cores / workers with "
+                                 "several workers, else unchanged)", minimum=1)
     keep_state: bool = option(False, "keep each method's trainer checkpoint (D and optimizer state, several "
                               "times the generator's size) after training; by default only the exported "
                               "generator stays")

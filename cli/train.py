@@ -63,7 +63,8 @@ GENERATOR_OPTIONS = ("label_nc", "contain_dontcare_label", "no_instance", "ngf",
                      "spade_kernel_size", "param_free_norm", "spectral")
 DISCRIMINATOR_OPTIONS = ("ndf", "n_layers_D", "num_D")
 RECIPE_OPTIONS = ("lr", "beta1", "beta2", "gan_mode", "lambda_feat", "lambda_vgg", "lambda_kld",
-                  "niter", "niter_decay", "decay_start_step", "decay_steps", "D_steps_per_G", "ema_decay")
+                  "niter", "niter_decay", "decay_start_step", "decay_steps", "D_steps_per_G", "ema_decay",
+                  "bn_estimation_batches")
 # TrainRecipe fields with a dashed flag of their own (--batch-size, --channels-last, ...).
 RECIPE_FLAGS = ("batch_size", "seed", "amp", "compile", "channels_last", "spectral_input_scaling", "ema")
 SYNTHETIC_TRAIN_SCENES = 2000   # synthetic scenes in the training set when --num-samples is not given

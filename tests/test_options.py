@@ -29,7 +29,7 @@ def test_every_stage_option_is_in_help_with_its_declared_default():
             shown = default_text(f)
             if shown:
                 assert " ".join(shown.split()) in text, (stage.name, f.name, shown)
-    assert ("--train-steps STEPS iterations per method and seed (equal for every compared run) (default 300; "
+    assert ("--train-steps STEPS iterations per method and seed (equal for every compared run) (default 1000; "
             "--quick 12; --budget long 3000)") in text
     assert "(default 10; on CPU 3)" in text   # --bench-repeats
 
@@ -43,7 +43,9 @@ def test_train_py_help_shows_defaults():
 
 def test_defaults_follow_quick_and_the_device():
     assert resolve(TrainOptions(), quick=True).steps == 12
-    assert resolve(TrainOptions(), quick=False).steps == 300
+    default = resolve(TrainOptions(), quick=False)
+    assert (default.steps, default.ngf, default.workers, default.curve_every) == (1000, 8, 0, 50)
+    assert resolve(TrainOptions(), quick=True).workers == 1
     long = resolve(TrainOptions(), budget="long")
     assert (long.steps, long.seeds, long.kernel_variants, long.mask_factor, long.ngf) == (3000, 5, True, 4, 16)
     assert resolve(TrainOptions(steps=7), budget="long").steps == 7   # a given value wins over every default

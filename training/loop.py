@@ -193,6 +193,8 @@ def fit(trainer, data, *, steps: int | None = None, epochs: int | None = None,
     check_batch_norm_batch(trainer.g_config, loader.batch_size)
     if validate:
         _validate(trainer, dataset)
+    if trainer.recipe.bn_estimation_batches:
+        trainer.keep_estimation_batches(dataset)
     per_epoch = batches_per_epoch(loader)
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps= or epochs=")

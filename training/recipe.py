@@ -33,6 +33,8 @@ class TrainRecipe:
     D_steps_per_G: int = 1           # iterations per generator step (D steps every iteration)
     ema: bool = False                # keep an EMA of G; exported and used for evaluation
     ema_decay: float = 0.999         # EMA weight of the old average per generator step
+    bn_estimation_batches: int = 0   # evaluate / export G with BatchNorm statistics re-estimated on this many
+                                     # fixed training batches (0 = the running averages, official)
     batch_size: int = 1              # images per process per step (official --batchSize 1)
     seed: int = 0                    # weights, data order and noise all follow from it
     amp: bool = True                 # bf16 autocast where bf16 is native: CUDA, CPUs with AMX / AVX512-BF16
@@ -58,7 +60,7 @@ class TrainRecipe:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name}={value}; expected a value in [0, 1)")
-        for name in ("niter", "niter_decay", "decay_start_step", "decay_steps"):
+        for name in ("niter", "niter_decay", "decay_start_step", "decay_steps", "bn_estimation_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected 0 or more")
         if self.niter_decay and self.decay_steps:

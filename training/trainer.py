@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import default_collate
 
 from data.labels import check_label_range, make_semantic
 
@@ -47,6 +48,7 @@ from models.init import init_official
 from training.losses import NonFiniteLossError, VGGLoss
 from models.presets import DiscriminatorConfig, GeneratorConfig
 from models.registry import norm_spec
+from training.batch_norm_stats import estimate_batch_norm
 from training.sample_grid import save_sample_grid
 from models.spectral import set_input_scaling
 from training.recipe import TrainRecipe, discriminator_config_for
@@ -87,6 +89,9 @@ class Trainer:
             self.D = init_official(MultiscaleDiscriminator(self.d_config))
         self.E = build_encoder(g_config, self.device) if g_config.use_vae else None
         if self.distributed and self.device.type == "cuda":
+            if recipe.bn_estimation_batches:
+                raise ValueError("bn_estimation_batches needs plain BatchNorm; under torchrun on CUDA the generator "
+                                 "has SyncBatchNorm: train with bn_estimation_batches=0")
             # SyncBatchNorm as the official 'syncbatch'; it has no CPU kernels, so CPU/gloo
             # runs keep per-process BatchNorm statistics.
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
@@ -119,6 +124,8 @@ class Trainer:
         self.checkpoint_path: Path | None = None  # the checkpoint last written or read, and its step
         self.checkpoint_step: int | None = None
         self._g_step_applied = False  # within train_step: whether this step's G update happened
+        self._estimation_batches: list[dict] = []  # fixed training batches of recipe.bn_estimation_batches
+        self._estimated: tuple[int, nn.Module] | None = None  # (step, generator_for_eval) computed at that step
         self._apply_lr()
 
     # -- setup ---------------------------------------------------------------------------------
@@ -289,10 +296,29 @@ class Trainer:
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
+    def keep_estimation_batches(self, dataset) -> None:
+        """Keep the first ``recipe.bn_estimation_batches`` batches of ``dataset`` in index order (not
+        shuffled: the same ones at every step and after a resume) for :attr:`generator_for_eval`."""
+        size = self.recipe.batch_size
+        count = min(len(dataset), self.recipe.bn_estimation_batches * size)
+        self._estimation_batches = [default_collate([dataset[i] for i in range(start, min(start + size, count))])
+                                    for start in range(0, count, size)]
+        self._estimated = None
+
     @property
     def generator_for_eval(self) -> nn.Module:
-        """The EMA generator when the recipe keeps one, else the trained G."""
-        return self.G_ema if self.G_ema is not None else self.G
+        """The generator to evaluate and export: the EMA generator when the recipe keeps one, else the
+        trained G; with ``recipe.bn_estimation_batches`` and batches kept (``fit`` keeps them), a copy
+        whose BatchNorm statistics are re-estimated on them for the current weights
+        (:func:`training.batch_norm_stats.estimate_batch_norm`), computed once per step."""
+        trained = self.G_ema if self.G_ema is not None else self.G
+        if not (self.recipe.bn_estimation_batches and self._estimation_batches):
+            return trained
+        if self._estimated is None or self._estimated[0] != self.step:
+            inputs = [self.preprocess(batch) for batch in self._estimation_batches]
+            estimated = estimate_batch_norm(trained, [(semantic, dist) for semantic, _, dist in inputs])
+            self._estimated = (self.step, estimated)
+        return self._estimated[1]
 
     def fit(self, data, **options) -> list[dict]:
         """Train on ``data``: :func:`training.loop.fit` (steps=, epochs=, out_dir=, ...) with this trainer.

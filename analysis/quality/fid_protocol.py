@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from data.datasets import build_dataset
 
-from analysis.choices import PROTOCOLS
 from analysis.quality import metrics
 
 log = logging.getLogger(__name__)

@@ -29,12 +29,12 @@ from data.presets import DATASETS
 from models import load_generator_dir, norm_spec
 from models.checkpoint import GENERATOR_WEIGHTS, inspect
 from training.checkpoint_store import remove_training_state
-from training.trainer import Trainer, TrainRecipe, discriminator_config_for
+from training.trainer import Trainer, discriminator_config_for
 
 from analysis.context import RunContext, StageResult, TableRef
 from analysis.probe.convert import CONVERSION_RECORD, load_spade_generator, write_clade_dir
 from analysis.stages.probe import probe_batches
-from analysis.stages.train import training_dataset, vgg_status
+from analysis.stages.train import settings as train_settings, stage_recipe, training_dataset, vgg_status
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,12 @@ def spade_source(ctx: RunContext) -> tuple[Path | None, str]:
 
 
 def finetune(ctx: RunContext, clade, steps: int) -> dict:
-    """Train the converted ``clade`` ``steps`` steps under the train stage's recipe; export it to
+    """Train the converted ``clade`` ``steps`` steps under the train stage's recipe (its rate decay, EMA
+    and BatchNorm re-estimation scaled to ``steps``); export it to
     ``checkpoints/spade-to-clade-ft/``; returns its row of the conversion table."""
     config = clade.config
     use_vgg, vgg_text = vgg_status(ctx.train.vgg_weights)
-    recipe = TrainRecipe(use_vgg=use_vgg, batch_size=ctx.train.batch_size, seed=ctx.seed)
+    recipe = stage_recipe({**train_settings(ctx), "planned_steps": steps}, use_vgg=use_vgg, seed=ctx.seed)
     trainer = Trainer(g_config=config, d_config=discriminator_config_for(config, ndf=ctx.train.ndf),
                       recipe=recipe, device=ctx.device, vgg_weights=ctx.train.vgg_weights)
     for net in (trainer.G, trainer.G_ema):

@@ -10,9 +10,16 @@ data order), so that every quality number gets an interval over seeds. Besides t
   ``f`` times coarser, nearest-upsampled to the output size (``--train-mask-factor``), the
   "especially for high-resolution masks" comparison.
 
-The official recipe is used (hinge + feature matching, TTUR); the VGG loss only when its weights
-are on disk, which the outputs say. Writes ``checkpoints/<run>/`` for seed 0 (so
-``checkpoints/<norm>/`` stays the seed-0 model other code loads) and ``checkpoints/<run>-s<k>/``
+The official recipe is used (hinge + feature matching, TTUR; the learning rate decays linearly to 0
+over the second half of the steps, the papers' schedule); the VGG loss only when its weights are on
+disk, which the outputs say. What is scored and exported is the exponential moving average of the
+generator's weights over about the last tenth of the steps (``--train-ema-horizon``) with its
+BatchNorm statistics re-estimated on 8 fixed training batches (``--train-bn-estimation-batches``;
+``training.batch_norm_stats``): with the running averages, SPADE's score on the known-answer scenes
+jumped between 0.6 and 3.9 from one curve point to the next. On a CPU the runs train side by side,
+one per core on one thread each (``--train-workers``; ``analysis.stages.train_workers``).
+
+Writes ``checkpoints/<run>/`` for seed 0 (so ``checkpoints/<norm>/`` stays the seed-0 model other code loads) and ``checkpoints/<run>-s<k>/``
 for seed k, each with ``latest_net_G.pth``, ``generator.json`` and ``variant.json`` (method label,
 norm, seed, steps, kernel size, mask resolution: what the eval stage needs to group it);
 ``tables/train_log_<run>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
@@ -39,6 +46,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -61,6 +69,7 @@ from analysis.quality.learning_curves import (CONVERGENCE_RULE, CurveImages, con
                                               curve_images, score_point)
 from analysis.quality.seeds import VARIANT_FILE
 from analysis.speed.train_budget import TrainingEta, probe_step_seconds
+from analysis.stages.train_workers import WorkerPlan, run_jobs, worker_plan
 from analysis.options import options_dict
 
 log = logging.getLogger(__name__)
@@ -108,6 +117,10 @@ def settings(ctx: RunContext) -> dict:
     """The resolved train options as a dict, with ``planned_steps`` (the budget before a time cap
     shortens it) and ``max_seconds`` None for no cap (the option's 0)."""
     s = options_dict(ctx.train)
+    for name in ("lr_decay_start", "ema_horizon"):
+        if not s[name] <= 1:
+            raise ValueError(f"--train-{name.replace('_', '-')} {s[name]:g}: expected a fraction of the steps, "
+                             f"from 0 to 1")
     return {**s, "max_seconds": None if s["max_seconds"] == 0 else s["max_seconds"], "planned_steps": s["steps"]}
 
 
@@ -134,14 +147,27 @@ def training_dataset(ctx, config, s: dict, *, seed: int | None = None, mask_fact
     return dataset if mask_factor == 1 else CoarseMasks(dataset, mask_factor)
 
 
+def stage_recipe(s: dict, *, use_vgg: bool, seed: int) -> TrainRecipe:
+    """The stage's recipe for ``s["planned_steps"]`` steps: the official one, the rate decaying linearly to 0
+    from ``lr_decay_start`` of the steps, the EMA generator over ``ema_horizon`` of them and BatchNorm
+    statistics re-estimated on ``bn_estimation_batches`` training batches."""
+    steps = s["planned_steps"]
+    decay_start = round(s["lr_decay_start"] * steps)
+    ema_steps = s["ema_horizon"] * steps
+    return TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=seed,
+                       decay_start_step=decay_start, decay_steps=steps - decay_start, ema=ema_steps > 0,
+                       ema_decay=1 - 1 / max(1.0, ema_steps) if ema_steps > 0 else TrainRecipe.ema_decay,
+                       bn_estimation_batches=s["bn_estimation_batches"])
+
+
 def make_trainer(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, overrides: dict | None = None,
                  seed_index: int = 0) -> Trainer:
     """A fresh trainer of one run: the stage's widths, size, batch and recipe, seed ``ctx.seed + seed_index``."""
     g_config = generator_config(ctx.preset, norm, **{"ngf": s["ngf"], "crop_size": s["crop_size"],
                                                      **(overrides or {})})
-    recipe = TrainRecipe(use_vgg=use_vgg, batch_size=s["batch_size"], seed=ctx.seed + seed_index)
     return Trainer(g_config=g_config, d_config=discriminator_config_for(g_config, ndf=s["ndf"]),
-                   recipe=recipe, device=ctx.device, vgg_weights=vgg_path)
+                   recipe=stage_recipe(s, use_vgg=use_vgg, seed=ctx.seed + seed_index), device=ctx.device,
+                   vgg_weights=vgg_path)
 
 
 def learning_curve_images(ctx, config, s: dict, mask_factor: int = 1) -> CurveImages | None:
@@ -180,7 +206,8 @@ def learning_curve(trainer, work, images: CurveImages | None, *, run: str, metho
 
 def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | None = None,
               overrides: dict | None = None, seed_index: int = 0, mask_factor: int = 1,
-              method: str | None = None, label: str | None = None, max_seconds: float | None = None) -> dict:
+              method: str | None = None, label: str | None = None, max_seconds: float | None = None,
+              progress: Callable[[int], None] | None = None) -> dict:
     """Train (or resume) one method, export it, and return its training.csv row, log and learning curve.
 
     A variant of ``norm`` trains under the same recipe with ``overrides`` (generator options,
@@ -188,7 +215,8 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     (``checkpoints/<name>/``, ``train/<name>/``) and tables (default: ``norm``). ``seed_index`` k
     trains with seed ``ctx.seed + k``; ``mask_factor`` > 1 on coarser label maps (:class:`CoarseMasks`).
     ``label``: the run without its seed (``spade-1x1``; default ``name``), as the learning curve names it.
-    ``max_seconds``: a wall-clock cap of this run (None: none).
+    ``max_seconds``: a wall-clock cap of this run (None: none). ``progress(step)``: called with the
+    steps done at every learning-curve point (a worker's report; the run then shows no progress bar).
     """
     name = name or norm
     trainer = make_trainer(ctx, norm, s, use_vgg, vgg_path, overrides=overrides, seed_index=seed_index)
@@ -203,14 +231,25 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
             raise SettingsMismatchError(f"{exc} --force discards {work} and trains anew.", exc.differences) from None
     start = time.perf_counter()
     data = training_dataset(ctx, g_config, s, seed=seed, mask_factor=mask_factor)
+    if recipe.bn_estimation_batches:
+        trainer.keep_estimation_batches(data)   # step 0 is scored as every later step (fit keeps the same ones)
     label = label or name
     images = learning_curve_images(ctx, g_config, s, mask_factor)
-    curve, on_step = learning_curve(trainer, work, images, run=label, method=method or norm_spec(norm).label,
-                                    seed_index=seed_index)
+    curve, score = learning_curve(trainer, work, images, run=label, method=method or norm_spec(norm).label,
+                                  seed_index=seed_index)
+
+    def on_step(t) -> None:
+        if score is not None:
+            score(t)
+        if progress is not None:
+            progress(t.step)
+
     history = trainer.fit(data, steps=s["steps"], out_dir=work,
                           log_every=max(1, s["steps"] // 50), save_every=max(1, s["steps"] // 4),
-                          sample_every=max(1, s["steps"] // 2), max_seconds=max_seconds,
-                          num_workers=0, on_step=on_step, on_step_every=s["curve_every"], label=name)
+                          sample_every=max(1, s["steps"] // 2), max_seconds=max_seconds, num_workers=0,
+                          progress=progress is None, on_step=on_step,
+                          on_step_every=s["curve_every"] if score is not None else max(1, s["steps"] // 50),
+                          label=name)
     trainer.export_generator(ctx.checkpoint_dir(name))
     h, w = g_config.output_size
     write_json_atomic(ctx.checkpoint_dir(name) / VARIANT_FILE, {
@@ -237,6 +276,17 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     log.info("[train] %s: %d steps in %.0f s (this call %.0f s)", name, trainer.step,
              trainer.train_seconds, time.perf_counter() - start)
     return {"row": row, "log": df, "curve": curve}
+
+
+def train_job(*, ctx: RunContext, run: dict, seed_index: int, budget: dict, use_vgg: bool,
+              max_seconds: float | None = None, progress: Callable[[int], None] | None = None) -> dict:
+    """One entry of ``training_runs`` at one seed (:func:`train_one`), as a worker runs it; the
+    result also carries ``skipped``, the dataset samples left out (``ctx.take_skipped()``)."""
+    result = train_one(ctx, run["norm"], budget, use_vgg, ctx.train.vgg_weights,
+                       name=run_folder_name(run["name"], seed_index), overrides=run["overrides"],
+                       seed_index=seed_index, mask_factor=run["mask_factor"], method=run["method"],
+                       label=run["name"], max_seconds=max_seconds, progress=progress)
+    return {**result, "skipped": ctx.take_skipped()}
 
 
 def loss_figure(logs: dict[str, pd.DataFrame], vgg_text: str):
@@ -287,7 +337,7 @@ def predict_seconds(ctx, runs: list[dict], s: dict, use_vgg: bool, vgg_path) -> 
 def check_pace(eta: TrainingEta, expected_minutes: float) -> str | None:
     """The warning (logged, and returned for the record) when the predicted training time exceeds
     ``expected_minutes`` (0: no check)."""
-    minutes = eta.total_predicted / 60
+    minutes = eta.wall_predicted / 60
     if expected_minutes == 0 or minutes <= expected_minutes:
         return None
     text = (f"this machine is slower than the budget assumes: the {len(eta.predicted)} training runs are predicted "
@@ -298,45 +348,72 @@ def check_pace(eta: TrainingEta, expected_minutes: float) -> str | None:
     return text
 
 
+def train_all(ctx, runs: list[dict], s: dict, use_vgg: bool, plan: WorkerPlan,
+              eta: TrainingEta) -> tuple[dict[str, dict], dict]:
+    """Train every run at every seed, the longest predicted first (``plan.workers`` at once), and return
+    ({run folder: train_one's result} in seed and ``runs`` order, the budget they trained). With a time
+    cap the first of ``runs`` (SPADE when trained, the slowest) at seed 0 trains alone first; every other
+    run then trains the steps it reached (equal steps)."""
+    order = sorted(((r, k) for k in range(s["seeds"]) for r in runs),
+                   key=lambda rk: -eta.predicted[run_folder_name(rk[0]["name"], rk[1])])
+    budget = dict(s)
+    results: dict[str, dict] = {}
+    start = time.perf_counter()
+
+    def jobs(pairs, max_seconds=None) -> dict:
+        return {run_folder_name(r["name"], k): (train_job, dict(ctx=ctx, run=r, seed_index=k, budget=dict(budget),
+                                                                  use_vgg=use_vgg, max_seconds=max_seconds))
+                for r, k in pairs}
+
+    def finished(name: str, result: dict) -> None:
+        results[name] = result
+        ctx.record_skipped(result.pop("skipped"))
+        eta.finished(name, result["row"]["seconds"])
+        log.info("[train] %s: %d steps in %.0f s; %d/%d runs done, %.0f s so far, about %.0f s left", name,
+                 result["row"]["steps"], result["row"]["seconds"], len(results), len(eta.predicted),
+                 time.perf_counter() - start, eta.remaining_seconds())
+
+    if s["max_seconds"] is not None:
+        first = (runs[0], 0)   # the first of training_runs: SPADE, the slowest, when it is trained
+        order = [rk for rk in order if rk != first]
+        for name, result in run_jobs(jobs([first], s["max_seconds"]), WorkerPlan(1, plan.threads),
+                                     total_steps=s["steps"]):
+            finished(name, result)
+            row = result["row"]
+            if row["stopped_by_time_cap"] and row["steps"] < budget["steps"]:
+                log.warning("[train] %s reached step %d of %d within the %.0f s cap; every run trains %d steps",
+                            name, row["steps"], budget["steps"], s["max_seconds"], row["steps"])
+                eta.predicted = {n: v * row["steps"] / budget["steps"] for n, v in eta.predicted.items()}
+                budget["steps"] = row["steps"]
+    for name, result in run_jobs(jobs(order), plan, total_steps=budget["steps"] * len(order)):
+        finished(name, result)
+    canonical = [run_folder_name(r["name"], k) for k in range(s["seeds"]) for r in runs]
+    return {name: results[name] for name in canonical}, budget
+
+
 def run(ctx: RunContext) -> StageResult:
     s = settings(ctx)
-    threads = torch.get_num_threads()
-    if ctx.train.threads is not None:
-        torch.set_num_threads(ctx.train.threads)
     use_vgg, vgg_text = vgg_status(ctx.train.vgg_weights)
     runs = training_runs(s)
-    log.info("[train] %s x %d seeds, steps %d, batch %d, ngf %d, ndf %d, %dx%d, vgg: %s",
+    plan = worker_plan(ctx.device, s["workers"], s["threads"], len(runs) * s["seeds"])
+    log.info("[train] %s x %d seeds, steps %d, batch %d, ngf %d, ndf %d, %dx%d, vgg: %s; %s",
              ", ".join(r["name"] for r in runs), s["seeds"], s["steps"], s["batch_size"], s["ngf"], s["ndf"],
-             s["crop_size"], s["crop_size"], vgg_text)
-    results = {}
-    budget = dict(s)
-    start = time.perf_counter()
+             s["crop_size"], s["crop_size"], vgg_text, plan.describe())
+    threads = torch.get_num_threads()
+    if plan.threads is not None:
+        torch.set_num_threads(plan.threads)   # the probe then times a run's pace
     try:
-        eta = TrainingEta(predict_seconds(ctx, runs, s, use_vgg, ctx.train.vgg_weights))
-        log.info("[train] %d runs, predicted %.1f min on this machine", len(eta.predicted), eta.total_predicted / 60)
+        eta = TrainingEta(predict_seconds(ctx, runs, s, use_vgg, ctx.train.vgg_weights), workers=plan.workers)
+        log.info("[train] %d runs, predicted %.1f min on this machine (%.1f min of compute)", len(eta.predicted),
+                 eta.wall_predicted / 60, eta.total_predicted / 60)
         pace_warning = check_pace(eta, s["expected_minutes"])
-        for k in range(s["seeds"]):
-            for r in runs:
-                name = run_folder_name(r["name"], k)
-                # The cap limits the first (slowest) run only; every later run trains the steps it
-                # reached, so that all compared runs train equal steps.
-                run_start = time.perf_counter()
-                results[name] = train_one(ctx, r["norm"], budget, use_vgg, ctx.train.vgg_weights, name=name,
-                                          overrides=r["overrides"], seed_index=k, mask_factor=r["mask_factor"],
-                                          method=r["method"], label=r["name"],
-                                          max_seconds=s["max_seconds"] if not results else None)
-                row = results[name]["row"]
-                if row["stopped_by_time_cap"] and row["steps"] < budget["steps"]:
-                    log.warning("[train] %s reached step %d of %d within the %.0f s cap; every run trains %d "
-                                "steps", name, row["steps"], budget["steps"], s["max_seconds"], row["steps"])
-                    budget["steps"] = row["steps"]
-                    eta.predicted = {n: v * row["steps"] / s["steps"] for n, v in eta.predicted.items()}
-                eta.finished(name, time.perf_counter() - run_start)
-                log.info("[train] %d/%d runs done, %.0f s so far, about %.0f s left", len(results),
-                         len(eta.predicted), time.perf_counter() - start, eta.remaining_seconds())
+        start = time.perf_counter()
+        results, budget = train_all(ctx, runs, s, use_vgg, plan, eta)
+        wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    table = pd.DataFrame([r["row"] for r in results.values()]).assign(vgg=vgg_text)
+    table = pd.DataFrame([r["row"] for r in results.values()]).assign(
+        vgg=vgg_text, runs_at_once=plan.workers, threads=plan.threads or threads)
     ctx.write_table(table, "training", settings=s, vgg=vgg_text,
                     dataset=str(ctx.dataroot) if ctx.dataroot else "synthetic scenes")
     first = [r["name"] for r in runs]
@@ -352,8 +429,9 @@ def run(ctx: RunContext) -> StageResult:
                      f"ngf {s['ngf']}, ndf {s['ndf']}")
     label_of = {run_folder_name(r["name"], k): r["name"] for r in runs for k in range(s["seeds"])}
     per_method = table.assign(label=table.run.map(label_of)).groupby("label", sort=False).seconds.mean()
-    notes = [f"Budget: {budget_text}; {len(results)} training runs, {table.seconds.sum():.0f} s of training in all "
-             f"(predicted {eta.total_predicted:.0f} s at start); mean seconds per run at equal steps: "
+    notes = [f"Budget: {budget_text}; {len(results)} training runs, {table.seconds.sum():.0f} s of training in all, "
+             f"{plan.describe()}: {wall:.0f} s wall-clock (predicted {eta.wall_predicted:.0f} s at start); mean "
+             f"seconds per run at equal steps: "
              + ", ".join(f"{n} {v:.0f} s" for n, v in per_method.items()) + "."]
     notes += [f"Unequal steps: {table.groupby('run').steps.first().to_dict()}"] if len(steps) > 1 else []
     notes += [f"Warning at start: {pace_warning}"] if pace_warning else []
@@ -366,7 +444,8 @@ def run(ctx: RunContext) -> StageResult:
                          f"Training losses of seed 0's runs ({', '.join(first)}) under the same recipe, "
                          f"data order and {budget['steps']}-step budget (VGG loss {vgg_text}).")]
     summary = {"settings": s, "vgg": vgg_text, "steps": budget["steps"], "budget": budget_text, "time_cap": time_cap,
-               "predicted_seconds": round(eta.total_predicted, 1), "pace_warning": pace_warning,
+               "predicted_seconds": round(eta.wall_predicted, 1), "wall_seconds": round(wall, 1),
+               "workers": plan.workers, "threads": plan.threads or threads, "pace_warning": pace_warning,
                "checkpoints": {n: str(ctx.checkpoint_dir(n)) for n in results},
                "results": table.to_dict(orient="records")}
     curves = pd.DataFrame([row for r in results.values() for row in r["curve"]])
@@ -389,10 +468,11 @@ def run(ctx: RunContext) -> StageResult:
                              "base_colour_error")),
                    TableRef("tables/convergence.csv",
                             f"Whether each method converged, per metric ({CONVERGENCE_RULE}).",
-                            ("method", "metric", "converged", "last_quarter_change", "seed_spread", "steps"))]
+                            ("method", "metric", "converged", "last_quarter_change", "seed_spread", "tolerance",
+                             "steps"))]
         figures.append(FigureRef("figures/learning_curves.png",
-                                 "Known-answer learning curves: seed mean and the band from the best to the worst "
-                                 "seed, per run, on fixed val scenes (lower is better; 0 = the law)."))
+                                 "Known-answer learning curves (log scale): seed mean and the band from the best to "
+                                 "the worst seed, per run, on fixed val scenes (lower is better; 0 = the law)."))
     return StageResult(
         summary=summary, notes=notes, figures=figures,
         tables=tables + [TableRef(f"tables/train_log_{n}.csv", f"Logged losses of {n} (seed 0) during training.")

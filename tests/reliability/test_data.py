@@ -15,7 +15,7 @@ from PIL import Image
 from cli import run_analysis
 from cli import train
 from analysis.context import RunContext, StageResult
-from data.datasets import build_dataset, custom_has_instances
+from data.datasets import Skipped, build_dataset, custom_has_instances
 from data.presets import DATASETS, check_data_source
 from tests.data.fake_layouts import (random_label, save_map, save_photo, write_ade20k, write_cityscapes, write_coco,
                                      write_custom)
@@ -340,3 +340,10 @@ def test_evaluation_set_with_skip_invalid_holds_distinct_valid_samples(tmp_path)
     assert [Path(s.path).stem for s in ctx.take_skipped()] == ["000001"]
     with pytest.raises(ValueError, match=r"value\(s\) \[200\]"):
         RunContext(out=tmp_path / "o", preset="coco-stuff", dataroot=root).dataset("val", max_samples=3)[1]
+
+
+def test_samples_skipped_in_a_training_worker_are_reported_once(tmp_path):
+    ctx = RunContext(out=tmp_path)
+    ctx.record_skipped([Skipped("a.png", "unreadable")])
+    ctx.record_skipped([Skipped("a.png", "unreadable"), Skipped("b.png", "label value 12")])
+    assert [s.path for s in ctx.take_skipped()] == ["a.png", "b.png"] and ctx.take_skipped() == []

@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from models import build_generator_from_config, load_generator_dir, load_official_checkpoint
 from models.presets import generator_config
+from training.batch_norm_stats import estimate_batch_norm
 from training.checkpoint_store import match_state_layouts, previous_checkpoint
 from training.recipe import TrainRecipe, discriminator_config_for
 from training.trainer import NonFiniteLossError, Trainer
@@ -390,3 +391,23 @@ def test_on_step_runs_every_k_steps_and_at_the_end_outside_the_timed_step(monkey
     # Counted, the callbacks would add 300 s; each step's own reading is about 1 ms.
     assert seen == [2, 4, 5] and trainer.train_seconds < 0.1
     assert history[-1]["images_per_s"] > 10
+
+
+def test_the_evaluated_generator_has_batch_norm_statistics_of_the_first_training_batches(tmp_path):
+    plain, estimated = tiny_trainer(seed=3), tiny_trainer(seed=3, bn_estimation_batches=2)
+    scored = []
+    for trainer in (plain, estimated):
+        trainer.fit(TinyScenes(8), steps=3, on_step=lambda t: scored.append(t.generator_for_eval), on_step_every=1,
+                    progress=False)
+    # evaluating with re-estimated statistics does not change what is trained
+    assert all(torch.equal(a, b) for a, b in zip(plain.G.state_dict().values(), estimated.G.state_dict().values()))
+    evaluated = estimated.generator_for_eval
+    assert evaluated is scored[-1] and evaluated is not estimated.G   # computed once per step, a copy
+    first = [default_collate([TinyScenes(8)[i] for i in (2 * b, 2 * b + 1)]) for b in range(2)]  # index order
+    expected = estimate_batch_norm(estimated.G, [(s, d) for s, _, d in map(estimated.preprocess, first)])
+    stats = [k for k in expected.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(evaluated.state_dict()[k], expected.state_dict()[k]) for k in stats)
+    assert any(not torch.equal(evaluated.state_dict()[k], estimated.G.state_dict()[k]) for k in stats)
+    exported = load_generator_dir(estimated.export_generator(tmp_path / "g")).state_dict()
+    assert all(torch.equal(exported[k], evaluated.state_dict()[k]) for k in stats)
+    assert plain.generator_for_eval is plain.G

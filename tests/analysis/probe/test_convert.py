@@ -18,7 +18,7 @@ from models.checkpoint import save_state_dict_atomic
 # Official presets at a reduced width and crop: the same state_dict keys as the official
 # networks (layout set by label_nc, dontcare, instances and upsampling depth), smaller shapes.
 CONFIGS = {
-    "synthetic": ("synthetic", dict(ngf=16)),                    # the default report's width
+    "synthetic": ("synthetic", dict(ngf=16)),                    # the long budget's width
     "ade20k-small": ("ade20k", dict(ngf=8, crop_size=64)),       # no instance maps
     "cityscapes-small": ("cityscapes", dict(ngf=8, crop_size=128)),  # instances, 'more', 2:1
     "coco-stuff-small": ("coco-stuff", dict(ngf=8, crop_size=64)),   # instances and dontcare

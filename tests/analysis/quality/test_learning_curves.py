@@ -98,6 +98,23 @@ def test_a_flat_end_inside_the_seed_spread_has_converged():
     assert row.final_mean == pytest.approx(0.44, abs=1e-12) and row.converged
 
 
+def test_seeds_agreeing_closer_than_a_tenth_of_the_margin_do_not_ask_for_a_flatter_curve():
+    # Final values 0.400 / 0.401 (sd 0.0007); the known-answer margin is 0.1, so the tolerance is 0.01.
+    still = _curves({0: [1.0, 0.6, 0.5, 0.405, 0.400], 1: [1.0, 0.6, 0.5, 0.406, 0.401]})
+    row = convergence_table(still, metrics=("shading_error",)).iloc[0]
+    assert row.tolerance == pytest.approx(0.01) and row.seed_spread < 0.001
+    assert row.last_quarter_change == pytest.approx(-0.005, abs=1e-12) and row.converged
+    moving = _curves({0: [1.0, 0.6, 0.5, 0.42, 0.400], 1: [1.0, 0.6, 0.5, 0.421, 0.401]})
+    row = convergence_table(moving, metrics=("shading_error",)).iloc[0]
+    assert row.last_quarter_change == pytest.approx(-0.02, abs=1e-12) and not row.converged
+
+
+def test_convergence_is_judged_on_the_metrics_of_the_verdicts():
+    curves = _curves({0: [1, 0.5, 0.5, 0.5, 0.5], 1: [1, 0.5, 0.5, 0.5, 0.5]}).assign(
+        base_colour_error=0.1, expected_l1=0.2)
+    assert list(convergence_table(curves).metric) == ["shading_error", "base_colour_error"]
+
+
 def test_a_curve_still_falling_by_more_than_the_seed_spread_has_not_converged():
     curves = _curves({0: [1.0, 0.9, 0.8, 0.7, 0.5], 1: [1.0, 0.9, 0.8, 0.72, 0.52]})
     row = convergence_table(curves, metrics=("shading_error",)).iloc[0]

@@ -2,7 +2,7 @@
 import pytest
 
 from analysis.speed import train_budget
-from analysis.speed.train_budget import TrainingEta, probe_step_seconds
+from analysis.speed.train_budget import TrainingEta, makespan, probe_step_seconds
 
 
 def test_eta_rescales_the_remaining_runs_by_the_pace_measured_so_far():
@@ -14,6 +14,20 @@ def test_eta_rescales_the_remaining_runs_by_the_pace_measured_so_far():
     assert eta.remaining_seconds() == pytest.approx(30 * 40 / 30)
     eta.finished("clade-icpe", 1.0)
     assert eta.remaining_seconds() == 0
+
+
+def test_makespan_hands_each_run_to_the_first_free_worker():
+    assert makespan([5.0, 3.0, 3.0, 1.0], 1) == 12
+    assert makespan([5.0, 3.0, 3.0, 1.0], 2) == 6      # [5, 1] and [3, 3]
+    assert makespan([5.0, 3.0, 3.0, 1.0], 8) == 5
+    assert makespan([], 2) == 0
+
+
+def test_eta_with_two_workers_predicts_the_wall_clock():
+    eta = TrainingEta({"spade": 10.0, "spade-s1": 10.0, "clade": 4.0, "clade-s1": 4.0}, workers=2)
+    assert eta.total_predicted == 28 and eta.wall_predicted == 14
+    eta.finished("spade", 20.0)                     # twice as slow: the rest [10, 4, 4] on 2 workers, x2
+    assert eta.remaining_seconds() == pytest.approx(2 * 10)
 
 
 def test_probe_times_steps_after_one_untimed_warm_up(monkeypatch):
