@@ -16,10 +16,12 @@ disk, which the outputs say. What is scored and exported is the exponential movi
 generator's weights over about the last tenth of the steps (``--train-ema-horizon``) with its
 BatchNorm statistics re-estimated on 8 fixed training batches (``--train-bn-estimation-batches``;
 ``training.batch_norm_stats``): with the running averages, SPADE's score on the known-answer scenes
-jumped between 0.6 and 3.9 from one curve point to the next. On a CPU the runs train side by side,
-one per core on one thread each (``--train-workers``; ``analysis.stages.train_workers``).
+jumped between 0.59 and 2.89 from one curve point to the next (steps 300-450, ngf 16). On a CPU the
+runs train side by side, one per core on one thread each (``--train-workers``;
+``analysis.stages.train_workers``).
 
-Writes ``checkpoints/<run>/`` for seed 0 (so ``checkpoints/<norm>/`` stays the seed-0 model other code loads) and ``checkpoints/<run>-s<k>/``
+Writes ``checkpoints/<run>/`` for seed 0 (so ``checkpoints/<norm>/`` stays the seed-0 model other
+code loads) and ``checkpoints/<run>-s<k>/``
 for seed k, each with ``latest_net_G.pth``, ``generator.json`` and ``variant.json`` (method label,
 norm, seed, steps, kernel size, mask resolution: what the eval stage needs to group it);
 ``tables/train_log_<run>.csv``, ``tables/training.csv`` and ``figures/train_losses.png``.
