@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -122,6 +121,7 @@ class RunContext:
             setattr(self, name, resolve(getattr(self, name), quick=self.quick, cuda=cuda,
                                               budget=self.budget))
         self._datasets = []  # built by dataset(), for take_skipped(); not an option
+        self._skipped_elsewhere: list[Skipped] = []  # record_skipped(), for take_skipped()
 
     def dataset(self, phase: str, *, max_samples: int | None = None, **options):
         """``data.datasets.build_dataset`` of the run's preset and dataroot (the synthetic scenes
@@ -148,14 +148,15 @@ class RunContext:
 
     def take_skipped(self) -> list[Skipped]:
         """Samples left out by the datasets built since the last call, each file once."""
-        found = {s.path: s for dataset in self._datasets for s in getattr(dataset, "skipped", [])}
-        self._datasets = []
+        here = [s for dataset in self._datasets for s in getattr(dataset, "skipped", [])]
+        found = {s.path: s for s in self._skipped_elsewhere + here}
+        self._datasets, self._skipped_elsewhere = [], []
         return list(found.values())
 
     def record_skipped(self, skipped: list[Skipped]) -> None:
         """Count samples that datasets built in another process (a training worker) left out,
         for the next :meth:`take_skipped`."""
-        self._datasets.append(SimpleNamespace(skipped=list(skipped)))
+        self._skipped_elsewhere += skipped
 
     def options(self) -> dict:
         """Every resolved option as a JSON-able dict: the run's, then one entry per stage."""

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from models.presets import OFFICIAL_PRESETS
+from data.presets import OFFICIAL_PRESETS
 from models.registry import registered_norms
 
 from analysis.choices import BASES, CLASS_MAP_NAMES, INPUT_NORMS, PROTOCOLS

@@ -23,6 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; no display ne
 import torch  # noqa: E402 (after the backend choice)
 
 from analysis.context import RunContext  # noqa: E402
+from cli.errors import exit_code  # noqa: E402
 from analysis.quality.segmenter_names import is_paper_segmenter, paper_segmenter_name  # noqa: E402
 from analysis.options import (BUDGETS, CompareOptions, OptionParser, add_options, check_device,  # noqa: E402
                               checked_number, options_dict, options_from_args, positive_int)
@@ -30,10 +31,9 @@ from analysis.stages.convert import CONVERTED, FINETUNED  # noqa: E402
 from analysis.stages.registry import CHECKPOINTS, STAGE_NAMES, STAGES, stage  # noqa: E402
 from analysis.stages.runner import stage_runner  # noqa: E402
 from data.presets import check_data_source  # noqa: E402
-from fileio import FolderLocked, folder_lock, weights_digests, write_json_atomic  # noqa: E402
+from fileio import folder_lock, weights_digests, write_json_atomic  # noqa: E402
 from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS  # noqa: E402
 from models.plugins import load_plugins, split_plugin_args  # noqa: E402
-from training.loop import TrainingInterrupted  # noqa: E402
 
 # The stages, their options and what they read: analysis.stages.registry.STAGES.
 DATA_STAGES = tuple(s.name for s in STAGES if s.reads_dataset)   # read --preset / --dataroot
@@ -250,26 +250,14 @@ def main(argv=None) -> int:
     """The command line; an error prints one line (file, value, expectation) unless --debug."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    try:
-        load_plugins(split_plugin_args(argv)[0])
-        args = parse_args(argv)
-        return run(args)
-    except (FolderLocked, ValueError, RuntimeError, OSError) as exc:
-        if debug:
-            raise
-        print(f"run_analysis.py: error: {exc} (--debug shows the traceback)", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as exc:  # the train stage saved a checkpoint; a rerun resumes it
-        print(f"run_analysis.py: {exc}; run the same command again to continue", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("run_analysis.py: interrupted; the stages that finished are kept, run the same command again to "
-              "continue", file=sys.stderr)
-        return 130
 
+    def parse_and_run() -> int:
+        load_plugins(split_plugin_args(argv)[0])
+        return run(parse_args(argv))
+
+    return exit_code(parse_and_run, prog="run_analysis.py", debug="--debug" in argv,
+                     interrupted="interrupted; the stages that finished are kept, run the same command again to "
+                                 "continue")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from cli.errors import exit_code
 from analysis.options import (OptionParser, add_options, check_device, checked_number, option, options_dict,
                               options_from_args, resolve)
 from data.datasets import build_dataset as build_real_dataset
@@ -531,19 +532,10 @@ def main(argv=None) -> int:
 def command(argv=None) -> int:
     """``main`` as a command: an error prints one line (what, where, expected) unless --debug."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return main(argv)
-    except (ValueError, RuntimeError, OSError) as exc:
-        if "--debug" in argv:
-            raise
-        print(f"train.py: error: {exc} (--debug shows the traceback)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before training started (a stop during training saves and returns)
-        if "--debug" in argv:
-            raise
-        print("train.py: interrupted; checkpoints already saved are complete (continue with train.py --resume "
-              "RUN_FOLDER), and a run stopped before its first step leaves no folder", file=sys.stderr)
-        return 130
+    # An interruption reaching here came before training started (a stop during training saves and returns).
+    return exit_code(lambda: main(argv), prog="train.py", debug="--debug" in argv,
+                     interrupted="interrupted; checkpoints already saved are complete (continue with train.py "
+                                 "--resume RUN_FOLDER), and a run stopped before its first step leaves no folder")
 
 
 if __name__ == "__main__":

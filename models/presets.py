@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from data.icpe import DEFAULT_MODE, MODES as ICPE_MODES
-from data.presets import DATASETS, OFFICIAL_PRESETS, PRESET_ALIASES, canonical_preset  # noqa: F401 (re-exported)
+from data.presets import DATASETS, OFFICIAL_PRESETS, canonical_preset  # noqa: F401 (OFFICIAL_PRESETS: models API)
 
 from .registry import norm_spec, registered_norms
 

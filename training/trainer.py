@@ -124,7 +124,8 @@ class Trainer:
         self.checkpoint_path: Path | None = None  # the checkpoint last written or read, and its step
         self.checkpoint_step: int | None = None
         self._g_step_applied = False  # within train_step: whether this step's G update happened
-        self._estimation_batches: list[dict] = []  # fixed training batches of recipe.bn_estimation_batches
+        self._estimation_inputs: list[tuple] = []  # (semantic, dist) of recipe.bn_estimation_batches batches
+        self._estimation_source = None             # the dataset they were taken from
         self._estimated: tuple[int, nn.Module] | None = None  # (step, generator_for_eval) computed at that step
         self._apply_lr()
 
@@ -298,12 +299,16 @@ class Trainer:
 
     def keep_estimation_batches(self, dataset) -> None:
         """Keep the first ``recipe.bn_estimation_batches`` batches of ``dataset`` in index order (not
-        shuffled: the same ones at every step and after a resume) for :attr:`generator_for_eval`."""
+        shuffled: the same ones at every step and after a resume), preprocessed, for
+        :attr:`generator_for_eval`; nothing to do when they came from ``dataset`` already."""
+        if dataset is self._estimation_source:
+            return
         size = self.recipe.batch_size
         count = min(len(dataset), self.recipe.bn_estimation_batches * size)
-        self._estimation_batches = [default_collate([dataset[i] for i in range(start, min(start + size, count))])
-                                    for start in range(0, count, size)]
-        self._estimated = None
+        batches = (default_collate([dataset[i] for i in range(start, min(start + size, count))])
+                   for start in range(0, count, size))
+        self._estimation_inputs = [(semantic, dist) for semantic, _, dist in map(self.preprocess, batches)]
+        self._estimation_source, self._estimated = dataset, None
 
     @property
     def generator_for_eval(self) -> nn.Module:
@@ -312,12 +317,10 @@ class Trainer:
         whose BatchNorm statistics are re-estimated on them for the current weights
         (:func:`training.batch_norm_stats.estimate_batch_norm`), computed once per step."""
         trained = self.G_ema if self.G_ema is not None else self.G
-        if not (self.recipe.bn_estimation_batches and self._estimation_batches):
+        if not (self.recipe.bn_estimation_batches and self._estimation_inputs):
             return trained
         if self._estimated is None or self._estimated[0] != self.step:
-            inputs = [self.preprocess(batch) for batch in self._estimation_batches]
-            estimated = estimate_batch_norm(trained, [(semantic, dist) for semantic, _, dist in inputs])
-            self._estimated = (self.step, estimated)
+            self._estimated = (self.step, estimate_batch_norm(trained, self._estimation_inputs))
         return self._estimated[1]
 
     def fit(self, data, **options) -> list[dict]:

@@ -234,7 +234,7 @@ def train_one(ctx, norm: str, s: dict, use_vgg: bool, vgg_path, *, name: str | N
     start = time.perf_counter()
     data = training_dataset(ctx, g_config, s, seed=seed, mask_factor=mask_factor)
     if recipe.bn_estimation_batches:
-        trainer.keep_estimation_batches(data)   # step 0 is scored as every later step (fit keeps the same ones)
+        trainer.keep_estimation_batches(data)   # step 0 is scored as every later step (fit reuses them)
     label = label or name
     images = learning_curve_images(ctx, g_config, s, mask_factor)
     curve, score = learning_curve(trainer, work, images, run=label, method=method or norm_spec(norm).label,

@@ -99,22 +99,23 @@ class _Stop:
     """While open: the first SIGINT / SIGTERM is passed to every worker as SIGTERM (each saves and
     stops) and remembered; a second one raises KeyboardInterrupt at once."""
 
-    def __init__(self, pids: list[int]):
-        self.pids, self.signum, self._previous = pids, None, {}
+    def __init__(self):
+        self.pids: list[int] = []
+        self.signum, self._previous = None, {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
         self.signum = signum
         log.warning("[train] %s: every run in progress saves a checkpoint and stops", signal.Signals(signum).name)
-        self.forward(signal.SIGTERM)
-
-    def forward(self, signum) -> None:
         for pid in self.pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+            _terminate(pid)
+
+    def add(self, pid: int) -> None:
+        """A worker that started; it is stopped at once when the signal came before it."""
+        self.pids.append(pid)
+        if self.signum is not None:
+            _terminate(pid)
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
@@ -149,17 +150,16 @@ def run_jobs(jobs: dict[str, tuple[Callable, dict]], plan: WorkerPlan, *, total_
         pool = ProcessPoolExecutor(plan.workers, mp_context=context, initializer=_start_worker,
                                    initargs=(plan.threads, plugins, logging.WARNING, pids))
         bar = tqdm(total=total_steps, desc=f"{desc} ({plan.describe()})", unit="step", dynamic_ncols=True)
-        worker_pids: list[int] = []
         failure: BaseException | None = None
         try:
-            with _Stop(worker_pids) as stop:
+            with _Stop() as stop:
                 futures: dict[Future, str] = {pool.submit(_call, function, kwargs, progress_queue, name): name
                                               for name, (function, kwargs) in jobs.items()}
                 reached = dict.fromkeys(jobs, 0)
                 pending = set(futures)
                 while pending:
                     finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    _drain(pids, lambda pid: _add_worker(pid, worker_pids, stop))
+                    _drain(pids, stop.add)
                     _drain(progress_queue, lambda item: _advance(bar, reached, *item))
                     for future in finished:
                         if future.cancelled():
@@ -192,10 +192,11 @@ def _drain(source, take: Callable) -> None:
             return
 
 
-def _add_worker(pid: int, worker_pids: list[int], stop: _Stop) -> None:
-    worker_pids.append(pid)
-    if stop.signum is not None:   # started after the signal: it stops too
+def _terminate(pid: int) -> None:
+    try:
         os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:   # it has finished
+        pass
 
 
 def _advance(bar, reached: dict, name: str, step: int) -> None:

@@ -19,9 +19,9 @@ from data.datasets import build_dataset
 from data.icpe import icpe_map, icpe_map_batch
 from data.synthetic import SYNTHETIC_DONTCARE, SyntheticScenes
 from models import build_generator, load_generator_dir, save_generator_dir
-from models.checkpoint import GENERATOR_CONFIG, GENERATOR_WEIGHTS, load_generator
+from models.checkpoint import GENERATOR_CONFIG, load_generator
 from models.presets import generator_config
-from models.release import discover_generators, inspect_release_folder, load_release_generator
+from models.release import discover_generators, load_release_generator
 from training.trainer import Trainer
 from training.recipe import TrainRecipe, discriminator_config_for
 

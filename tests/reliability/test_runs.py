@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -19,14 +18,12 @@ import pytest
 import torch
 
 import fileio.atomic
-from cli import run_analysis
 from cli import train
 from analysis.options import TrainOptions, resolve
 from fileio import atomic_path, write_text_atomic
 from training.checkpoint_store import DiskFullError, save_checkpoint_file
-from training.loop import TrainingInterrupted
 from tests.reliability.test_cli import _fails
-from tests.reliability.test_training import CLI, _cli, _data_root, _step
+from tests.reliability.test_training import _cli, _step
 from tests.training.test_trainer import TinyScenes, tiny_trainer
 
 

@@ -21,7 +21,7 @@ from cli import train
 from analysis.context import RunContext
 from analysis.options import TrainOptions
 from analysis.stages import train as stage
-from models import build_generator_from_config, load_generator_dir, load_official_checkpoint
+from models import load_generator_dir
 from training.checkpoint_store import (DiskFullError, SettingsMismatchError, find_resume_target, read_checkpoint,
                                      remove_training_state)
 from models.presets import generator_config

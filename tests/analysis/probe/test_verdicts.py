@@ -9,7 +9,6 @@ from analysis.probe.variance import LayerStatistics, capture_modulation_statisti
     variance_decomposition
 from analysis.probe.verdicts import (NEGLIGIBLE_RELATIVE_STD, VERDICT_COLUMNS, layer_shares, probe_verdicts,
                                      share_interval, untrained_twin)
-from models import build_generator
 from training.trainer import Trainer, TrainRecipe
 
 from tests.analysis.probe.test_probe import CLASSES, H, STRIPE, U, random_batches, randomize_class_tables, stripes, tiny
